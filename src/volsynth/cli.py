@@ -1,0 +1,171 @@
+"""The ``volsynth`` command: parse options, call the library, print with rich.
+
+Every ``VolsynthError`` becomes one line ``error: <file>: <problem> (<hint>)`` on stderr and exit
+code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from volsynth.errors import ConfigError, VolsynthError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Synthesise 3D CT/MR volumes with label maps: prepare data, train, generate, evaluate.")
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
+    """volsynth: 3D medical volume synthesis guided by text and masks."""
+
+
+def _floats(text: str | None, what: str, count: int | None = None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise ConfigError(None, f"{what} must be comma-separated numbers, got '{text}'") from exc
+    if count is not None and len(values) == 1:
+        values = values * count
+    if count is not None and len(values) != count:
+        raise ConfigError(None, f"{what} needs 1 or {count} values, got '{text}'")
+    return values
+
+
+@app.command()
+def convert(
+    source: Path = typer.Argument(..., help="Input: .nii/.nii.gz/.nrrd/.mha/.mhd file or DICOM series folder."),
+    target: Path = typer.Argument(..., help="Output path; a name without suffix writes a DICOM series folder."),
+    label: bool = typer.Option(False, "--label", help="Treat the volume as a label map (integer, nearest)."),
+    modality: str = typer.Option(None, help="Modality to record (CT, MR) when the input does not say."),
+    compression: str = typer.Option(None, help="DICOM pixel compression: jpeg2000."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+) -> None:
+    """Convert a volume between NIfTI, NRRD, MHA and DICOM, keeping its geometry."""
+    from volsynth.io import read_label, read_volume, write_volume
+
+    obj = read_label(source) if label else read_volume(source, modality=modality.upper() if modality else None)
+    write_volume(obj, target, overwrite=overwrite, compression=compression)
+    console.print(f"wrote {target}  shape {obj.shape}  spacing {[round(s, 4) for s in obj.spacing]} mm  "
+                  f"orientation {obj.orientation}")
+
+
+@app.command()
+def verify(
+    dataset: Path = typer.Argument(..., help="Dataset folder (nnU-Net v2 or MSD layout)."),
+    workers: int = typer.Option(1, help="Worker processes."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Check every case of a dataset; exit 0 when clean, 2 when any problem."""
+    from volsynth.data.verify import verify_dataset
+
+    problems = verify_dataset(dataset, workers=workers, progress=progress)
+    if not problems:
+        console.print(f"[green]ok[/green] {dataset}: no problems found")
+        return
+    if console.is_terminal:
+        table = Table(title=f"{len(problems)} problem(s) in {dataset}")
+        for column in ("case", "file", "problem"):
+            table.add_column(column, overflow="fold")
+        for p in problems:
+            table.add_row(p.case or "-", p.file, p.problem)
+        console.print(table)
+    else:  # one greppable line per problem when piped
+        for p in problems:
+            print(f"{p.file}: {p.problem}" + (f" [case {p.case}]" if p.case else ""))
+    err_console.print(f"error: {dataset}: {len(problems)} problem(s) found", markup=False, highlight=False,
+                      soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def prepare(
+    dataset: Path = typer.Argument(..., help="Dataset folder (nnU-Net v2 or MSD layout)."),
+    out: Path = typer.Argument(..., help="Output folder for plan.json, manifest.json and prepared cases."),
+    spacing: str = typer.Option(None, help="Target spacing mm: 'x,y,z', one number, or 'fit' (ROI fits "
+                                "--size). Default: median spacing."),
+    size: str = typer.Option(None, help="Grid size 'X,Y,Z' or one number. Default: median extent, multiple of 16."),
+    window: str = typer.Option(None, help="CT window 'lo,hi' in HU. Default: dataset 0.5/99.5 percentiles."),
+    labels: str = typer.Option(None, help="Label remap 'liver=1,tumour=2+3' (ids or names) or a YAML file."),
+    roi: str = typer.Option(None, help="Centre the grid on these labels (after remap), e.g. 'liver'."),
+    margin: float = typer.Option(10.0, help="ROI margin in mm."),
+    workers: int = typer.Option(1, help="Worker processes."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Fingerprint a dataset, write a frozen plan and the prepared cases."""
+    from volsynth.data.prepare import PrepareOptions, prepare_dataset
+
+    options = PrepareOptions(
+        spacing="fit" if spacing == "fit" else _floats(spacing, "--spacing", 3),
+        size=[int(s) for s in _floats(size, "--size", 3)] if size else None,
+        window=_floats(window, "--window", 2), roi=roi.split(",") if roi else None, margin_mm=margin)
+    plan = prepare_dataset(dataset, out, options, label_spec=labels, workers=workers, progress=progress,
+                           overwrite=overwrite)
+    console.print(f"wrote {out}: spacing {[round(s, 3) for s in plan.spacing]} mm, size {plan.size}, "
+                  f"labels {plan.labels}, normalisation "
+                  f"{[(n.scheme, [round(w, 1) for w in n.window]) for n in plan.normalization]}")
+
+
+@app.command()
+def phantom(
+    kind: str = typer.Argument(..., help="abdomen-ct, abdomen-mr or chest-ct."),
+    out: Path = typer.Argument(..., help="Output dataset folder (nnU-Net v2 layout + reports.jsonl)."),
+    cases: int = typer.Option(8, help="Number of cases."),
+    size: int = typer.Option(64, help="Grid size (voxels per side)."),
+    spacing: float = typer.Option(None, help="Voxel size in mm. Default: the body fills the field of view."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
+    workers: int = typer.Option(1, help="Worker processes."),
+    preview: bool = typer.Option(False, help="Also write preview.png: three planes with label overlay."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Write a procedural phantom dataset with paired radiology-style reports."""
+    from volsynth.data.phantom import PHANTOM_KINDS, write_phantom_dataset
+
+    if kind not in PHANTOM_KINDS:
+        raise ConfigError(None, f"unknown phantom kind '{kind}'", f"choose one of {', '.join(PHANTOM_KINDS)}")
+    if cases < 1 or size < 8:
+        raise ConfigError(None, f"need --cases >= 1 and --size >= 8, got {cases} and {size}")
+    path = write_phantom_dataset(kind, out, cases=cases, size=size, spacing=spacing, seed=seed,
+                                 workers=workers, progress=progress, preview=preview)
+    console.print(f"wrote {cases} {kind} case(s) to {path}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-output"), help="Folder for everything the demo writes."),
+    cases: int = typer.Option(6, help="Phantom cases to make."),
+    size: int = typer.Option(48, help="Phantom grid size."),
+) -> None:
+    """Run the end-to-end path that exists today on phantom data, and say where the results are."""
+    from volsynth.demo import run_demo
+
+    run_demo(out, cases=cases, size=size, console=console)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, map volsynth errors to one line on stderr and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="volsynth")  # standalone: usage errors exit 2 through SystemExit
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except VolsynthError as exc:
+        if debug:
+            raise
+        err_console.print(f"error: {exc.one_line()}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: the contract, verification, preparation (plan) and phantom generators."""

@@ -1,0 +1,273 @@
+"""``volsynth prepare``: fingerprint a dataset, freeze a plan, write prepared cases and a manifest.
+
+nnU-Net's order: fingerprint (spacings, sizes, intensities per label) -> ``plan.json`` -> prepared
+cases. The output folder is itself a dataset in the nnU-Net v2 layout (so ``verify`` reads it), plus
+``plan.json`` and ``manifest.json`` (each case's source geometry and intensity window, for the inverse).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from volsynth.data.dataset import REPORTS_FILE, Case, Dataset, load_dataset, write_dataset_json, write_json
+from volsynth.data.plan import CT_SCHEME, MR_SCHEME, PLAN_FILE, Normalization, Plan
+from volsynth.data.verify import verify_dataset
+from volsynth.errors import ConfigError, DatasetError
+from volsynth.io.atomic import atomic_output
+from volsynth.io.formats import read_label, read_volume, write_volume
+from volsynth.io.resample import grid_centre, resample_to
+from volsynth.io.volume import LabelMap, Volume
+from volsynth.parallel import map_progress
+
+MANIFEST_FILE = "manifest.json"
+INTENSITY_SAMPLES_PER_CASE = 20000
+SIZE_MULTIPLE = 16  # grid sizes default to a multiple of 16 (divisible by the networks' downsampling)
+
+
+@dataclass
+class PrepareOptions:
+    """What the user may set; ``None`` means derive it from the fingerprint."""
+
+    spacing: str | list[float] | None = None  # None: median; "fit": isotropic, ROI fits the grid
+    size: list[int] | None = None
+    window: list[float] | None = None  # CT window in HU
+    label_sources: dict[str, list[int]] | None = None
+    roi: list[str] | None = None
+    margin_mm: float = 10.0
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+
+def parse_label_spec(spec: str | None, dataset_labels: dict[str, int]) -> dict[str, list[int]]:
+    """``"liver=1,tumour=2+3"`` or a YAML file ``{liver: 1, tumour: [2, 3]}`` -> name -> source ids.
+
+    A source may be given by id or by its name in dataset.json. Without a spec, labels stay as they are.
+    """
+    if not spec:
+        return {name: [i] for name, i in dataset_labels.items() if i != 0}
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml", ".json") or path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(path, f"cannot read label map ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(path, "label map must be a mapping name -> id or list of ids")
+        items = [(str(k), v if isinstance(v, list) else [v]) for k, v in raw.items()]
+    else:
+        items = []
+        for part in spec.split(","):
+            name, sep, sources = part.partition("=")
+            if not sep or not name.strip() or not sources.strip():
+                raise ConfigError(None, f"bad label spec '{part}'", "write name=id, e.g. liver=1,tumour=2+3")
+            items.append((name.strip(), sources.split("+")))
+    mapping: dict[str, list[int]] = {}
+    for name, sources in items:
+        ids = []
+        for source in sources:
+            source = str(source).strip()
+            if source.lstrip("-").isdigit():
+                ids.append(int(source))
+            elif source in dataset_labels:
+                ids.append(dataset_labels[source])
+            else:
+                raise ConfigError(None, f"label '{name}': source '{source}' is neither an id nor a label name",
+                                  f"dataset labels: {dataset_labels}")
+        mapping[name] = ids
+    return mapping
+
+
+def _remap(array: np.ndarray, label_sources: dict[str, list[int]]) -> np.ndarray:
+    out = np.zeros(array.shape, dtype=np.uint8)
+    for index, sources in enumerate(label_sources.values(), start=1):
+        out[np.isin(array, sources)] = index
+    return out
+
+
+def _roi_box(label: LabelMap, roi_ids: list[int]) -> list[list[float]] | None:
+    """World-space bounding box [min, max] (mm) of the voxels with the ROI ids, or None if absent."""
+    voxels = np.argwhere(np.isin(label.array, roi_ids))
+    if voxels.size == 0:
+        return None
+    corners = np.array([voxels.min(0) - 0.5, voxels.max(0) + 0.5], dtype=np.float64)
+    all_corners = np.array([[corners[a][0], corners[b][1], corners[c][2]]
+                            for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    world = all_corners @ label.affine[:3, :3].T + label.affine[:3, 3]
+    return [world.min(0).tolist(), world.max(0).tolist()]
+
+
+def fingerprint_case(case: Case, label_sources: dict[str, list[int]], roi: list[str] | None,
+                     seed: int = 0) -> dict:
+    """Geometry, intensity statistics and label statistics of one case (in RAS)."""
+    images = [read_volume(p).reoriented("RAS") for p in case.images]
+    shape = list(images[0].shape)
+    extent = (np.asarray(shape) * images[0].spacing).tolist()
+    result: dict = {"case": case.case_id, "spacing": images[0].spacing.tolist(), "shape": shape,
+                    "extent_mm": extent, "centre": grid_centre(images[0].affine, shape).tolist()}
+    rng = np.random.default_rng([seed, len(case.case_id)])
+    result["samples"] = [rng.choice(img.array.ravel(), size=min(INTENSITY_SAMPLES_PER_CASE, img.array.size),
+                                    replace=False).tolist() for img in images]
+    if case.label is not None:
+        label = read_label(case.label).reoriented("RAS")
+        remapped = _remap(label.array, label_sources)
+        names = list(label_sources)
+        counts = np.bincount(remapped.ravel(), minlength=len(names) + 1)
+        result["label_voxels"] = {n: int(counts[i + 1]) for i, n in enumerate(names)}
+        result["intensity_per_label"] = {
+            n: [float(v) for v in np.percentile(images[0].array[remapped == i + 1], [0.5, 50, 99.5])]
+            for i, n in enumerate(names) if counts[i + 1] > 0}
+        if roi:
+            ids = [names.index(n) + 1 for n in roi]
+            result["roi_box"] = _roi_box(label.with_array(remapped), ids)
+    return result
+
+
+def make_plan(dataset: Dataset, fingerprints: list[dict], options: PrepareOptions,
+              label_sources: dict[str, list[int]]) -> Plan:
+    """Decide spacing, size and normalisation from the fingerprints and the user's options."""
+    spacings = np.array([f["spacing"] for f in fingerprints])
+    roi_extents = [np.subtract(f["roi_box"][1], f["roi_box"][0]) + 2 * options.margin_mm
+                   for f in fingerprints if f.get("roi_box")]
+    extents = np.array(roi_extents if options.roi and roi_extents else [f["extent_mm"] for f in fingerprints])
+    if options.spacing == "fit":
+        if options.size is None:
+            raise ConfigError(None, "--spacing fit needs --size", "give the grid size, e.g. --size 64")
+        spacing = [float(np.max(extents / np.asarray(options.size)))] * 3
+    elif options.spacing is None:
+        spacing = np.median(spacings, axis=0).round(5).tolist()  # headers store float32
+    else:
+        spacing = [float(s) for s in options.spacing]
+    if options.size is None:
+        voxels = np.median(extents, axis=0) / np.asarray(spacing)
+        size = [int(SIZE_MULTIPLE * np.ceil(v / SIZE_MULTIPLE)) for v in voxels]
+    else:
+        size = [int(s) for s in options.size]
+    normalization = []
+    for channel, name in sorted(dataset.channel_names.items(), key=lambda kv: int(kv[0])):
+        pooled = np.concatenate([np.asarray(f["samples"][int(channel)]) for f in fingerprints])
+        if str(name).upper() == "CT":
+            window = options.window or np.percentile(pooled, options.percentiles).round(1).tolist()
+            normalization.append(Normalization(CT_SCHEME, [float(w) for w in window]))
+        else:
+            norm = Normalization(MR_SCHEME, [0.0, 1.0], list(options.percentiles))
+            windows = [norm.case_window(np.asarray(f["samples"][int(channel)])) for f in fingerprints]
+            norm.window = np.median(np.array(windows), axis=0).tolist()
+            normalization.append(norm)
+    summary = {
+        "cases": len(fingerprints),
+        "spacing_median": np.median(spacings, axis=0).tolist(),
+        "spacing_min": spacings.min(0).tolist(), "spacing_max": spacings.max(0).tolist(),
+        "shape_median": np.median([f["shape"] for f in fingerprints], axis=0).tolist(),
+        "intensity_per_label": _pool_label_intensities(fingerprints),
+        "roi_missing": [f["case"] for f in fingerprints if options.roi and not f.get("roi_box")],
+    }
+    return Plan(spacing=spacing, size=size, normalization=normalization,
+                labels={name: i for i, name in enumerate(label_sources, start=1)},
+                label_sources=label_sources, modality=dataset.modality, channel_names=dataset.channel_names,
+                roi={"labels": options.roi, "margin_mm": options.margin_mm} if options.roi else None,
+                fingerprint=summary, source={"dataset": str(dataset.root), "name": dataset.name,
+                                             "sha256": dataset_digest(dataset)})
+
+
+def _pool_label_intensities(fingerprints: list[dict]) -> dict[str, list[float]]:
+    pooled: dict[str, list[list[float]]] = {}
+    for f in fingerprints:
+        for name, values in f.get("intensity_per_label", {}).items():
+            pooled.setdefault(name, []).append(values)
+    return {name: np.median(np.array(v), axis=0).round(2).tolist() for name, v in pooled.items()}
+
+
+def dataset_digest(dataset: Dataset) -> str:
+    """sha256 over dataset.json and the names and sizes of every case file (identifies the data)."""
+    digest = hashlib.sha256((dataset.root / "dataset.json").read_bytes())
+    for case in dataset.cases:
+        for path in [*case.images, *([case.label] if case.label else [])]:
+            digest.update(f"{path.name}:{path.stat().st_size if path.exists() else -1}".encode())
+    return digest.hexdigest()
+
+
+def prepare_case(case: Case, plan: Plan, out: Path) -> dict:
+    """Resample, normalise and write one case on the plan's grid; returns its manifest entry."""
+    images = [read_volume(p) for p in case.images]
+    label = read_label(case.label) if case.label is not None else None
+    centre = grid_centre(images[0].affine, images[0].shape)
+    roi_found = None
+    if label is not None:
+        label = label.with_array(plan.remap(label.array))
+        if plan.roi:
+            box = _roi_box(label, [plan.labels[n] for n in plan.roi["labels"]])
+            roi_found = box is not None
+            if box is not None:
+                centre = (np.asarray(box[0]) + np.asarray(box[1])) / 2
+    target = plan.grid(centre)
+    entry: dict = {"case": case.case_id, "source_images": [str(p) for p in case.images],
+                   "source_label": str(case.label) if case.label else None,
+                   "source_affine": images[0].affine.tolist(), "source_shape": list(images[0].shape),
+                   "affine": target.tolist(), "windows": [], "images": []}
+    for channel, image in enumerate(images):
+        norm = plan.normalization[channel]
+        window = norm.case_window(image.array)
+        resampled = resample_to(image, target, plan.size, cval=window[0])
+        prepared = Volume(norm.forward(resampled.array, window), target, modality=plan.modality)
+        name = f"imagesTr/{case.case_id}_{channel:04d}.nii.gz"
+        write_volume(prepared, out / name)
+        entry["windows"].append(list(window))
+        entry["images"].append(name)
+    if label is not None:
+        resampled = resample_to(LabelMap(label.array, label.affine, labels=plan.labels), target, plan.size)
+        entry["label"] = f"labelsTr/{case.case_id}.nii.gz"
+        write_volume(resampled, out / entry["label"])
+        entry["label_voxels"] = {n: int(np.count_nonzero(resampled.array == i)) for n, i in plan.labels.items()}
+        entry["roi_found"] = roi_found
+    return entry
+
+
+def prepare_dataset(root: str | Path, out: str | Path, options: PrepareOptions | None = None,
+                    label_spec: str | None = None, workers: int = 1, progress: bool = True,
+                    overwrite: bool = False, check: bool = True) -> Plan:
+    """Fingerprint, plan and prepare a dataset into ``out`` (written atomically as a whole)."""
+    options = options or PrepareOptions()
+    root, out = Path(root), Path(out)
+    if check:
+        problems = verify_dataset(root, workers=workers, progress=progress)
+        if problems:
+            first = problems[0]
+            raise DatasetError(first.file, first.problem,
+                               f"{len(problems)} problem(s) in total; run volsynth verify {root}")
+    dataset = load_dataset(root)
+    label_sources = options.label_sources or parse_label_spec(label_spec, dataset.labels)
+    if options.roi:
+        unknown = [n for n in options.roi if n not in label_sources]
+        if unknown:
+            raise ConfigError(None, f"ROI label(s) {unknown} not among labels {list(label_sources)}")
+    fingerprints = list(map_progress(partial(fingerprint_case, label_sources=label_sources, roi=options.roi),
+                                     dataset.cases, workers, "fingerprint", progress))
+    plan = make_plan(dataset, fingerprints, options, label_sources)
+    with atomic_output(out, overwrite=overwrite) as tmp:
+        tmp.mkdir()
+        entries = list(map_progress(partial(prepare_case, plan=plan, out=tmp), dataset.cases, workers,
+                                    "prepare", progress))
+        plan.save(tmp / PLAN_FILE)
+        write_dataset_json(tmp, plan.labels, plan.channel_names, len(entries), f"{dataset.name}-prepared",
+                           f"prepared by volsynth from {root}")
+        write_json(tmp / MANIFEST_FILE, {"plan": PLAN_FILE, "cases": entries})
+        if dataset.reports_file is not None:
+            prepared = {e["case"] for e in entries}
+            lines = [ln for ln in dataset.reports_file.read_text().splitlines()
+                     if ln.strip() and json.loads(ln).get("case") in prepared]
+            (tmp / REPORTS_FILE).write_text("".join(ln + "\n" for ln in lines))
+    return plan
+
+
+def load_manifest(prepared: str | Path) -> dict:
+    """The manifest of a prepared folder."""
+    path = Path(prepared) / MANIFEST_FILE
+    if not path.is_file():
+        raise DatasetError(path, "manifest not found", "is this a folder written by volsynth prepare?")
+    return json.loads(path.read_text())

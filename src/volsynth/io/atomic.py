@@ -1,0 +1,88 @@
+"""Atomic outputs: write to a temporary sibling, fsync, then rename, so a failure never leaves
+a half-written file or folder and never destroys what was already there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from volsynth.errors import WriteError
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a file (or every file under a folder) and its folder entry to disk."""
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                _fsync_file(child)
+    else:
+        _fsync_file(path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden name beside ``path`` that keeps its suffixes (format detection relies on them)."""
+    return path.with_name(f".partial-{os.getpid()}-{path.name}")
+
+
+@contextmanager
+def atomic_output(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write to; on success move it onto ``path`` atomically.
+
+    A folder target (a DICOM series, a checkpoint) may replace only an empty folder unless
+    ``overwrite``; on failure the temporary output is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise WriteError(path, "output folder exists and is not empty", "choose a new path")
+    if path.exists() and not overwrite and path.is_file():
+        raise WriteError(path, "output file exists", "choose a new path or allow overwriting")
+    tmp = temporary_sibling(path)
+    _remove(tmp)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise WriteError(path, "nothing was written")
+        _fsync_path(tmp)
+        if path.is_dir():
+            old = path.with_name(f".old-{os.getpid()}-{path.name}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

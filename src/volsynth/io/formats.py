@@ -1,0 +1,164 @@
+"""Read and write volumes by path: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage
+(.mha, .mhd) and DICOM series folders. Every writer is atomic and keeps the affine."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from volsynth.errors import GeometryError, ReadError, VolsynthError, WriteError
+from volsynth.io.atomic import atomic_output
+from volsynth.io.dicom import arrays_to_sitk, read_dicom_series, sitk_to_arrays, write_dicom_series
+from volsynth.io.volume import LabelMap, Volume
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+FORMATS = ("nifti", "nrrd", "mha", "dicom")
+
+
+def format_of(path: str | Path) -> str:
+    """The format a path names: by suffix, or ``dicom`` for a folder or a suffix-less name."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith((".nrrd", ".nhdr")):
+        return "nrrd"
+    if name.endswith((".mha", ".mhd")):
+        return "mha"
+    if path.is_dir() or path.suffix == "":
+        return "dicom"
+    raise ReadError(path, f"unknown volume format '{path.suffix}'",
+                    "use .nii.gz, .nii, .nrrd, .mha, .mhd or a DICOM folder")
+
+
+def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Read any supported file into (array in (i, j, k[, c]) order, RAS affine, modality or None).
+
+    The array keeps its dimensionality (2D and 4D are returned as they are, for ``verify`` to report).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ReadError(path, "file not found")
+    fmt = format_of(path)
+    if fmt == "dicom":
+        if not path.is_dir():
+            raise ReadError(path, "a DICOM series must be given as a folder")
+        return read_dicom_series(path)
+    if fmt == "nifti":
+        return (*_read_nifti(path), None)
+    try:
+        array, affine = sitk_to_arrays(sitk.ReadImage(str(path)))
+    except RuntimeError as exc:
+        raise ReadError(path, f"unreadable {fmt.upper()} file ({_last_line(exc)})") from exc
+    return array, affine, None
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        image = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for a bad header
+        raise ReadError(path, f"unreadable NIfTI header ({_last_line(exc)})") from exc
+    try:
+        array = np.asanyarray(image.dataobj)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ReadError(path, "truncated or corrupt gzip data", "re-export or re-download the file") from exc
+    except Exception as exc:
+        raise ReadError(path, f"unreadable NIfTI data ({_last_line(exc)})") from exc
+    return np.asarray(array), np.asarray(image.affine, dtype=np.float64)
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _require_3d(path: Path, array: np.ndarray) -> np.ndarray:
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise ReadError(path, f"expected a 3D volume, got {array.ndim}D with shape {tuple(array.shape)}")
+    return array
+
+
+def read_volume(path: str | Path, modality: str | None = None) -> Volume:
+    """Read a 3D intensity image (any supported format) as a ``Volume``."""
+    path = Path(path)
+    array, affine, found_modality = read_array(path)
+    array = _require_3d(path, array)
+    try:
+        return Volume(array.astype(np.float32, copy=False), affine, modality=modality or found_modality)
+    except VolsynthError as exc:
+        raise type(exc)(path, exc.problem, exc.hint) from exc
+
+
+def read_label(path: str | Path, labels: dict[str, int] | None = None) -> LabelMap:
+    """Read a 3D integer label map (any supported format) as a ``LabelMap``."""
+    path = Path(path)
+    array, affine, _ = read_array(path)
+    array = _require_3d(path, array)
+    try:
+        return LabelMap(array, affine, labels=labels)
+    except VolsynthError as exc:
+        raise type(exc)(path, exc.problem, exc.hint) from exc
+
+
+def write_volume(obj: Volume | LabelMap, path: str | Path, overwrite: bool = True,
+                 description: str = "", compression: str | None = None) -> Path:
+    """Write a Volume or LabelMap by the path's format, atomically; returns the path.
+
+    ``description`` and ``compression`` (``"jpeg2000"``) apply to DICOM series.
+    """
+    path = Path(path)
+    fmt = format_of(path)
+    if obj.array.ndim != 3:
+        raise WriteError(path, f"can only write 3D volumes, got shape {obj.shape}")
+    try:
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            if fmt == "nifti":
+                _write_nifti(obj, tmp)
+            elif fmt == "dicom":
+                tmp.mkdir()
+                write_dicom_series(obj, tmp, description=description, compression=compression)
+            else:
+                _write_itk(obj, tmp)
+    except VolsynthError as exc:
+        if exc.path is None:
+            raise type(exc)(path, exc.problem, exc.hint) from exc
+        raise
+    except OSError as exc:
+        raise WriteError(path, f"cannot write ({exc.strerror or exc})") from exc
+    return path
+
+
+def _write_nifti(obj: Volume | LabelMap, path: Path) -> None:
+    array = obj.array
+    if isinstance(obj, LabelMap):
+        array = array.astype(np.uint8 if array.min() >= 0 and array.max() <= 255 else np.int16)
+    else:
+        array = array.astype(np.float32, copy=False)
+    image = nib.Nifti1Image(array, obj.affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_sform(obj.affine, code=1)  # scanner anatomical
+    image.set_qform(obj.affine, code=1)
+    if isinstance(obj, LabelMap):
+        image.header.set_intent("label", name="volsynth labels")
+    nib.save(image, str(path))
+
+
+def _write_itk(obj: Volume | LabelMap, path: Path) -> None:
+    array = obj.array
+    if isinstance(obj, LabelMap):
+        array = array.astype(np.uint8 if array.min() >= 0 and array.max() <= 255 else np.int16)
+    else:
+        array = array.astype(np.float32, copy=False)
+    try:
+        image = arrays_to_sitk(array, obj.affine)
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as exc:
+        raise GeometryError(path, f"cannot write this geometry ({_last_line(exc)})") from exc

@@ -1,0 +1,175 @@
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import oblique_direction, write_msd, write_nnunet
+from volsynth.cli import main
+from volsynth.data.plan import Plan
+from volsynth.data.prepare import PrepareOptions, load_manifest, parse_label_spec, prepare_dataset
+from volsynth.errors import ConfigError, DatasetError, PlanError
+from volsynth.io import LabelMap, Volume, make_affine, read_label, read_volume, write_volume
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_round_trip_returns_original_geometry(tmp_path):
+    # oblique, LPS-like source; prepare at the source spacing, then invert back onto the source grid
+    root = write_nnunet(tmp_path / "ds", cases=2, direction=oblique_direction(20), spacing=(1.5, 1.5, 3.0))
+    out = tmp_path / "prep"
+    plan = prepare_dataset(root, out, PrepareOptions(size=[40, 40, 20]), progress=False)
+    manifest = load_manifest(out)
+    for entry in manifest["cases"]:
+        source = read_volume(entry["source_images"][0])
+        source_label = read_label(entry["source_label"])
+        prepared = read_volume(out / entry["images"][0])
+        prepared_label = read_label(out / entry["label"])
+        assert prepared.orientation == "RAS" and prepared.shape == (40, 40, 20)
+        assert prepared.array.min() >= -1 and prepared.array.max() <= 1
+        back = plan.invert(prepared, entry["source_affine"], entry["source_shape"], window=entry["windows"][0])
+        back_label = plan.invert(prepared_label, entry["source_affine"], entry["source_shape"])
+        write_volume(back, tmp_path / "back.nii.gz")
+        write_volume(back_label, tmp_path / "back_label.nii.gz")
+        reread, reread_label = read_volume(tmp_path / "back.nii.gz"), read_label(tmp_path / "back_label.nii.gz")
+        np.testing.assert_allclose(reread.affine, source.affine, atol=1e-4)
+        np.testing.assert_allclose(reread_label.affine, source.affine, atol=1e-4)
+        assert reread.shape == source.shape
+        for label_id in (1, 2):
+            assert _dice(reread_label.array == label_id, source_label.array == label_id) > 0.8
+        inside = source_label.array > 0  # tissue inside the field of view comes back in HU
+        assert np.median(np.abs(reread.array[inside] - source.array[inside])) < 15.0
+
+
+def test_plan_defaults_and_contents(nnunet_dataset, tmp_path):
+    plan = prepare_dataset(nnunet_dataset, tmp_path / "prep", progress=False)
+    assert plan.orientation == "RAS"
+    np.testing.assert_allclose(plan.spacing, [1.5, 1.6, 3.0], atol=1e-4)
+    assert all(s % 16 == 0 for s in plan.size)
+    norm = plan.normalization[0]
+    assert norm.scheme == "ct_window" and norm.window[0] < -900 and norm.window[1] > 50
+    assert plan.labels == {"liver": 1, "tumour": 2}
+    loaded = Plan.load(tmp_path / "prep")
+    assert loaded.to_dict() == plan.to_dict()
+    reports = (tmp_path / "prep" / "reports.jsonl").read_text().splitlines()
+    assert len(reports) == 3
+    from volsynth.data.verify import verify_dataset
+
+    assert verify_dataset(tmp_path / "prep") == []  # the output is itself a valid dataset
+
+
+def test_label_remap_and_roi(nnunet_dataset, tmp_path):
+    options = PrepareOptions(size=[16, 16, 16], spacing="fit", roi=["liver"], margin_mm=4.0,
+                             label_sources=parse_label_spec("liver=liver+tumour,lesion=2", {"liver": 1, "tumour": 2}))
+    plan = prepare_dataset(nnunet_dataset, tmp_path / "prep", options, progress=False)
+    assert plan.labels == {"liver": 1, "lesion": 2}
+    assert plan.spacing[0] == plan.spacing[1] == plan.spacing[2]
+    for entry in load_manifest(tmp_path / "prep")["cases"]:
+        label = read_label(tmp_path / "prep" / entry["label"])
+        assert set(np.unique(label.array)) <= {0, 1, 2}
+        assert entry["roi_found"] is True
+        # the liver (with its lesion) is centred in the grid and fits inside it
+        organ = np.argwhere(label.array > 0)
+        centre = (organ.min(0) + organ.max(0)) / 2
+        np.testing.assert_allclose(centre, [7.5, 7.5, 7.5], atol=1.5)
+        assert organ.min() > 0 and organ.max() < 15
+
+
+def test_label_spec_parsing_errors_and_yaml(tmp_path):
+    assert parse_label_spec(None, {"background": 0, "liver": 1}) == {"liver": [1]}
+    spec = tmp_path / "labels.yaml"
+    spec.write_text("liver: 5\ntumour: [6, 7]\n")
+    assert parse_label_spec(str(spec), {}) == {"liver": [5], "tumour": [6, 7]}
+    with pytest.raises(ConfigError, match="bad label spec"):
+        parse_label_spec("liver", {})
+    with pytest.raises(ConfigError, match="neither an id nor a label name"):
+        parse_label_spec("liver=spleen", {"liver": 1})
+
+
+def test_mr_percentile_scaling(tmp_path):
+    root = write_nnunet(tmp_path / "mr", cases=3, modality="MR")
+    plan = prepare_dataset(root, tmp_path / "prep", PrepareOptions(size=[16, 16, 16]), progress=False)
+    norm = plan.normalization[0]
+    assert norm.scheme == "mr_percentile" and norm.percentiles == [0.5, 99.5]
+    manifest = load_manifest(tmp_path / "prep")
+    windows = [tuple(e["windows"][0]) for e in manifest["cases"]]
+    assert len(set(windows)) == 3  # one window per case
+    entry = manifest["cases"][0]
+    prepared = read_volume(tmp_path / "prep" / entry["images"][0])
+    back = plan.denormalize(prepared, window=tuple(entry["windows"][0]))
+    assert back.array.max() == pytest.approx(entry["windows"][0][1], rel=1e-4)
+
+
+def test_workers_give_identical_files(nnunet_dataset, tmp_path):
+    prepare_dataset(nnunet_dataset, tmp_path / "one", PrepareOptions(size=[16, 16, 16]), progress=False)
+    prepare_dataset(nnunet_dataset, tmp_path / "two", PrepareOptions(size=[16, 16, 16]), workers=2, progress=False)
+    for path in sorted((tmp_path / "one").rglob("*.nii.gz")):
+        assert path.read_bytes() == (tmp_path / "two" / path.relative_to(tmp_path / "one")).read_bytes()
+
+
+def test_dicom_series_dataset_prepares(tmp_path):
+    root = write_msd(tmp_path / "dicom", cases=2, suffix="")
+    prepare_dataset(root, tmp_path / "prep", PrepareOptions(size=[16, 16, 16]), progress=False)
+    assert len(load_manifest(tmp_path / "prep")["cases"]) == 2
+
+
+def test_large_scanner_like_volume(tmp_path):
+    # a few hundred thin slices; the crop-before-filter path keeps this fast and small
+    shape = (160, 160, 240)
+    affine = make_affine([0.75, 0.75, 0.7], [-60, -60, -84], np.diag([-1.0, -1.0, 1.0]))
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    liver = ((grid ** 2).sum(0) < 0.3).astype(np.uint8)
+    root = tmp_path / "big"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    write_volume(Volume(np.where(liver, 60.0, -100.0).astype(np.float32), affine), root / "imagesTr" / "a_0000.nii.gz")
+    write_volume(LabelMap(liver, affine), root / "labelsTr" / "a.nii.gz")
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}, "numTraining": 1,
+            "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    plan = prepare_dataset(root, tmp_path / "prep", PrepareOptions(spacing=[2.5] * 3, size=[48, 48, 64]),
+                           progress=False)
+    label = read_label(tmp_path / "prep" / "labelsTr" / "a.nii.gz")
+    volume_ml = label.array.sum() * np.prod(plan.spacing) / 1000
+    true_ml = liver.sum() * 0.75 * 0.75 * 0.7 / 1000
+    assert volume_ml == pytest.approx(true_ml, rel=0.08)
+
+
+def test_cli_prepare_bad_dataset_writes_nothing(nnunet_dataset, tmp_path, capsys):
+    (nnunet_dataset / "labelsTr" / "case001.nii.gz").unlink()
+    out = tmp_path / "prep"
+    assert main(["prepare", str(nnunet_dataset), str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "case001.nii.gz" in err and "missing file" in err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+def test_cli_prepare_refuses_to_overwrite(nnunet_dataset, tmp_path, capsys):
+    out = tmp_path / "prep"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert main(["prepare", str(nnunet_dataset), str(out), "--size", "16", "--no-progress"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "precious"
+    assert main(["prepare", str(nnunet_dataset), str(out), "--size", "16", "--no-progress", "--overwrite"]) == 0
+    assert (out / "plan.json").is_file() and not (out / "keep.txt").exists()
+
+
+def test_cli_prepare_option_errors(nnunet_dataset, tmp_path, capsys):
+    assert main(["prepare", str(nnunet_dataset), str(tmp_path / "p"), "--size", "a,b"]) == 2
+    assert "--size" in capsys.readouterr().err
+    assert main(["prepare", str(nnunet_dataset), str(tmp_path / "p"), "--roi", "spleen", "--no-progress"]) == 2
+    assert "spleen" in capsys.readouterr().err
+
+
+def test_invalid_plan_is_a_clear_error(tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps({"version": 1, "spacing": [1, 1]}))
+    with pytest.raises(PlanError, match="invalid plan") as info:
+        Plan.load(tmp_path)
+    assert "plan.json" in str(info.value)
+    with pytest.raises(PlanError, match="not found"):
+        Plan.load(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="manifest not found"):
+        load_manifest(tmp_path)
