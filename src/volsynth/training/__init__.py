@@ -1,0 +1,1 @@
+"""One training engine and the per-stage losses (autoencoder, diffusion)."""

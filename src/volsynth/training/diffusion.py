@@ -1,0 +1,106 @@
+"""The text-conditioned latent diffusion stage (seed 000): ``ConditionedUNet`` on cached latents with
+cross-attention to the reports' token embeddings, condition dropout for classifier-free guidance,
+DDPM/DDIM (epsilon or v) or rectified-flow training, L1 (the seed's) or L2 loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from volsynth.errors import ConfigError
+from volsynth.models.registry import build_network, network_config
+from volsynth.sampling.samplers import build_scheduler, sample_timesteps, training_target
+from volsynth.training.latents import LatentCache
+
+
+@dataclass
+class DiffusionSettings:
+    """A recipe's ``diffusion:`` block (less ``train:``)."""
+
+    size: str = "small"
+    network: dict = field(default_factory=dict)
+    sampler: str = "ddpm"  # training schedule: ddpm (epsilon / v_prediction) or rflow (flow)
+    prediction_type: str = "epsilon"
+    num_train_timesteps: int = 1000
+    schedule: str = "scaled_linear_beta"
+    loss: str = "l1"
+    condition_dropout: float = 0.1
+    text_encoder: str = "minilm"
+    preview_steps: int = 20
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> DiffusionSettings:
+        """Build from a dict, rejecting unknown keys."""
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(None, f"unknown diffusion setting(s): {', '.join(unknown)}")
+        settings = cls(**data)
+        if settings.loss not in ("l1", "l2"):
+            raise ConfigError(None, f"unknown diffusion loss '{settings.loss}'", "use l1 or l2")
+        return settings
+
+    def scheduler(self, spatial_numel: int = 32768):
+        """The training noise schedule."""
+        return build_scheduler(self.sampler, self.prediction_type, self.num_train_timesteps, self.schedule,
+                               spatial_numel)
+
+
+class DiffusionStage:
+    """Trains the conditioned UNet on a latent cache."""
+
+    name = "diffusion"
+
+    def __init__(self, cache: LatentCache, settings: DiffusionSettings, seed: int = 0,
+                 autoencoder: str | Path | None = None) -> None:
+        self.cache, self.settings, self.autoencoder = cache, settings, autoencoder
+        latent_channels = cache.mean.shape[1]
+        torch.manual_seed(seed)
+        unet = {"spatial_dims": 3, **network_config("unet", settings.size, **settings.network)}
+        self.configs = {"unet": {"class": "ConditionedUNet", "latent_channels": latent_channels,
+                                 "context_dim": int(cache.info["text_dim"]),
+                                 "context_length": int(cache.info["text_length"]), "unet": unet}}
+        self.networks = {"unet": build_network(self.configs["unet"])}
+        factor = 2 ** (len(unet["channels"]) - 1)
+        if any(s % factor for s in cache.mean.shape[2:]):
+            raise ConfigError(cache.path, f"latent grid {list(cache.mean.shape[2:])} is not divisible by {factor}")
+        self.scheduler = settings.scheduler(int(cache.mean[0, 0].numel()))
+
+    def num_items(self) -> int:
+        """Number of cached cases."""
+        return len(self.cache)
+
+    def param_groups(self) -> dict[str, list[str]]:
+        """One optimizer for the UNet."""
+        return {"diffusion": ["unet"]}
+
+    def losses(self, indices: list[int], generators: list[torch.Generator], step: int) -> dict[str, torch.Tensor]:
+        """Denoising loss for a batch of cached latents and their reports."""
+        z0 = self.cache.sample(indices, generators)
+        noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in generators])
+        timesteps = sample_timesteps(self.scheduler, z0, generators)
+        noisy = self.scheduler.add_noise(z0, noise, timesteps)
+        drop = torch.stack([torch.rand((), generator=g) < self.settings.condition_dropout for g in generators])
+        prediction = self.networks["unet"](noisy, timesteps, context=self.cache.tokens[indices], drop_context=drop)
+        target = training_target(self.scheduler, self.settings.prediction_type, z0, noise, timesteps)
+        error = prediction.float() - target
+        loss = error.abs().mean() if self.settings.loss == "l1" else error.pow(2).mean()
+        return {"diffusion": loss}
+
+    def meta(self) -> dict:
+        """Scale factor, text encoder and data identity, stored beside the weights."""
+        info = self.cache.info
+        return {"scale_factor": self.cache.scale_factor, "text_encoder": info["text_encoder"],
+                "latent_shape": info["latent_shape"], "autoencoder": str(self.autoencoder or info["autoencoder"]),
+                "autoencoder_sha256": info["autoencoder_sha256"], "prepared": info["prepared"],
+                "diffusion": {k: v for k, v in vars(self.settings).items() if k != "network"}}
+
+    def preview(self, step: int, path: Path) -> None:
+        """Decoded samples for the first reports (needs the autoencoder checkpoint)."""
+        if self.autoencoder is None:
+            return
+        from volsynth.pipelines.generate import preview_samples
+
+        preview_samples(self.networks["unet"], self.autoencoder, self.cache, self.settings, path, step)

@@ -1,0 +1,92 @@
+"""The latent cache: encode a prepared dataset once with a trained autoencoder; store each case's
+posterior mean and log-variance (z is sampled from them at every step), the latent scale factor
+(1 / std of z) and the text embeddings of the reports."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from volsynth.errors import VolsynthError
+from volsynth.io.atomic import atomic_output
+from volsynth.models.checkpoint import load_checkpoint, sha256_file
+from volsynth.parallel import progress_bar
+from volsynth.text import get_text_encoder
+from volsynth.training.data import PreparedData
+
+CACHE_INFO = "cache.json"
+
+
+@dataclass
+class LatentCache:
+    """Posterior statistics, text tokens and bookkeeping of a prepared dataset."""
+
+    path: Path
+    mean: torch.Tensor  # [N, C, x, y, z]
+    logvar: torch.Tensor
+    tokens: torch.Tensor  # [N, L, D]
+    token_mask: torch.Tensor  # [N, L]
+    info: dict
+
+    @property
+    def scale_factor(self) -> float:
+        """Multiply z by this before diffusion; divide before decoding."""
+        return float(self.info["scale_factor"])
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    def sample(self, indices: list[int], generators: list[torch.Generator]) -> torch.Tensor:
+        """Scaled latents z = (mean + std * eps) * scale, eps from each sample's generator."""
+        eps = torch.stack([torch.randn(self.mean.shape[1:], generator=g) for g in generators])
+        z = self.mean[indices] + torch.exp(0.5 * self.logvar[indices]) * eps
+        return z * self.scale_factor
+
+
+@torch.no_grad()
+def build_latent_cache(autoencoder_checkpoint: str | Path, data: PreparedData, text_encoder: str, out: str | Path,
+                       progress: bool = True) -> LatentCache:
+    """Encode every case and its report; write the cache folder atomically."""
+    checkpoint = load_checkpoint(autoencoder_checkpoint, use_ema=True)
+    autoencoder = checkpoint.networks["autoencoder"].eval()
+    means, logvars = [], []
+    with progress_bar(progress) as bar:
+        task = bar.add_task("encode latents", total=len(data))
+        for index in range(len(data)):
+            mu, sigma = autoencoder.encode(data.images[index:index + 1])
+            means.append(mu[0])
+            logvars.append(torch.log(sigma[0].pow(2) + 1e-12))
+            bar.advance(task)
+    mean, logvar = torch.stack(means), torch.stack(logvars)
+    generator = torch.Generator().manual_seed(0)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+    scale = 1.0 / float(z.std())
+    encoder = get_text_encoder(text_encoder)
+    tokens, mask = encoder.encode(data.reports)
+    out = Path(out)
+    info = {"case_ids": data.case_ids, "scale_factor": scale, "text_encoder": encoder.identifier,
+            "text_dim": encoder.dim, "text_length": encoder.max_length,
+            "autoencoder": str(Path(autoencoder_checkpoint)),
+            "autoencoder_sha256": sha256_file(Path(autoencoder_checkpoint) / "model.safetensors"),
+            "prepared": str(data.root), "latent_shape": list(mean.shape[1:])}
+    with atomic_output(out) as tmp:
+        tmp.mkdir()
+        save_file({"mean": mean.contiguous(), "logvar": logvar.contiguous()}, str(tmp / "latents.safetensors"))
+        save_file({"tokens": tokens.contiguous(), "mask": mask.contiguous()}, str(tmp / "text.safetensors"))
+        (tmp / CACHE_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return load_latent_cache(out)
+
+
+def load_latent_cache(path: str | Path) -> LatentCache:
+    """Read a cache folder written by ``build_latent_cache``."""
+    path = Path(path)
+    if not (path / CACHE_INFO).is_file():
+        raise VolsynthError(path, "not a latent cache (cache.json missing)", "build it with the recipe's latents stage")
+    latents = load_file(str(path / "latents.safetensors"))
+    text = load_file(str(path / "text.safetensors"))
+    info = json.loads((path / CACHE_INFO).read_text())
+    return LatentCache(path, latents["mean"], latents["logvar"], text["tokens"], text["mask"], info)

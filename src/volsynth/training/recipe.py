@@ -1,0 +1,165 @@
+"""Recipes: one YAML runs every stage in order, skipping finished stages and resuming an interrupted one.
+
+Stages and their folders under OUT::
+
+    data/         phantom dataset (when the recipe asks for phantoms; else the given dataset is used)
+    prepared/     volsynth prepare output (plan.json, manifest.json, cases)
+    autoencoder/  checkpoints/checkpoint-N, metrics.jsonl, previews/
+    latents/      latent cache
+    diffusion/    checkpoints/checkpoint-N, metrics.jsonl, previews/
+    model/        the final model: autoencoder + UNet (EMA weights) + meta.json; from_pretrained loads it
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from volsynth.data.plan import PLAN_FILE
+from volsynth.data.prepare import PrepareOptions, prepare_dataset
+from volsynth.errors import ConfigError
+from volsynth.io.atomic import atomic_output
+from volsynth.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
+from volsynth.training.data import load_prepared
+from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
+from volsynth.training.engine import TrainConfig, Trainer, distributed_info
+from volsynth.training.latents import CACHE_INFO, build_latent_cache, load_latent_cache
+
+RECIPE_KEYS = {"name", "seed", "data", "prepare", "text_encoder", "autoencoder", "diffusion", "model"}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def load_recipe(path: str | Path) -> dict:
+    """Read and check a recipe YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "recipe not found")
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"invalid YAML ({exc})") from exc
+    if not isinstance(recipe, dict):
+        raise ConfigError(path, "a recipe must be a mapping")
+    unknown = sorted(set(recipe) - RECIPE_KEYS)
+    if unknown:
+        raise ConfigError(path, f"unknown recipe key(s): {', '.join(unknown)}",
+                          f"known: {', '.join(sorted(RECIPE_KEYS))}")
+    data = recipe.get("data") or {}
+    if bool(data.get("phantom")) == bool(data.get("dataset")):
+        raise ConfigError(path, "data: give exactly one of 'phantom' or 'dataset'")
+    recipe["_path"] = str(path)
+    return recipe
+
+
+def _split(block: dict | None) -> tuple[dict, dict]:
+    block = dict(block or {})
+    return block, block.pop("train", {}) or {}
+
+
+def _once(rank: int, world: int, done: Callable[[], bool], work: Callable[[], object]) -> None:
+    """Run ``work`` on rank 0 unless ``done()``; other ranks wait for it."""
+    if rank == 0 and not done():
+        work()
+    if world > 1:
+        dist.barrier()
+
+
+def _finished(folder: Path, steps: int) -> bool:
+    path = latest_checkpoint(folder / "checkpoints")
+    return path is not None and int(json.loads((path / "meta.json").read_text())["step"]) >= steps
+
+
+def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
+               log: Callable[[str], None] = print) -> Path:
+    """Run (or continue) every stage of a recipe; returns the final model folder."""
+    recipe = load_recipe(recipe_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = distributed_info()
+    seed = int(recipe.get("seed", 0))
+    text_encoder = str(recipe.get("text_encoder", "minilm"))
+
+    # 1. data
+    data_cfg = recipe["data"]
+    dataset = out / "data" if data_cfg.get("phantom") else Path(data_cfg["dataset"])
+
+    def make_phantoms() -> None:
+        from volsynth.data.phantom import write_phantom_dataset
+
+        log("stage data: writing phantoms")
+        with atomic_output(dataset) as tmp:
+            write_phantom_dataset(out=tmp, progress=progress, **data_cfg["phantom"])
+
+    _once(rank, world, lambda: (dataset / "dataset.json").is_file(), make_phantoms)
+
+    # 2. prepare
+    prepared = out / "prepared"
+    prep = dict(recipe.get("prepare") or {})
+    labels = prep.pop("labels", None)
+    for key in ("size", "spacing", "window"):
+        if isinstance(prep.get(key), (int, float)) and key != "spacing":
+            prep[key] = [prep[key]] * (3 if key == "size" else 2)
+    if isinstance(prep.get("spacing"), (int, float)):
+        prep["spacing"] = [float(prep["spacing"])] * 3
+    try:
+        options = PrepareOptions(**prep)
+    except TypeError as exc:
+        raise ConfigError(recipe["_path"], f"invalid prepare block ({exc})") from exc
+    _once(rank, world, lambda: (prepared / PLAN_FILE).is_file(),
+          lambda: (log("stage prepare"), prepare_dataset(dataset, prepared, options, label_spec=labels,
+                                                         progress=progress)))
+    data = load_prepared(prepared)
+
+    # 3. autoencoder
+    ae_block, ae_train = _split(recipe.get("autoencoder"))
+    ae_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **ae_train})
+    if not _finished(out / "autoencoder", ae_config.steps):
+        log("stage autoencoder")
+        stage = AutoencoderStage(data, AutoencoderSettings.from_dict(ae_block), seed=seed)
+        Trainer(stage, out / "autoencoder", ae_config).fit(resume=True)
+    autoencoder = latest_checkpoint(out / "autoencoder" / "checkpoints")
+
+    # 4. latent cache
+    latents = out / "latents"
+    _once(rank, world, lambda: (latents / CACHE_INFO).is_file(),
+          lambda: (log("stage latents"), build_latent_cache(autoencoder, data, text_encoder, latents, progress)))
+    cache = load_latent_cache(latents)
+
+    # 5. diffusion
+    diff_block, diff_train = _split(recipe.get("diffusion"))
+    diff_settings = DiffusionSettings.from_dict({"text_encoder": text_encoder, **diff_block})
+    diff_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **diff_train})
+    if not _finished(out / "diffusion", diff_config.steps):
+        log("stage diffusion")
+        stage = DiffusionStage(cache, diff_settings, seed=seed, autoencoder=autoencoder)
+        Trainer(stage, out / "diffusion", diff_config).fit(resume=True)
+    diffusion = latest_checkpoint(out / "diffusion" / "checkpoints")
+
+    # 6. final model
+    model = out / "model"
+    dtype = DTYPES.get(str((recipe.get("model") or {}).get("dtype", "float32")))
+    _once(rank, world, lambda: (model / "meta.json").is_file(),
+          lambda: (log("stage model"), assemble_model(autoencoder, diffusion, model, recipe, dtype)))
+    return model
+
+
+def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict,
+                   dtype: torch.dtype | None = None) -> Path:
+    """One folder with the autoencoder and UNet (EMA weights) and everything generation needs."""
+    ae = load_checkpoint(autoencoder, use_ema=True)
+    diff = load_checkpoint(diffusion, use_ema=True)
+    meta = {key: diff.meta[key] for key in ("scale_factor", "text_encoder", "latent_shape", "diffusion",
+                                            "autoencoder_sha256")}
+    meta.update(plan=ae.meta["plan"], dataset_sha256=ae.meta.get("dataset_sha256"), recipe=recipe.get("name"),
+                steps={"autoencoder": ae.meta["step"], "diffusion": diff.meta["step"]})
+    configs = {"autoencoder": ae.config["networks"]["autoencoder"], "unet": diff.config["networks"]["unet"]}
+    networks = {"autoencoder": ae.networks["autoencoder"], "unet": diff.networks["unet"]}
+    return save_checkpoint(out, networks, configs, meta, settings={"recipe": {k: v for k, v in recipe.items()
+                                                                              if not k.startswith("_")}},
+                           dtype=dtype)

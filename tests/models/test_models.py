@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from volsynth.errors import ConfigError
+from volsynth.models import build_network, network_config
+from volsynth.models.tiled import decode
+from volsynth.sampling import build_scheduler, classifier_free, training_target
+
+
+def tiny_unet(cond_channels: int = 0):
+    torch.manual_seed(0)
+    unet = {"spatial_dims": 3, **network_config("unet", "tiny")}
+    return build_network({"class": "ConditionedUNet", "latent_channels": 4, "context_dim": 8, "context_length": 5,
+                          "cond_channels": cond_channels, "unet": unet})
+
+
+def test_registry_errors():
+    with pytest.raises(ConfigError, match="unknown unet size"):
+        network_config("unet", "huge")
+    with pytest.raises(ConfigError, match="unknown network class"):
+        build_network({"class": "Nope"})
+    with pytest.raises(ConfigError, match="cannot build"):
+        build_network({"class": "AutoencoderKL", "spatial_dims": 3, "channels": [8, 8], "norm_num_groups": 3})
+
+
+def test_null_context_is_learned_and_used_for_dropped_samples():
+    unet = tiny_unet()
+    with torch.no_grad():  # MONAI zero-initialises attention outputs: perturb so that context matters
+        for param in unet.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    x, t = torch.randn(2, 4, 8, 8, 8), torch.tensor([10, 20])
+    context = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        unconditional = unet(x, t, context=None)
+        dropped = unet(x, t, context=context, drop_context=torch.tensor([True, False]))
+        conditional = unet(x, t, context=context)
+    assert torch.allclose(dropped[0], unconditional[0], atol=1e-5)
+    assert torch.allclose(dropped[1], conditional[1], atol=1e-5)
+    assert not torch.allclose(conditional[0], unconditional[0], atol=1e-4)
+    assert any(n == "null_context" for n, _ in unet.named_parameters())
+
+
+def test_condition_channels_are_required():
+    unet = tiny_unet(cond_channels=2)
+    x, t = torch.randn(1, 4, 8, 8, 8), torch.tensor([5])
+    assert unet(x, t, cond=torch.zeros(1, 2, 8, 8, 8)).shape == x.shape
+    with pytest.raises(ValueError, match="2 condition channels"):
+        unet(x, t)
+
+
+def test_classifier_free_guidance_combines_predictions():
+    def cond(x, t):
+        return x + 1
+
+    def uncond(x, t):
+        return x
+
+    x = torch.zeros(1)
+    assert classifier_free(cond, uncond, 1.0) is cond
+    assert torch.equal(classifier_free(cond, uncond, 3.0)(x, None), torch.tensor([3.0]))
+    assert torch.equal(classifier_free(cond, uncond, 0.0)(x, None), torch.tensor([0.0]))
+
+
+def test_scheduler_and_target_checks():
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        build_scheduler("euler")
+    with pytest.raises(ConfigError, match="rectified flow needs"):
+        build_scheduler("rflow", "epsilon")
+    with pytest.raises(ConfigError, match="needs the rflow"):
+        build_scheduler("ddim", "flow")
+    x0, noise, t = torch.randn(2, 1, 4, 4, 4), torch.randn(2, 1, 4, 4, 4), torch.tensor([3, 900])
+    assert torch.equal(training_target(build_scheduler("ddpm"), "epsilon", x0, noise, t), noise)
+    assert torch.equal(training_target(build_scheduler("rflow", "flow"), "flow", x0, noise, t), x0 - noise)
+
+
+def test_tiled_decode_matches_full_decode():
+    torch.manual_seed(0)
+    autoencoder = build_network({"class": "AutoencoderKL", "spatial_dims": 3, "in_channels": 1, "out_channels": 1,
+                                 **network_config("autoencoder", "tiny")}).eval()
+    z = torch.randn(1, 4, 20, 20, 12)
+    full = decode(autoencoder, z, tiled=False)
+    scale = float(full.std())
+    exact = decode(autoencoder, z, tile=8, margin=8, tiled=True)  # margin covers the receptive field
+    assert exact.shape == full.shape == (1, 1, 40, 40, 24)
+    assert float((exact - full).abs().max()) < 1e-4 * scale
+    seams = decode(autoencoder, z, tile=8, margin=4, tiled=True)  # smaller margin: small seams only
+    assert float((seams - full).abs().mean()) < 0.05 * scale
