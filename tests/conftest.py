@@ -97,3 +97,23 @@ def prepared_tiny(tmp_path_factory) -> Path:
     dataset = write_nnunet(root / "raw", cases=4)
     prepare_dataset(dataset, root / "prepared", PrepareOptions(size=[16, 16, 16]), progress=False)
     return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(prepared_tiny, tmp_path_factory) -> Path:
+    """A complete (barely trained) tiny text-to-volume model folder built from ``prepared_tiny``."""
+    from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
+    from volsynth.training.data import load_prepared
+    from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
+    from volsynth.training.engine import TrainConfig, Trainer
+    from volsynth.training.latents import build_latent_cache
+    from volsynth.training.recipe import assemble_model
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    data = load_prepared(prepared_tiny)
+    config = TrainConfig(steps=2, batch_size=2, checkpoint_every=2, progress=False)
+    ae = Trainer(AutoencoderStage(data, AutoencoderSettings(size="tiny", adv_weight=0.0)), root / "ae", config).fit()
+    settings = DiffusionSettings(size="tiny", text_encoder="tiny:16", num_train_timesteps=100)
+    cache = build_latent_cache(ae, data, settings.text_encoder, root / "latents", progress=False)
+    diffusion = Trainer(DiffusionStage(cache, settings, autoencoder=ae), root / "diffusion", config).fit()
+    return assemble_model(ae, diffusion, root / "model", {"name": "tiny-test"})

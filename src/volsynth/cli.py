@@ -220,6 +220,37 @@ def train_diffusion(
 
 
 @app.command()
+def generate(
+    model: Path = typer.Argument(..., help="Model folder (volsynth train output: OUT/model)."),
+    out: Path = typer.Option(..., help="Output folder for volumes and their JSON sidecars."),
+    prompt: str = typer.Option(None, help="Radiology-style report; empty for unconditional samples."),
+    jobs: Path = typer.Option(None, help="JSON-lines jobs file: {prompt, seed, n, id} per line."),
+    n: int = typer.Option(1, help="Volumes per prompt (seeds seed, seed+1, ...)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same volume."),
+    steps: int = typer.Option(30, help="Sampling steps."),
+    sampler: str = typer.Option("ddim", help="ddim, ddpm or rflow (rflow for flow models)."),
+    text_guidance: float = typer.Option(3.0, help="Classifier-free guidance scale for the text."),
+    image_format: str = typer.Option("nifti", "--format", help="nifti or dicom."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Generate volumes from text; one image and one JSON sidecar per volume."""
+    from volsynth.pipelines import SynthesisPipeline
+    from volsynth.pipelines.jobs import Job, read_jobs, resolve_device, run_jobs
+
+    if (prompt is None) == (jobs is None):
+        raise ConfigError(None, "give exactly one of --prompt or --jobs")
+    job_list = read_jobs(jobs) if jobs else [Job(prompt=prompt, seed=seed, n=n)]
+    if n < 1 or steps < 1:
+        raise ConfigError(None, f"--n and --steps must be >= 1, got {n} and {steps}")
+    target = resolve_device(device)
+    pipeline = SynthesisPipeline.from_pretrained(model).to(target)
+    written = run_jobs(pipeline, job_list, out, steps=steps, sampler=sampler, text_guidance=text_guidance,
+                       image_format=image_format, progress=progress)
+    console.print(f"wrote {len(written)} volume(s) to {out}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for everything the demo writes."),
     cases: int = typer.Option(6, help="Phantom cases to make."),

@@ -38,9 +38,9 @@ SIZES: dict[str, dict[str, dict]] = {
     },
     "unet": {
         "tiny": {"channels": [8, 16], "num_res_blocks": 1, "attention_levels": [False, True], "norm_num_groups": 8,
-                 "num_head_channels": 8, "use_flash_attention": False},
+                 "num_head_channels": 8, "use_flash_attention": True},
         "small": {"channels": [32, 64, 64], "num_res_blocks": 1, "attention_levels": [False, True, True],
-                  "norm_num_groups": 32, "num_head_channels": 16, "use_flash_attention": False},
+                  "norm_num_groups": 32, "num_head_channels": 16, "use_flash_attention": True},
     },
 }
 

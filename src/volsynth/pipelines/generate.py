@@ -37,6 +37,14 @@ class SynthesisPipeline:
         self.text_encoder_id = text_encoder
         self._text_encoder = None
         self.model_path, self.model_sha256 = model_path, model_sha256
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> SynthesisPipeline:
+        """Move the networks to a device (noise is still drawn on the CPU, so seeds mean the same)."""
+        self.device = torch.device(device)
+        self.autoencoder.to(self.device)
+        self.unet.to(self.device)
+        return self
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> SynthesisPipeline:
@@ -58,24 +66,28 @@ class SynthesisPipeline:
             self._text_encoder = get_text_encoder(self.text_encoder_id)
         return self._text_encoder
 
+    def scheduler(self, sampler: str, spatial_numel: int = 32768):
+        """A sampling scheduler matching the trained noise schedule; wrong combinations are errors."""
+        trained = self.diffusion.get("sampler", "ddpm")
+        if (sampler == "rflow") != (trained == "rflow"):
+            raise ConfigError(self.model_path, f"model trained with '{trained}' cannot sample with '{sampler}'",
+                              "use rflow for flow models, ddpm/ddim otherwise")
+        return build_scheduler(sampler, self.diffusion.get("prediction_type", "epsilon"),
+                               self.diffusion.get("num_train_timesteps", 1000),
+                               self.diffusion.get("schedule", "scaled_linear_beta"), spatial_numel)
+
     @torch.no_grad()
     def __call__(self, prompt: str = "", seed: int = 0, steps: int = 30, sampler: str = "ddim",
                  text_guidance: float = 3.0, dtype: torch.dtype = torch.float32) -> SynthesisResult:
         """1. encode prompt 2. prepare latents 3. denoise 4. decode 5. invert the plan's normalisation."""
         start = time.perf_counter()
         # 1. encode the prompt (an empty prompt means the unconditional model)
-        context = self.text_encoder.encode([prompt])[0] if prompt else None
+        context = self.text_encoder.encode([prompt])[0].to(self.device) if prompt else None
         # 2. prepare latents from the seed
         generator = torch.Generator().manual_seed(seed)
-        z = torch.randn([1, *self.latent_shape], generator=generator)
+        z = torch.randn([1, *self.latent_shape], generator=generator).to(self.device)
         # 3. denoise with classifier-free guidance around the network
-        trained = self.diffusion.get("sampler", "ddpm")
-        if (sampler == "rflow") != (trained == "rflow"):
-            raise ConfigError(self.model_path, f"model trained with '{trained}' cannot sample with '{sampler}'",
-                              "use rflow for flow models, ddpm/ddim otherwise")
-        scheduler = build_scheduler(sampler, self.diffusion.get("prediction_type", "epsilon"),
-                                    self.diffusion.get("num_train_timesteps", 1000),
-                                    self.diffusion.get("schedule", "scaled_linear_beta"), int(z[0, 0].numel()))
+        scheduler = self.scheduler(sampler, int(z[0, 0].numel()))
 
         def conditional(x, t):
             return self.unet(x, t, context=context)
@@ -84,16 +96,18 @@ class SynthesisPipeline:
             return self.unet(x, t, context=None)
 
         denoiser = classifier_free(conditional, unconditional, text_guidance if context is not None else 1.0)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             z = sample(denoiser, z, scheduler, steps, generator=generator)
             # 4. decode (tiled above the size threshold)
             image = decode(self.autoencoder, z.float() / self.scale_factor)
         # 5. back to HU / MR units on the plan's grid
-        volume = Volume(image[0, 0].float().clamp(-1, 1).numpy().astype(np.float32), self.plan.default_affine(),
+        volume = Volume(image[0, 0].float().clamp(-1, 1).cpu().numpy().astype(np.float32), self.plan.default_affine(),
                         modality=self.plan.modality)
         volume = self.plan.denormalize(volume)
         provenance = {"prompt": prompt, "seed": seed, "steps": steps, "sampler": sampler,
-                      "text_guidance": text_guidance, "model": str(self.model_path), "model_sha256": self.model_sha256,
+                      "text_guidance": text_guidance, "dtype": str(dtype).removeprefix("torch."),
+                      "device": self.device.type, "text_encoder": self.text_encoder_id,
+                      "model": str(self.model_path), "model_sha256": self.model_sha256,
                       "seconds": round(time.perf_counter() - start, 3)}
         return SynthesisResult(volume, provenance)
 

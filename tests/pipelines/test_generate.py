@@ -1,0 +1,123 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from volsynth.cli import main
+from volsynth.data.plan import Plan
+from volsynth.io import read_volume
+from volsynth.pipelines import SynthesisPipeline
+
+
+def _generate(model, out, *extra):
+    return main(["generate", str(model), "--out", str(out), "--steps", "3", "--no-progress", *extra])
+
+
+def test_cli_end_to_end_files_sidecar_geometry(tiny_model, tmp_path):
+    assert _generate(tiny_model, tmp_path / "out", "--prompt", "Two hypodense liver lesions, largest 24 mm.",
+                     "--n", "2", "--seed", "3") == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["job000_00.json", "job000_00_image.nii.gz", "job000_01.json", "job000_01_image.nii.gz"]
+    sidecar = json.loads((tmp_path / "out" / "job000_01.json").read_text())
+    assert sidecar["seed"] == 4 and sidecar["steps"] == 3 and sidecar["sampler"] == "ddim"
+    assert sidecar["prompt"].startswith("Two hypodense") and sidecar["model_sha256"]
+    assert sidecar["volsynth_version"] and sidecar["seconds"] > 0 and len(sidecar["image_sha256"]) == 64
+    plan = Plan.from_dict(json.loads((tiny_model / "meta.json").read_text())["plan"])
+    image = read_volume(tmp_path / "out" / "job000_00_image.nii.gz")
+    assert image.shape == tuple(plan.size)
+    np.testing.assert_allclose(image.affine, plan.default_affine(), atol=1e-5)
+    low, high = plan.normalization[0].window
+    assert low - 1e-3 <= image.array.min() and image.array.max() <= high + 1e-3  # back in HU
+
+
+def test_same_seed_same_bytes_and_different_seed_differs(tiny_model, tmp_path):
+    for name in ("a", "b"):
+        assert _generate(tiny_model, tmp_path / name, "--prompt", "liver", "--seed", "7") == 0
+    a = (tmp_path / "a" / "job000_00_image.nii.gz").read_bytes()
+    assert a == (tmp_path / "b" / "job000_00_image.nii.gz").read_bytes()
+    pipe = SynthesisPipeline.from_pretrained(tiny_model)
+    assert not np.array_equal(pipe(prompt="liver", seed=7, steps=3).image.array,
+                              pipe(prompt="liver", seed=8, steps=3).image.array)
+
+
+def test_jobs_file_and_dicom(tiny_model, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "no focal lesion", "seed": 1, "id": "normal"}\n\n'
+                    '{"prompt": "one lesion of 3 cm", "seed": 2, "n": 2, "id": "lesion"}\n')
+    assert _generate(tiny_model, tmp_path / "out", "--jobs", str(jobs), "--format", "dicom") == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["lesion_00.json", "lesion_00_image", "lesion_01.json", "lesion_01_image", "normal.json",
+                     "normal_image"]
+    assert read_volume(tmp_path / "out" / "normal_image").modality == "CT"
+
+
+def _untouched(out):
+    return not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("case", ["no_meta", "cuda", "bad_job", "sampler", "both", "steps"])
+def test_bad_input_exit_2_and_out_untouched(tiny_model, tmp_path, capsys, case):
+    model, extra = tiny_model, ["--prompt", "liver"]
+    if case == "no_meta":
+        model = tmp_path / "model"
+        shutil.copytree(tiny_model, model)
+        (model / "meta.json").unlink()
+        expected = "meta.json is missing"
+    elif case == "cuda":
+        extra += ["--device", "cuda"]
+        expected = "no CUDA GPU"
+    elif case == "bad_job":
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text('{"prompt": "ok"}\n{"prompt": "x", "n": 0}\n')
+        extra = ["--jobs", str(jobs)]
+        expected = "jobs.jsonl:2"
+    elif case == "sampler":
+        extra += ["--sampler", "rflow"]
+        expected = "cannot sample with 'rflow'"
+    elif case == "both":
+        extra += ["--jobs", "x.jsonl"]
+        expected = "exactly one of --prompt or --jobs"
+    else:
+        extra += ["--steps", "0"]
+        expected = "must be >= 1"
+    if case == "steps":
+        code = main(["generate", str(model), "--out", str(tmp_path / "out"), "--no-progress", *extra])
+    else:
+        code = _generate(model, tmp_path / "out", *extra)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and expected in err, err
+    assert _untouched(tmp_path / "out")
+
+
+def test_long_prompt_is_truncated_with_a_warning(tiny_model, tmp_path):
+    pipe = SynthesisPipeline.from_pretrained(tiny_model)
+    with pytest.warns(UserWarning, match="truncated"):
+        pipe(prompt="lesion " * 50, seed=0, steps=2)
+
+
+SHARD_SCRIPT = """
+import sys
+from volsynth.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sharding_over_two_ranks_gives_the_same_files(tiny_model, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "a", "seed": 1, "n": 2, "id": "a"}\n{"prompt": "b", "seed": 5, "id": "b"}\n')
+    assert _generate(tiny_model, tmp_path / "one", "--jobs", str(jobs)) == 0
+    script = tmp_path / "shard.py"
+    script.write_text(SHARD_SCRIPT)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             "29537", str(script), "generate", str(tiny_model), "--out", str(tmp_path / "two"),
+                             "--jobs", str(jobs), "--steps", "3", "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert one == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in one:
+        if name.endswith(".nii.gz"):
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
