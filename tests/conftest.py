@@ -101,8 +101,9 @@ def prepared_tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(prepared_tiny, tmp_path_factory) -> Path:
-    """A complete (barely trained) tiny text-to-volume model folder built from ``prepared_tiny``."""
+    """A complete (barely trained) tiny text+mask-to-volume model folder built from ``prepared_tiny``."""
     from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
+    from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
     from volsynth.training.data import load_prepared
     from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
     from volsynth.training.engine import TrainConfig, Trainer
@@ -116,4 +117,5 @@ def tiny_model(prepared_tiny, tmp_path_factory) -> Path:
     settings = DiffusionSettings(size="tiny", text_encoder="tiny:16", num_train_timesteps=100)
     cache = build_latent_cache(ae, data, settings.text_encoder, root / "latents", progress=False)
     diffusion = Trainer(DiffusionStage(cache, settings, autoencoder=ae), root / "diffusion", config).fit()
-    return assemble_model(ae, diffusion, root / "model", {"name": "tiny-test"})
+    controlnet = Trainer(ControlNetStage(cache, diffusion, ControlNetSettings()), root / "controlnet", config).fit()
+    return assemble_model(ae, diffusion, root / "model", {"name": "tiny-test"}, controlnet=controlnet)

@@ -79,7 +79,7 @@ def test_bad_input_exit_2_and_out_untouched(tiny_model, tmp_path, capsys, case):
         expected = "cannot sample with 'rflow'"
     elif case == "both":
         extra += ["--jobs", "x.jsonl"]
-        expected = "exactly one of --prompt or --jobs"
+        expected = "either --jobs or --prompt"
     else:
         extra += ["--steps", "0"]
         expected = "must be >= 1"

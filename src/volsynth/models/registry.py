@@ -13,6 +13,7 @@ from torch import nn
 
 from volsynth.errors import ConfigError
 from volsynth.models.conditioned import ConditionedUNet
+from volsynth.models.controlnet import MaskControlNet
 
 NETWORKS: dict[str, type[nn.Module]] = {
     "AutoencoderKL": AutoencoderKL,
@@ -20,6 +21,7 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "DiffusionModelUNet": DiffusionModelUNet,
     "ConditionedUNet": ConditionedUNet,
     "ControlNet": ControlNet,
+    "MaskControlNet": MaskControlNet,
 }
 
 # Sizes measured in ../shared/NOTES.md: "small" autoencoder 1.35 M params (64^3 -> 16^3 x 4),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,27 +12,33 @@ import torch
 
 from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError
-from volsynth.io.volume import Volume
+from volsynth.io.resample import resample_to
+from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint
+from volsynth.models.controlnet import mask_features
 from volsynth.models.tiled import decode
-from volsynth.sampling import build_scheduler, classifier_free, sample
+from volsynth.pipelines.masks import geometry_warnings, grid_centre_for, load_mask, map_mask
+from volsynth.sampling import build_scheduler, dual_guidance, sample
 from volsynth.text import get_text_encoder
 
 
 @dataclass
 class SynthesisResult:
-    """A generated volume (HU / MR units, with its affine) and how it was made."""
+    """A generated volume (HU / MR units, with its affine), its label map when there is one, and provenance."""
 
     image: Volume
+    label: LabelMap | None = None
     provenance: dict = field(default_factory=dict)
 
 
 class SynthesisPipeline:
-    """``SynthesisPipeline.from_pretrained(model_dir)(prompt=..., seed=...)``."""
+    """``SynthesisPipeline.from_pretrained(model_dir)(prompt=..., mask=..., seed=...)``."""
 
     def __init__(self, autoencoder, unet, plan: Plan, scale_factor: float, text_encoder: str, latent_shape: list[int],
-                 diffusion: dict, model_path: Path | None = None, model_sha256: str | None = None) -> None:
+                 diffusion: dict, controlnet=None, model_path: Path | None = None,
+                 model_sha256: str | None = None) -> None:
         self.autoencoder, self.unet = autoencoder.eval().float(), unet.eval().float()
+        self.controlnet = controlnet.eval().float() if controlnet is not None else None
         self.latent_shape = list(latent_shape)
         self.plan, self.scale_factor, self.diffusion = plan, scale_factor, diffusion
         self.text_encoder_id = text_encoder
@@ -42,22 +49,22 @@ class SynthesisPipeline:
     def to(self, device: str | torch.device) -> SynthesisPipeline:
         """Move the networks to a device (noise is still drawn on the CPU, so seeds mean the same)."""
         self.device = torch.device(device)
-        self.autoencoder.to(self.device)
-        self.unet.to(self.device)
+        for network in (self.autoencoder, self.unet, self.controlnet):
+            if network is not None:
+                network.to(self.device)
         return self
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> SynthesisPipeline:
-        """Load a model folder (``autoencoder`` + ``unet`` networks, EMA weights when present)."""
+        """Load a model folder (``autoencoder`` + ``unet`` [+ ``controlnet``], EMA weights when present)."""
         checkpoint = load_checkpoint(path, use_ema=True)
-        meta = checkpoint.meta
-        missing = [n for n in ("autoencoder", "unet") if n not in checkpoint.networks]
+        meta, networks = checkpoint.meta, checkpoint.networks
+        missing = [n for n in ("autoencoder", "unet") if n not in networks]
         if missing:
             raise ConfigError(path, f"model folder lacks network(s) {missing}", "is this a complete model?")
-        return cls(checkpoint.networks["autoencoder"], checkpoint.networks["unet"], Plan.from_dict(meta["plan"]),
-                   float(meta["scale_factor"]), meta["text_encoder"], meta["latent_shape"], meta.get("diffusion", {}),
-                   Path(path),
-                   meta["files"].get("model.safetensors"))
+        return cls(networks["autoencoder"], networks["unet"], Plan.from_dict(meta["plan"]), float(meta["scale_factor"]),
+                   meta["text_encoder"], meta["latent_shape"], meta.get("diffusion", {}), networks.get("controlnet"),
+                   Path(path), meta["files"].get("model.safetensors"))
 
     @property
     def text_encoder(self):
@@ -76,40 +83,89 @@ class SynthesisPipeline:
                                self.diffusion.get("num_train_timesteps", 1000),
                                self.diffusion.get("schedule", "scaled_linear_beta"), spatial_numel)
 
+    def prepare_mask(self, mask: LabelMap | str | Path, mask_labels: dict[str, int] | None = None,
+                     known: list[str] | None = None):
+        """Mask -> (mapped LabelMap on its own grid, plan-grid affine, ControlNet features, known names)."""
+        if self.controlnet is None:
+            raise ConfigError(self.model_path, "this model has no mask guidance (no ControlNet)",
+                              "train a recipe with a controlnet stage, or generate from text only")
+        label, source = load_mask(mask)
+        mapped, given = map_mask(label, self.plan.labels, mask_labels, source)
+        geometry_warnings(mapped, self.plan, source)
+        grid = self.plan.grid(grid_centre_for(mapped, self.plan))
+        on_grid = resample_to(mapped, grid, self.plan.size)
+        names = sorted(self.plan.labels, key=self.plan.labels.get)
+        known = given if known is None else known
+        flags = torch.tensor([[1.0 if n in known else 0.0 for n in names]])
+        factor = self.plan.size[0] // self.latent_shape[1]
+        labels = torch.from_numpy(on_grid.array.astype(np.int64))[None]
+        features = mask_features(labels, flags, [self.plan.labels[n] for n in names], factor)
+        return mapped, grid, features, known, source
+
     @torch.no_grad()
-    def __call__(self, prompt: str = "", seed: int = 0, steps: int = 30, sampler: str = "ddim",
-                 text_guidance: float = 3.0, dtype: torch.dtype = torch.float32) -> SynthesisResult:
-        """1. encode prompt 2. prepare latents 3. denoise 4. decode 5. invert the plan's normalisation."""
+    def __call__(self, prompt: str = "", mask: LabelMap | str | Path | None = None, seed: int = 0, steps: int = 30,
+                 sampler: str = "ddim", text_guidance: float = 3.0, mask_guidance: float = 1.0,
+                 controlnet_scale: float = 1.0, mask_labels: dict[str, int] | None = None,
+                 known: list[str] | None = None, dtype: torch.dtype = torch.float32) -> SynthesisResult:
+        """1. encode prompt 2. prepare mask 3. prepare latents 4. denoise 5. decode 6. back to HU and geometry."""
         start = time.perf_counter()
         # 1. encode the prompt (an empty prompt means the unconditional model)
         context = self.text_encoder.encode([prompt])[0].to(self.device) if prompt else None
-        # 2. prepare latents from the seed
+        null_context = self.unet.null(1)
+        # 2. prepare the mask: ids mapped to the model's classes, resampled onto the model's grid, embedded once
+        mapped = grid = None
+        mask_info: dict = {}
+        if mask is not None:
+            mapped, grid, features, given, source = self.prepare_mask(mask, mask_labels, known)
+            embedding = self.controlnet.embed(features.to(self.device))
+            null_embedding = self.controlnet.embed(torch.zeros_like(features).to(self.device))
+            mask_info = {"mask": source, "mask_sha256": _sha256(source), "mask_classes": given,
+                         "mask_guidance": mask_guidance, "controlnet_scale": controlnet_scale}
+        elif self.controlnet is not None:  # trained "no mask" input of the ControlNet
+            null_embedding = self.controlnet.embed(self._null_features())
+        # 3. prepare latents from the seed
         generator = torch.Generator().manual_seed(seed)
         z = torch.randn([1, *self.latent_shape], generator=generator).to(self.device)
-        # 3. denoise with classifier-free guidance around the network
+
+        # 4. denoise: one prediction function, guidance wrapped around it
+        def predict(x, t, text_on: bool, mask_on: bool):
+            ctx = context if text_on and context is not None else null_context.to(x)
+            if self.controlnet is None:
+                return self.unet(x, t, context=ctx)
+            down, mid = self.controlnet(x, t, embedding if mask_on else null_embedding, context=ctx,
+                                        scale=controlnet_scale)
+            return self.unet(x, t, context=ctx, down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid)
+
+        denoiser = dual_guidance(predict, context is not None, mask is not None, text_guidance, mask_guidance)
         scheduler = self.scheduler(sampler, int(z[0, 0].numel()))
-
-        def conditional(x, t):
-            return self.unet(x, t, context=context)
-
-        def unconditional(x, t):
-            return self.unet(x, t, context=None)
-
-        denoiser = classifier_free(conditional, unconditional, text_guidance if context is not None else 1.0)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             z = sample(denoiser, z, scheduler, steps, generator=generator)
-            # 4. decode (tiled above the size threshold)
+            # 5. decode (tiled above the size threshold)
             image = decode(self.autoencoder, z.float() / self.scale_factor)
-        # 5. back to HU / MR units on the plan's grid
-        volume = Volume(image[0, 0].float().clamp(-1, 1).cpu().numpy().astype(np.float32), self.plan.default_affine(),
-                        modality=self.plan.modality)
+        # 6. back to HU / MR units; onto the mask's grid when a mask was given
+        volume = Volume(image[0, 0].float().clamp(-1, 1).cpu().numpy().astype(np.float32),
+                        grid if grid is not None else self.plan.default_affine(), modality=self.plan.modality)
         volume = self.plan.denormalize(volume)
+        if mapped is not None:
+            volume = resample_to(volume, mapped.affine, mapped.shape, cval=float(self.plan.normalization[0].window[0]))
         provenance = {"prompt": prompt, "seed": seed, "steps": steps, "sampler": sampler,
                       "text_guidance": text_guidance, "dtype": str(dtype).removeprefix("torch."),
                       "device": self.device.type, "text_encoder": self.text_encoder_id,
-                      "model": str(self.model_path), "model_sha256": self.model_sha256,
+                      "model": str(self.model_path), "model_sha256": self.model_sha256, **mask_info,
                       "seconds": round(time.perf_counter() - start, 3)}
-        return SynthesisResult(volume, provenance)
+        return SynthesisResult(volume, mapped, provenance)
+
+    def _null_features(self) -> torch.Tensor:
+        classes = len(self.plan.labels)
+        grid = self.latent_shape[1:]
+        return torch.zeros([1, 2 * classes, *grid], device=self.device)
+
+
+def _sha256(path: str | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @torch.no_grad()

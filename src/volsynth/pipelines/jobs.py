@@ -20,7 +20,7 @@ from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import write_volume
 from volsynth.parallel import progress_bar
 
-JOB_KEYS = {"prompt", "seed", "n", "id"}
+JOB_KEYS = {"prompt", "seed", "n", "id", "mask"}
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Job:
     seed: int = 0
     n: int = 1
     id: str | None = None
+    mask: str | None = None
 
 
 def read_jobs(path: str | Path) -> list[Job]:
@@ -54,7 +55,8 @@ def read_jobs(path: str | Path) -> list[Job]:
             raise ConfigError(where, f"unknown job key(s) {unknown}", f"known: {sorted(JOB_KEYS)}")
         try:
             job = Job(prompt=str(entry.get("prompt", "")), seed=int(entry.get("seed", 0)), n=int(entry.get("n", 1)),
-                      id=str(entry["id"]) if "id" in entry else None)
+                      id=str(entry["id"]) if "id" in entry else None,
+                      mask=str(path.parent / entry["mask"]) if entry.get("mask") else None)
         except (TypeError, ValueError) as exc:
             raise ConfigError(where, f"bad job value ({exc})") from exc
         if job.n < 1:
@@ -88,14 +90,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def check_masks(pipeline, jobs: list[Job], mask_labels: dict[str, int] | None) -> None:
+    """Read and map every job's mask before anything is generated (bad masks fail early)."""
+    for mask in sorted({job.mask for job in jobs if job.mask}):
+        pipeline.prepare_mask(mask, mask_labels)
+
+
 def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int = 30, sampler: str = "ddim",
-             text_guidance: float = 3.0, image_format: str = "nifti", progress: bool = True) -> list[Path]:
+             text_guidance: float = 3.0, image_format: str = "nifti", progress: bool = True,
+             mask_guidance: float = 1.0, controlnet_scale: float = 1.0,
+             mask_labels: dict[str, int] | None = None) -> list[Path]:
     """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote."""
     out = Path(out)
     if image_format not in ("nifti", "dicom"):
         raise ConfigError(None, f"unknown format '{image_format}'", "use nifti or dicom")
     items = expand(jobs)
     pipeline.scheduler(sampler)  # a sampler the model cannot use fails before anything is written
+    check_masks(pipeline, jobs, mask_labels)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     mine = items[rank::world]
     out.mkdir(parents=True, exist_ok=True)
@@ -103,11 +114,18 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int = 30, sample
     with progress_bar(progress and rank == 0) as bar:
         task = bar.add_task("generate", total=len(mine))
         for name, job, seed in mine:
-            result = pipeline(prompt=job.prompt, seed=seed, steps=steps, sampler=sampler,
-                              text_guidance=text_guidance)
-            target = out / (f"{name}_image.nii.gz" if image_format == "nifti" else f"{name}_image")
+            result = pipeline(prompt=job.prompt, mask=job.mask, seed=seed, steps=steps, sampler=sampler,
+                              text_guidance=text_guidance, mask_guidance=mask_guidance,
+                              controlnet_scale=controlnet_scale, mask_labels=mask_labels)
+            suffix = ".nii.gz" if image_format == "nifti" else ""
+            target = out / f"{name}_image{suffix}"
             write_volume(result.image, target, description=f"volsynth synthetic: {job.prompt}"[:64])
+            label = None
+            if result.label is not None:
+                label = out / f"{name}_label{suffix}"
+                write_volume(result.label, label, description="volsynth synthetic label map")
             sidecar = {**result.provenance, "id": name, "job": asdict(job), "image": target.name,
+                       "label": label.name if label else None,
                        "volsynth_version": __version__, "format": image_format,
                        "image_sha256": _sha256(target) if target.is_file() else None}
             path = out / f"{name}.json"

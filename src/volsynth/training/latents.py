@@ -31,6 +31,8 @@ class LatentCache:
     tokens: torch.Tensor  # [N, L, D]
     token_mask: torch.Tensor  # [N, L]
     info: dict
+    occupancy: torch.Tensor | None = None  # [N, K, x, y, z]: each class's share of every latent cell
+    known: torch.Tensor | None = None  # [N, K]: whether the case's label map annotates the class
 
     @property
     def scale_factor(self) -> float:
@@ -67,15 +69,25 @@ def build_latent_cache(autoencoder_checkpoint: str | Path, data: PreparedData, t
     scale = 1.0 / float(z.std())
     encoder = get_text_encoder(text_encoder)
     tokens, mask = encoder.encode(data.reports)
+    factor = data.images.shape[2] // mean.shape[2]
+    masks = {}
+    label_names = sorted(data.plan.labels, key=data.plan.labels.get)
+    if data.labels is not None:
+        ids = [data.plan.labels[n] for n in label_names]
+        onehot = torch.stack([(data.labels == i).float() for i in ids], dim=1)
+        masks["occupancy"] = torch.nn.functional.avg_pool3d(onehot, factor) if factor > 1 else onehot
+        masks["known"] = known_classes(data.facts, label_names)
     out = Path(out)
     info = {"case_ids": data.case_ids, "scale_factor": scale, "text_encoder": encoder.identifier,
             "text_dim": encoder.dim, "text_length": encoder.max_length,
             "autoencoder": str(Path(autoencoder_checkpoint)),
             "autoencoder_sha256": sha256_file(Path(autoencoder_checkpoint) / "model.safetensors"),
-            "prepared": str(data.root), "latent_shape": list(mean.shape[1:])}
+            "prepared": str(data.root), "latent_shape": list(mean.shape[1:]), "factor": factor,
+            "label_names": label_names, "label_ids": [data.plan.labels[n] for n in label_names]}
     with atomic_output(out) as tmp:
         tmp.mkdir()
-        save_file({"mean": mean.contiguous(), "logvar": logvar.contiguous()}, str(tmp / "latents.safetensors"))
+        save_file({"mean": mean.contiguous(), "logvar": logvar.contiguous(),
+                   **{k: v.contiguous() for k, v in masks.items()}}, str(tmp / "latents.safetensors"))
         save_file({"tokens": tokens.contiguous(), "mask": mask.contiguous()}, str(tmp / "text.safetensors"))
         (tmp / CACHE_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return load_latent_cache(out)
@@ -89,4 +101,14 @@ def load_latent_cache(path: str | Path) -> LatentCache:
     latents = load_file(str(path / "latents.safetensors"))
     text = load_file(str(path / "text.safetensors"))
     info = json.loads((path / CACHE_INFO).read_text())
-    return LatentCache(path, latents["mean"], latents["logvar"], text["tokens"], text["mask"], info)
+    return LatentCache(path, latents["mean"], latents["logvar"], text["tokens"], text["mask"], info,
+                       latents.get("occupancy"), latents.get("known"))
+
+
+def known_classes(facts: list[dict], label_names: list[str]) -> torch.Tensor:
+    """[N, K] flags: a case's ``facts["annotated"]`` list when it has one (partial labels), else all known."""
+    rows = []
+    for case_facts in facts:
+        annotated = (case_facts or {}).get("annotated")
+        rows.append([1.0 if annotated is None or name in annotated else 0.0 for name in label_names])
+    return torch.tensor(rows)

@@ -5,9 +5,10 @@ Stages and their folders under OUT::
     data/         phantom dataset (when the recipe asks for phantoms; else the given dataset is used)
     prepared/     volsynth prepare output (plan.json, manifest.json, cases)
     autoencoder/  checkpoints/checkpoint-N, metrics.jsonl, previews/
-    latents/      latent cache
+    latents/      latent cache (posterior statistics, report embeddings, pooled masks)
     diffusion/    checkpoints/checkpoint-N, metrics.jsonl, previews/
-    model/        the final model: autoencoder + UNet (EMA weights) + meta.json; from_pretrained loads it
+    controlnet/   checkpoints/checkpoint-N (when the recipe has a controlnet block)
+    model/        the final model: autoencoder + UNet [+ ControlNet] (EMA weights) + meta.json
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from volsynth.errors import ConfigError
 from volsynth.io.atomic import atomic_output
 from volsynth.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
+from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
 from volsynth.training.data import load_prepared
 from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
 from volsynth.training.engine import TrainConfig, Trainer, distributed_info
 from volsynth.training.latents import CACHE_INFO, build_latent_cache, load_latent_cache
 
-RECIPE_KEYS = {"name", "seed", "data", "prepare", "text_encoder", "autoencoder", "diffusion", "model"}
+RECIPE_KEYS = {"name", "seed", "data", "prepare", "text_encoder", "autoencoder", "diffusion", "controlnet", "model"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -141,17 +143,28 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
         Trainer(stage, out / "diffusion", diff_config).fit(resume=True)
     diffusion = latest_checkpoint(out / "diffusion" / "checkpoints")
 
-    # 6. final model
+    # 6. ControlNet (when the recipe has one)
+    controlnet = None
+    if recipe.get("controlnet") is not None:
+        cn_block, cn_train = _split(recipe.get("controlnet"))
+        cn_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **cn_train})
+        if not _finished(out / "controlnet", cn_config.steps):
+            log("stage controlnet")
+            stage = ControlNetStage(cache, diffusion, ControlNetSettings.from_dict(cn_block), seed=seed)
+            Trainer(stage, out / "controlnet", cn_config).fit(resume=True)
+        controlnet = latest_checkpoint(out / "controlnet" / "checkpoints")
+
+    # 7. final model
     model = out / "model"
     dtype = DTYPES.get(str((recipe.get("model") or {}).get("dtype", "float32")))
     _once(rank, world, lambda: (model / "meta.json").is_file(),
-          lambda: (log("stage model"), assemble_model(autoencoder, diffusion, model, recipe, dtype)))
+          lambda: (log("stage model"), assemble_model(autoencoder, diffusion, model, recipe, dtype, controlnet)))
     return model
 
 
-def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict,
-                   dtype: torch.dtype | None = None) -> Path:
-    """One folder with the autoencoder and UNet (EMA weights) and everything generation needs."""
+def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, dtype: torch.dtype | None = None,
+                   controlnet: Path | None = None) -> Path:
+    """One folder with the autoencoder, UNet [and ControlNet] (EMA weights) and what generation needs."""
     ae = load_checkpoint(autoencoder, use_ema=True)
     diff = load_checkpoint(diffusion, use_ema=True)
     meta = {key: diff.meta[key] for key in ("scale_factor", "text_encoder", "latent_shape", "diffusion",
@@ -160,6 +173,11 @@ def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict,
                 steps={"autoencoder": ae.meta["step"], "diffusion": diff.meta["step"]})
     configs = {"autoencoder": ae.config["networks"]["autoencoder"], "unet": diff.config["networks"]["unet"]}
     networks = {"autoencoder": ae.networks["autoencoder"], "unet": diff.networks["unet"]}
+    if controlnet is not None:
+        cn = load_checkpoint(controlnet, use_ema=True)
+        configs["controlnet"] = cn.config["networks"]["controlnet"]
+        networks["controlnet"] = cn.networks["controlnet"]
+        meta["steps"]["controlnet"] = cn.meta["step"]
     return save_checkpoint(out, networks, configs, meta, settings={"recipe": {k: v for k, v in recipe.items()
                                                                               if not k.startswith("_")}},
                            dtype=dtype)

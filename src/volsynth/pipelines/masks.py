@@ -1,0 +1,99 @@
+"""Masks from users and other tools: map their label ids to the model's classes, check them, and
+place the model's grid on them."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from volsynth.data.plan import Plan
+from volsynth.errors import ConfigError, VolsynthError
+from volsynth.io.formats import read_label
+from volsynth.io.resample import grid_centre
+from volsynth.io.volume import LabelMap
+
+FOV_WARNING_RATIO = 1.5  # warn when the mask's field of view or spacing is this far from the plan's
+
+
+class MaskWarning(UserWarning):
+    """A mask was accepted but something about it may surprise (ignored ids, odd geometry)."""
+
+
+def parse_mask_labels(spec: str | None) -> dict[str, int] | None:
+    """``"liver=5,tumour=6"`` -> {"liver": 5, "tumour": 6}; None stays None (use the model's ids)."""
+    if not spec:
+        return None
+    mapping = {}
+    for part in spec.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            raise ConfigError(None, f"bad --mask-labels entry '{part}'", "write name=id, e.g. liver=5,tumour=6")
+        mapping[name.strip()] = int(value)
+    return mapping
+
+
+def load_mask(mask: LabelMap | str | Path) -> tuple[LabelMap, str | None]:
+    """A LabelMap from an object or a file; returns it and the file path (for provenance)."""
+    if isinstance(mask, LabelMap):
+        return mask, None
+    return read_label(mask), str(mask)
+
+
+def map_mask(mask: LabelMap, model_labels: dict[str, int], mask_labels: dict[str, int] | None,
+             source: str | None = None) -> tuple[LabelMap, list[str]]:
+    """The mask with the model's label ids, and the names of the classes it gives.
+
+    Without ``mask_labels`` the mask must use the model's ids (other ids are an error). With it,
+    ids not mapped are ignored with a warning that lists them.
+    """
+    present = set(mask.present())
+    if mask_labels is None:
+        unknown = sorted(present - set(model_labels.values()))
+        if unknown:
+            raise VolsynthError(source, f"unknown label ids {unknown} in mask (model labels: {model_labels})",
+                                "map your ids with --mask-labels name=id")
+        mapping = dict(model_labels)
+    else:
+        bad = sorted(set(mask_labels) - set(model_labels))
+        if bad:
+            raise ConfigError(None, f"--mask-labels names {bad} are not model classes", f"model: {list(model_labels)}")
+        mapping = mask_labels
+        ignored = sorted(present - set(mapping.values()))
+        if ignored:
+            warnings.warn(f"mask label ids {ignored} are not mapped to model classes and are ignored",
+                          MaskWarning, stacklevel=2)
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    for name, user_id in mapping.items():
+        out[mask.array == user_id] = model_labels[name]
+    if not out.any():
+        raise VolsynthError(source, "mask is empty: none of the model's classes is present",
+                            f"model classes: {list(model_labels)}")
+    return LabelMap(out, mask.affine, labels=dict(model_labels)), list(mapping)
+
+
+def grid_centre_for(mask: LabelMap, plan: Plan) -> np.ndarray:
+    """Centre of the model's grid on this mask: the plan's ROI classes if present, else the mask's centre."""
+    if plan.roi:
+        ids = [plan.labels[n] for n in plan.roi["labels"] if n in plan.labels]
+        voxels = np.argwhere(np.isin(mask.array, ids))
+        if voxels.size:
+            centre = (voxels.min(0) + voxels.max(0)) / 2
+            return (mask.affine @ np.append(centre, 1.0))[:3]
+    return grid_centre(mask.affine, mask.shape)
+
+
+def geometry_warnings(mask: LabelMap, plan: Plan, source: str | None = None) -> None:
+    """Warn when the mask's spacing or field of view is far from what the model was trained on."""
+    spacing = mask.spacing
+    ratio = np.maximum(spacing / np.asarray(plan.spacing), np.asarray(plan.spacing) / spacing)
+    if np.any(ratio > FOV_WARNING_RATIO):
+        warnings.warn(f"{source or 'mask'}: spacing {np.round(spacing, 2).tolist()} mm is far from the model's "
+                      f"{np.round(plan.spacing, 2).tolist()} mm; the mask is resampled", MaskWarning, stacklevel=2)
+    fov = spacing * np.asarray(mask.shape)
+    plan_fov = np.asarray(plan.spacing) * np.asarray(plan.size)
+    if np.any(fov > FOV_WARNING_RATIO * plan_fov):
+        warnings.warn(f"{source or 'mask'}: field of view {np.round(fov).tolist()} mm exceeds the model's "
+                      f"{np.round(plan_fov).tolist()} mm; voxels outside it are filled with the background value",
+                      MaskWarning, stacklevel=2)

@@ -1,0 +1,113 @@
+"""The ControlNet stage: a multi-label ``MaskControlNet`` trained beside a frozen text-conditioned
+UNet (seeds 000, 004). Classes are hidden at random during training (partial labels), all of them
+sometimes (so "no mask" is learned for mask guidance), and the text is dropped as in the diffusion
+stage. Same engine, schedulers, cache and checkpoint format as the other stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from volsynth.errors import ConfigError
+from volsynth.models.checkpoint import load_checkpoint
+from volsynth.models.controlnet import combine_features
+from volsynth.models.registry import build_network
+from volsynth.sampling.samplers import sample_timesteps, training_target
+from volsynth.training.diffusion import DiffusionSettings
+from volsynth.training.latents import LatentCache
+
+
+@dataclass
+class ControlNetSettings:
+    """A recipe's ``controlnet:`` block (less ``train:``)."""
+
+    hide_class: float = 0.3  # each known class is hidden with this probability
+    hide_all: float = 0.1  # the whole mask is hidden with this probability (mask guidance)
+    condition_dropout: float = 0.1  # text dropout, as in the diffusion stage
+    embedding_channels: list[int] = field(default_factory=lambda: [16])
+    loss: str = "l1"
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> ControlNetSettings:
+        """Build from a dict, rejecting unknown keys."""
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(None, f"unknown controlnet setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def hide_classes(known: torch.Tensor, generators: list[torch.Generator], hide_class: float,
+                 hide_all: float) -> torch.Tensor:
+    """Randomly turn known classes into "not given", per sample from its own generator."""
+    rows = []
+    for flags, generator in zip(known, generators, strict=True):
+        keep = torch.rand(flags.shape, generator=generator) >= hide_class
+        if torch.rand((), generator=generator) < hide_all:
+            keep = torch.zeros_like(keep)
+        rows.append(flags * keep)
+    return torch.stack(rows)
+
+
+class ControlNetStage:
+    """Trains the ControlNet; the UNet comes frozen from a diffusion checkpoint."""
+
+    name = "controlnet"
+
+    def __init__(self, cache: LatentCache, diffusion_checkpoint: str | Path, settings: ControlNetSettings,
+                 seed: int = 0) -> None:
+        if cache.occupancy is None:
+            raise ConfigError(cache.path, "latent cache has no masks", "prepare the dataset with label maps")
+        self.cache, self.settings = cache, settings
+        diffusion = load_checkpoint(diffusion_checkpoint, use_ema=True)
+        self.diffusion_checkpoint = Path(diffusion_checkpoint)
+        self.unet = diffusion.networks["unet"].eval()
+        for param in self.unet.parameters():
+            param.requires_grad_(False)
+        self.diffusion_settings = DiffusionSettings.from_dict(diffusion.meta["diffusion"])
+        unet_config = diffusion.config["networks"]["unet"]
+        torch.manual_seed(seed)
+        self.configs = {"controlnet": {"class": "MaskControlNet", "num_classes": cache.occupancy.shape[1],
+                                       "latent_channels": unet_config["latent_channels"],
+                                       "context_dim": unet_config["context_dim"], "unet": unet_config["unet"],
+                                       "embedding_channels": settings.embedding_channels}}
+        controlnet = build_network(self.configs["controlnet"])
+        controlnet.init_from_unet(self.unet)
+        self.networks = {"controlnet": controlnet}
+        self.scheduler = self.diffusion_settings.scheduler(int(cache.mean[0, 0].numel()))
+
+    def num_items(self) -> int:
+        """Number of cached cases."""
+        return len(self.cache)
+
+    def param_groups(self) -> dict[str, list[str]]:
+        """One optimizer for the ControlNet."""
+        return {"controlnet": ["controlnet"]}
+
+    def losses(self, indices: list[int], generators: list[torch.Generator], step: int) -> dict[str, torch.Tensor]:
+        """Denoising loss of the frozen UNet steered by the ControlNet's residuals."""
+        z0 = self.cache.sample(indices, generators)
+        noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in generators])
+        timesteps = sample_timesteps(self.scheduler, z0, generators)
+        noisy = self.scheduler.add_noise(z0, noise, timesteps)
+        known = hide_classes(self.cache.known[indices], generators, self.settings.hide_class, self.settings.hide_all)
+        features = combine_features(self.cache.occupancy[indices].float(), known)
+        drop = torch.stack([torch.rand((), generator=g) < self.settings.condition_dropout for g in generators])
+        context = torch.where(drop[:, None, None], self.unet.null(len(indices)), self.cache.tokens[indices])
+        controlnet = self.networks["controlnet"]
+        down, mid = controlnet(noisy, timesteps, controlnet.embed(features), context=context)
+        prediction = self.unet(noisy, timesteps, context=context, down_block_additional_residuals=down,
+                               mid_block_additional_residual=mid)
+        target = training_target(self.scheduler, self.diffusion_settings.prediction_type, z0, noise, timesteps)
+        error = prediction.float() - target
+        return {"controlnet": error.abs().mean() if self.settings.loss == "l1" else error.pow(2).mean()}
+
+    def meta(self) -> dict:
+        """Which diffusion model this ControlNet belongs to, and the class order of its input."""
+        return {"diffusion_checkpoint": str(self.diffusion_checkpoint), "label_names": self.cache.info["label_names"],
+                "label_ids": self.cache.info["label_ids"], "factor": self.cache.info["factor"]}
+
+    def preview(self, step: int, path: Path) -> None:
+        """No preview for this stage yet (generation with masks gives one)."""

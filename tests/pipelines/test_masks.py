@@ -1,0 +1,109 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_case, oblique_direction
+from volsynth.cli import main
+from volsynth.errors import VolsynthError
+from volsynth.io import LabelMap, read_label, read_volume, write_volume
+from volsynth.pipelines import SynthesisPipeline
+from volsynth.pipelines.masks import MaskWarning
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model):
+    return SynthesisPipeline.from_pretrained(tiny_model)
+
+
+@pytest.fixture
+def mask(tmp_path):
+    _, label = make_case(seed=5, shape=(20, 18, 10), spacing=(1.5, 1.6, 3.0), direction=oblique_direction(15))
+    return label
+
+
+def test_output_takes_the_mask_geometry(pipe, mask):
+    result = pipe(prompt="liver", mask=mask, seed=0, steps=2)
+    assert result.image.shape == mask.shape
+    np.testing.assert_allclose(result.image.affine, mask.affine, atol=1e-6)
+    np.testing.assert_array_equal(result.label.array, mask.array)
+    assert result.provenance["mask_classes"] == ["liver", "tumour"]
+
+
+@pytest.mark.parametrize("known", [[], ["liver"], ["tumour"], ["liver", "tumour"]])
+def test_any_subset_of_classes_is_accepted(pipe, mask, known):
+    result = pipe(mask=mask, known=known, seed=1, steps=2, mask_guidance=2.0)
+    assert np.isfinite(result.image.array).all()
+
+
+def test_subsets_change_the_condition(pipe, mask):
+    _, _, all_known, _, _ = pipe.prepare_mask(mask)
+    _, _, liver_only, _, _ = pipe.prepare_mask(mask, known=["liver"])
+    assert all_known.shape == liver_only.shape == (1, 4, 8, 8, 8)
+    assert float(all_known[0, 3].mean()) == 1.0 and float(liver_only[0, 3].mean()) == 0.0  # tumour flag
+    assert float(liver_only[0, 1].abs().sum()) == 0.0  # tumour occupancy hidden when not given
+
+
+@pytest.mark.parametrize("steps", [2, 5])
+def test_embedding_computed_once_per_sample(pipe, mask, steps):
+    calls = []
+    handle = pipe.controlnet.embedding.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        pipe(prompt="liver", mask=mask, seed=0, steps=steps, text_guidance=2.0, mask_guidance=2.0)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # the mask and the "no mask" input, whatever the number of steps
+
+
+def test_mask_labels_mapping_and_errors(pipe, mask):
+    other = LabelMap(np.where(mask.array == 1, 5, np.where(mask.array == 2, 9, 0)), mask.affine)
+    with pytest.raises(VolsynthError, match=r"unknown label ids \[5, 9\]"):
+        pipe.prepare_mask(other)
+    with pytest.warns(MaskWarning, match=r"\[9\] are not mapped"):
+        mapped, _, _, given, _ = pipe.prepare_mask(other, mask_labels={"liver": 5})
+    assert given == ["liver"] and set(np.unique(mapped.array)) == {0, 1}
+    with pytest.raises(VolsynthError, match="empty"):
+        pipe.prepare_mask(LabelMap(np.zeros((8, 8, 8), np.uint8), np.eye(4)))
+
+
+def test_far_geometry_warns(pipe, mask):
+    coarse = LabelMap(mask.array, mask.affine @ np.diag([4.0, 4.0, 4.0, 1.0]))
+    with pytest.warns(MaskWarning, match="spacing"):
+        pipe.prepare_mask(coarse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.prepare_mask(mask)
+
+
+def test_cli_with_mask_writes_label_and_sidecar(tiny_model, mask, tmp_path):
+    path = write_volume(mask, tmp_path / "mask.nii.gz")
+    assert main(["generate", str(tiny_model), "--out", str(tmp_path / "out"), "--mask", str(path), "--prompt",
+                 "one lesion", "--steps", "2", "--no-progress"]) == 0
+    sidecar = json.loads((tmp_path / "out" / "job000_00.json").read_text())
+    assert sidecar["mask"] == str(path) and len(sidecar["mask_sha256"]) == 64
+    image = read_volume(tmp_path / "out" / sidecar["image"])
+    label = read_label(tmp_path / "out" / sidecar["label"])
+    np.testing.assert_allclose(image.affine, mask.affine, atol=1e-4)
+    np.testing.assert_array_equal(label.array, mask.array)
+
+
+@pytest.mark.parametrize("case", ["unknown_ids", "empty", "four_d"])
+def test_cli_bad_masks_exit_2(tiny_model, mask, tmp_path, capsys, case):
+    import nibabel as nib
+
+    path = tmp_path / "mask.nii.gz"
+    if case == "unknown_ids":
+        write_volume(LabelMap(mask.array * 3, mask.affine), path)
+        expected = "unknown label ids"
+    elif case == "empty":
+        write_volume(LabelMap(np.zeros_like(mask.array), mask.affine), path)
+        expected = "empty"
+    else:
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.uint8), np.eye(4)), str(path))
+        expected = "3D"
+    code = main(["generate", str(tiny_model), "--out", str(tmp_path / "out"), "--mask", str(path), "--steps", "2",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "mask.nii.gz" in err, err
+    assert not (tmp_path / "out").exists()
