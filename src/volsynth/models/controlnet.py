@@ -27,7 +27,7 @@ def mask_features(labels: torch.Tensor, known: torch.Tensor, label_ids: list[int
 
 def combine_features(occupancy: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Pooled occupancy [B, K, ...] and known flags [B, K] -> [B, 2K, ...] (unknown classes zeroed)."""
-    flags = known.float().to(occupancy.device)[:, :, None, None, None]
+    flags = known.float().to(occupancy.device).view(*known.shape[:2], *[1] * (occupancy.ndim - 2))
     return torch.cat([occupancy * flags, flags.expand_as(occupancy)], dim=1)
 
 

@@ -17,7 +17,7 @@ from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.controlnet import mask_features
 from volsynth.models.tiled import decode
-from volsynth.pipelines.masks import geometry_warnings, grid_centre_for, load_mask, map_mask
+from volsynth.pipelines.masks import class_flags, place_mask
 from volsynth.sampling import build_scheduler, dual_guidance, sample
 from volsynth.text import get_text_encoder
 
@@ -89,18 +89,11 @@ class SynthesisPipeline:
         if self.controlnet is None:
             raise ConfigError(self.model_path, "this model has no mask guidance (no ControlNet)",
                               "train a recipe with a controlnet stage, or generate from text only")
-        label, source = load_mask(mask)
-        mapped, given = map_mask(label, self.plan.labels, mask_labels, source)
-        geometry_warnings(mapped, self.plan, source)
-        grid = self.plan.grid(grid_centre_for(mapped, self.plan))
-        on_grid = resample_to(mapped, grid, self.plan.size)
-        names = sorted(self.plan.labels, key=self.plan.labels.get)
-        known = given if known is None else known
-        flags = torch.tensor([[1.0 if n in known else 0.0 for n in names]])
+        mapped, grid, on_grid, known, source = place_mask(mask, self.plan, mask_labels, known)
+        _, ids, flags = class_flags(self.plan, known)
         factor = self.plan.size[0] // self.latent_shape[1]
         labels = torch.from_numpy(on_grid.array.astype(np.int64))[None]
-        features = mask_features(labels, flags, [self.plan.labels[n] for n in names], factor)
-        return mapped, grid, features, known, source
+        return mapped, grid, mask_features(labels, flags, ids, factor), known, source
 
     @torch.no_grad()
     def __call__(self, prompt: str = "", mask: LabelMap | str | Path | None = None, seed: int = 0, steps: int = 30,

@@ -7,11 +7,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.io.formats import read_label
-from volsynth.io.resample import grid_centre
+from volsynth.io.resample import grid_centre, resample_to
 from volsynth.io.volume import LabelMap
 
 FOV_WARNING_RATIO = 1.5  # warn when the mask's field of view or spacing is this far from the plan's
@@ -97,3 +98,24 @@ def geometry_warnings(mask: LabelMap, plan: Plan, source: str | None = None) -> 
         warnings.warn(f"{source or 'mask'}: field of view {np.round(fov).tolist()} mm exceeds the model's "
                       f"{np.round(plan_fov).tolist()} mm; voxels outside it are filled with the background value",
                       MaskWarning, stacklevel=2)
+
+
+def place_mask(mask: LabelMap | str | Path, plan: Plan, mask_labels: dict[str, int] | None = None,
+               known: list[str] | None = None):
+    """Load, map and check a mask, and resample it onto the plan's grid centred on it.
+
+    Returns (mapped mask on its own grid, plan-grid affine, mask on the plan grid, known class names,
+    source path). ``known`` defaults to the classes the mask gives.
+    """
+    label, source = load_mask(mask)
+    mapped, given = map_mask(label, plan.labels, mask_labels, source)
+    geometry_warnings(mapped, plan, source)
+    grid = plan.grid(grid_centre_for(mapped, plan))
+    on_grid = resample_to(mapped, grid, plan.size)
+    return mapped, grid, on_grid, (given if known is None else list(known)), source
+
+
+def class_flags(plan: Plan, known: list[str]) -> tuple[list[str], list[int], torch.Tensor]:
+    """Class names and ids in id order, and a [1, K] known-flag tensor."""
+    names = sorted(plan.labels, key=plan.labels.get)
+    return names, [plan.labels[n] for n in names], torch.tensor([[1.0 if n in known else 0.0 for n in names]])

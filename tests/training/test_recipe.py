@@ -1,0 +1,60 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from volsynth.errors import ConfigError
+from volsynth.pipelines import SynthesisPipeline
+from volsynth.training.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _train(out: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "volsynth.cli", "train", "--recipe", str(ROOT / "recipes" / "tiny.yaml"),
+               "--out", str(out), "--no-progress"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_tiny_recipe_survives_sigkill_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    first = _train(out)
+    deadline = time.time() + 240
+    checkpoints = out / "autoencoder" / "checkpoints"
+    while time.time() < deadline and not (checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*/meta.json"))):
+        assert first.poll() is None, first.stdout.read()
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_at = sorted(p.name for p in checkpoints.glob("checkpoint-*"))
+    assert killed_at and not (out / "model").exists()
+    dataset_stamp = (out / "data" / "dataset.json").stat().st_mtime_ns
+    second = _train(out)
+    log, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, log[-3000:]
+    assert "stage data" not in log and "stage prepare" not in log  # finished stages are skipped
+    assert "stage autoencoder" in log and (out / "model" / "meta.json").is_file()
+    assert (out / "data" / "dataset.json").stat().st_mtime_ns == dataset_stamp
+    steps = [json.loads(line)["step"] for line in (out / "autoencoder" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 120  # one continuous curve, no repeated steps
+    pipe = SynthesisPipeline.from_pretrained(out / "model")
+    result = pipe(prompt="No focal liver lesion.", seed=0, steps=3)
+    assert result.image.shape == (32, 32, 32)
+    meta = json.loads((out / "model" / "meta.json").read_text())
+    assert meta["recipe"] == "tiny" and meta["steps"] == {"autoencoder": 120, "diffusion": 200, "controlnet": 80}
+
+
+def test_recipe_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: {phantom: {kind: abdomen-ct}}\nfoo: 1\n")
+    with pytest.raises(ConfigError, match="unknown recipe key"):
+        load_recipe(bad)
+    bad.write_text("name: x\n")
+    with pytest.raises(ConfigError, match="exactly one of 'phantom' or 'dataset'"):
+        load_recipe(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe(tmp_path / "missing.yaml")
