@@ -234,25 +234,27 @@ def generate(
     mask_labels: str = typer.Option(None, help="Map your mask ids to model classes, e.g. 'liver=5,tumour=6'."),
     mask_guidance: float = typer.Option(1.0, help="Classifier-free guidance scale for the mask."),
     controlnet_scale: float = typer.Option(1.0, help="Scale of the ControlNet residuals."),
+    modality: str = typer.Option(None, help="CT or MR, for models that make both from one mask."),
     image_format: str = typer.Option("nifti", "--format", help="nifti or dicom."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Generate volumes from text and/or a mask; per volume an image, a label map (with a mask) and a sidecar."""
-    from volsynth.pipelines import SynthesisPipeline
     from volsynth.pipelines.jobs import Job, read_jobs, resolve_device, run_jobs
     from volsynth.pipelines.masks import parse_mask_labels
+    from volsynth.pipelines.segguided import load_pipeline
 
     if jobs is not None and (prompt is not None or mask is not None):
         raise ConfigError(None, "give either --jobs or --prompt/--mask, not both")
     if jobs is None and prompt is None and mask is None:
         raise ConfigError(None, "give --prompt, --mask or --jobs")
     job_list = read_jobs(jobs) if jobs else [Job(prompt=prompt or "", seed=seed, n=n,
-                                                 mask=str(mask) if mask else None)]
+                                                 mask=str(mask) if mask else None,
+                                                 modality=modality.upper() if modality else None)]
     if n < 1 or steps < 1:
         raise ConfigError(None, f"--n and --steps must be >= 1, got {n} and {steps}")
     target = resolve_device(device)
-    pipeline = SynthesisPipeline.from_pretrained(model).to(target)
+    pipeline = load_pipeline(model).to(target)
     written = run_jobs(pipeline, job_list, out, steps=steps, sampler=sampler, text_guidance=text_guidance,
                        image_format=image_format, progress=progress, mask_guidance=mask_guidance,
                        controlnet_scale=controlnet_scale, mask_labels=parse_mask_labels(mask_labels))

@@ -95,7 +95,7 @@ def test_bad_input_exit_2_and_out_untouched(tiny_model, tmp_path, capsys, case):
 def test_long_prompt_is_truncated_with_a_warning(tiny_model, tmp_path):
     pipe = SynthesisPipeline.from_pretrained(tiny_model)
     with pytest.warns(UserWarning, match="truncated"):
-        pipe(prompt="lesion " * 50, seed=0, steps=2)
+        pipe(prompt="lesion " * 100, seed=0, steps=2)
 
 
 SHARD_SCRIPT = """

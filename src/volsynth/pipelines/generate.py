@@ -83,9 +83,10 @@ class SynthesisPipeline:
                                self.diffusion.get("num_train_timesteps", 1000),
                                self.diffusion.get("schedule", "scaled_linear_beta"), spatial_numel)
 
-    def prepare_mask(self, mask: LabelMap | str | Path, mask_labels: dict[str, int] | None = None,
-                     known: list[str] | None = None):
+    def prepare_mask(self, mask: LabelMap | str | Path, mask_labels: dict | None = None,
+                     known: list[str] | None = None, modality: str | None = None):
         """Mask -> (mapped LabelMap on its own grid, plan-grid affine, ControlNet features, known names)."""
+        self._check_modality(modality)
         if self.controlnet is None:
             raise ConfigError(self.model_path, "this model has no mask guidance (no ControlNet)",
                               "train a recipe with a controlnet stage, or generate from text only")
@@ -98,10 +99,12 @@ class SynthesisPipeline:
     @torch.no_grad()
     def __call__(self, prompt: str = "", mask: LabelMap | str | Path | None = None, seed: int = 0, steps: int = 30,
                  sampler: str = "ddim", text_guidance: float = 3.0, mask_guidance: float = 1.0,
-                 controlnet_scale: float = 1.0, mask_labels: dict[str, int] | None = None,
-                 known: list[str] | None = None, dtype: torch.dtype = torch.float32) -> SynthesisResult:
+                 controlnet_scale: float = 1.0, mask_labels: dict | None = None,
+                 known: list[str] | None = None, dtype: torch.dtype = torch.float32,
+                 modality: str | None = None) -> SynthesisResult:
         """1. encode prompt 2. prepare mask 3. prepare latents 4. denoise 5. decode 6. back to HU and geometry."""
         start = time.perf_counter()
+        self._check_modality(modality)
         # 1. encode the prompt (an empty prompt means the unconditional model)
         context = self.text_encoder.encode([prompt])[0].to(self.device) if prompt else None
         null_context = self.unet.null(1)
@@ -148,6 +151,11 @@ class SynthesisPipeline:
                       "model": str(self.model_path), "model_sha256": self.model_sha256, **mask_info,
                       "seconds": round(time.perf_counter() - start, 3)}
         return SynthesisResult(volume, mapped, provenance)
+
+    def _check_modality(self, modality: str | None) -> None:
+        if modality is not None and modality.upper() != self.plan.modality:
+            raise ConfigError(self.model_path, f"model generates {self.plan.modality}, not {modality}",
+                              "use a segmentation-guided model for CT and MR from one mask")
 
     def _null_features(self) -> torch.Tensor:
         classes = len(self.plan.labels)

@@ -20,7 +20,7 @@ from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import write_volume
 from volsynth.parallel import progress_bar
 
-JOB_KEYS = {"prompt", "seed", "n", "id", "mask"}
+JOB_KEYS = {"prompt", "seed", "n", "id", "mask", "modality"}
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Job:
     n: int = 1
     id: str | None = None
     mask: str | None = None
+    modality: str | None = None
 
 
 def read_jobs(path: str | Path) -> list[Job]:
@@ -56,7 +57,8 @@ def read_jobs(path: str | Path) -> list[Job]:
         try:
             job = Job(prompt=str(entry.get("prompt", "")), seed=int(entry.get("seed", 0)), n=int(entry.get("n", 1)),
                       id=str(entry["id"]) if "id" in entry else None,
-                      mask=str(path.parent / entry["mask"]) if entry.get("mask") else None)
+                      mask=str(path.parent / entry["mask"]) if entry.get("mask") else None,
+                      modality=str(entry["modality"]).upper() if entry.get("modality") else None)
         except (TypeError, ValueError) as exc:
             raise ConfigError(where, f"bad job value ({exc})") from exc
         if job.n < 1:
@@ -90,16 +92,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def check_masks(pipeline, jobs: list[Job], mask_labels: dict[str, int] | None) -> None:
+def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None) -> None:
     """Read and map every job's mask before anything is generated (bad masks fail early)."""
-    for mask in sorted({job.mask for job in jobs if job.mask}):
-        pipeline.prepare_mask(mask, mask_labels)
+    for job in jobs:
+        if job.mask:
+            pipeline.prepare_mask(job.mask, mask_labels, modality=job.modality)
 
 
 def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int = 30, sampler: str = "ddim",
              text_guidance: float = 3.0, image_format: str = "nifti", progress: bool = True,
              mask_guidance: float = 1.0, controlnet_scale: float = 1.0,
-             mask_labels: dict[str, int] | None = None) -> list[Path]:
+             mask_labels: dict | None = None) -> list[Path]:
     """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote."""
     out = Path(out)
     if image_format not in ("nifti", "dicom"):
@@ -114,7 +117,8 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int = 30, sample
     with progress_bar(progress and rank == 0) as bar:
         task = bar.add_task("generate", total=len(mine))
         for name, job, seed in mine:
-            result = pipeline(prompt=job.prompt, mask=job.mask, seed=seed, steps=steps, sampler=sampler,
+            result = pipeline(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=seed, steps=steps,
+                              sampler=sampler,
                               text_guidance=text_guidance, mask_guidance=mask_guidance,
                               controlnet_scale=controlnet_scale, mask_labels=mask_labels)
             suffix = ".nii.gz" if image_format == "nifti" else ""

@@ -22,16 +22,17 @@ class MaskWarning(UserWarning):
     """A mask was accepted but something about it may surprise (ignored ids, odd geometry)."""
 
 
-def parse_mask_labels(spec: str | None) -> dict[str, int] | None:
-    """``"liver=5,tumour=6"`` -> {"liver": 5, "tumour": 6}; None stays None (use the model's ids)."""
+def parse_mask_labels(spec: str | None) -> dict[str, list[int]] | None:
+    """``"liver=5,vessels=6+7"`` -> {"liver": [5], "vessels": [6, 7]}; None stays None (the model's ids)."""
     if not spec:
         return None
     mapping = {}
     for part in spec.split(","):
         name, sep, value = part.partition("=")
-        if not sep or not value.strip().lstrip("-").isdigit():
-            raise ConfigError(None, f"bad --mask-labels entry '{part}'", "write name=id, e.g. liver=5,tumour=6")
-        mapping[name.strip()] = int(value)
+        ids = value.split("+")
+        if not sep or not all(i.strip().isdigit() for i in ids):
+            raise ConfigError(None, f"bad --mask-labels entry '{part}'", "write name=id, e.g. liver=5,vessels=6+7")
+        mapping[name.strip()] = [int(i) for i in ids]
     return mapping
 
 
@@ -42,7 +43,7 @@ def load_mask(mask: LabelMap | str | Path) -> tuple[LabelMap, str | None]:
     return read_label(mask), str(mask)
 
 
-def map_mask(mask: LabelMap, model_labels: dict[str, int], mask_labels: dict[str, int] | None,
+def map_mask(mask: LabelMap, model_labels: dict[str, int], mask_labels: dict[str, int | list[int]] | None,
              source: str | None = None) -> tuple[LabelMap, list[str]]:
     """The mask with the model's label ids, and the names of the classes it gives.
 
@@ -55,19 +56,19 @@ def map_mask(mask: LabelMap, model_labels: dict[str, int], mask_labels: dict[str
         if unknown:
             raise VolsynthError(source, f"unknown label ids {unknown} in mask (model labels: {model_labels})",
                                 "map your ids with --mask-labels name=id")
-        mapping = dict(model_labels)
+        mapping = {name: [i] for name, i in model_labels.items()}
     else:
         bad = sorted(set(mask_labels) - set(model_labels))
         if bad:
             raise ConfigError(None, f"--mask-labels names {bad} are not model classes", f"model: {list(model_labels)}")
-        mapping = mask_labels
-        ignored = sorted(present - set(mapping.values()))
+        mapping = {name: ids if isinstance(ids, list) else [ids] for name, ids in mask_labels.items()}
+        ignored = sorted(present - {i for ids in mapping.values() for i in ids})
         if ignored:
             warnings.warn(f"mask label ids {ignored} are not mapped to model classes and are ignored",
                           MaskWarning, stacklevel=2)
     out = np.zeros(mask.shape, dtype=np.uint8)
-    for name, user_id in mapping.items():
-        out[mask.array == user_id] = model_labels[name]
+    for name, user_ids in mapping.items():
+        out[np.isin(mask.array, user_ids)] = model_labels[name]
     if not out.any():
         raise VolsynthError(source, "mask is empty: none of the model's classes is present",
                             f"model classes: {list(model_labels)}")
@@ -100,7 +101,7 @@ def geometry_warnings(mask: LabelMap, plan: Plan, source: str | None = None) -> 
                       MaskWarning, stacklevel=2)
 
 
-def place_mask(mask: LabelMap | str | Path, plan: Plan, mask_labels: dict[str, int] | None = None,
+def place_mask(mask: LabelMap | str | Path, plan: Plan, mask_labels: dict | None = None,
                known: list[str] | None = None):
     """Load, map and check a mask, and resample it onto the plan's grid centred on it.
 

@@ -32,8 +32,10 @@ from volsynth.training.data import load_prepared
 from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
 from volsynth.training.engine import TrainConfig, Trainer, distributed_info
 from volsynth.training.latents import CACHE_INFO, build_latent_cache, load_latent_cache
+from volsynth.training.segguided import SegGuidedSettings, SegGuidedStage
 
-RECIPE_KEYS = {"name", "seed", "data", "prepare", "text_encoder", "autoencoder", "diffusion", "controlnet", "model"}
+RECIPE_KEYS = {"name", "kind", "seed", "data", "prepare", "text_encoder", "autoencoder", "diffusion", "controlnet",
+               "segguided", "model"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -55,6 +57,8 @@ def load_recipe(path: str | Path) -> dict:
     data = recipe.get("data") or {}
     if bool(data.get("phantom")) == bool(data.get("dataset")):
         raise ConfigError(path, "data: give exactly one of 'phantom' or 'dataset'")
+    if recipe.get("kind", "latent") not in ("latent", "segguided"):
+        raise ConfigError(path, f"unknown recipe kind '{recipe['kind']}'", "use latent or segguided")
     recipe["_path"] = str(path)
     return recipe
 
@@ -83,40 +87,18 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     recipe = load_recipe(recipe_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if recipe.get("kind", "latent") == "segguided":
+        return run_segguided_recipe(recipe, out, progress, log)
     rank, world = distributed_info()
     seed = int(recipe.get("seed", 0))
     text_encoder = str(recipe.get("text_encoder", "minilm"))
 
-    # 1. data
-    data_cfg = recipe["data"]
-    dataset = out / "data" if data_cfg.get("phantom") else Path(data_cfg["dataset"])
-
-    def make_phantoms() -> None:
-        from volsynth.data.phantom import write_phantom_dataset
-
-        log("stage data: writing phantoms")
-        with atomic_output(dataset) as tmp:
-            write_phantom_dataset(out=tmp, progress=progress, **data_cfg["phantom"])
-
-    _once(rank, world, lambda: (dataset / "dataset.json").is_file(), make_phantoms)
-
-    # 2. prepare
+    # 1. data, 2. prepare
+    dataset = _data_stage(recipe, recipe["data"], out / "data", progress, log, rank, world)
     prepared = out / "prepared"
-    prep = dict(recipe.get("prepare") or {})
-    labels = prep.pop("labels", None)
-    for key in ("size", "spacing", "window"):
-        if isinstance(prep.get(key), (int, float)) and key != "spacing":
-            prep[key] = [prep[key]] * (3 if key == "size" else 2)
-    if isinstance(prep.get("spacing"), (int, float)):
-        prep["spacing"] = [float(prep["spacing"])] * 3
-    try:
-        options = PrepareOptions(**prep)
-    except TypeError as exc:
-        raise ConfigError(recipe["_path"], f"invalid prepare block ({exc})") from exc
-    _once(rank, world, lambda: (prepared / PLAN_FILE).is_file(),
-          lambda: (log("stage prepare"), prepare_dataset(dataset, prepared, options, label_spec=labels,
-                                                         progress=progress)))
+    _prepare_stage(recipe, dataset, prepared, progress, log, rank, world)
     data = load_prepared(prepared)
+
 
     # 3. autoencoder
     ae_block, ae_train = _split(recipe.get("autoencoder"))
@@ -159,6 +141,71 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     dtype = DTYPES.get(str((recipe.get("model") or {}).get("dtype", "float32")))
     _once(rank, world, lambda: (model / "meta.json").is_file(),
           lambda: (log("stage model"), assemble_model(autoencoder, diffusion, model, recipe, dtype, controlnet)))
+    return model
+
+
+def _data_stage(recipe: dict, data_cfg: dict, folder: Path, progress: bool, log, rank: int, world: int) -> Path:
+    """Write the recipe's phantom dataset into ``folder`` (once), or return the given dataset."""
+    if not data_cfg.get("phantom"):
+        return Path(data_cfg["dataset"])
+
+    def make_phantoms() -> None:
+        from volsynth.data.phantom import write_phantom_dataset
+
+        log(f"stage data: writing phantoms to {folder.name}")
+        with atomic_output(folder) as tmp:
+            write_phantom_dataset(out=tmp, progress=progress, **data_cfg["phantom"])
+
+    _once(rank, world, lambda: (folder / "dataset.json").is_file(), make_phantoms)
+    return folder
+
+
+def _prepare_stage(recipe: dict, dataset: Path, prepared: Path, progress: bool, log, rank: int, world: int) -> None:
+    prep = dict(recipe.get("prepare") or {})
+    labels = prep.pop("labels", None)
+    if isinstance(prep.get("size"), int):
+        prep["size"] = [prep["size"]] * 3
+    if isinstance(prep.get("spacing"), (int, float)):
+        prep["spacing"] = [float(prep["spacing"])] * 3
+    try:
+        options = PrepareOptions(**prep)
+    except TypeError as exc:
+        raise ConfigError(recipe["_path"], f"invalid prepare block ({exc})") from exc
+    _once(rank, world, lambda: (prepared / PLAN_FILE).is_file(),
+          lambda: (log(f"stage prepare {prepared.name}"),
+                   prepare_dataset(dataset, prepared, options, label_spec=labels, progress=progress)))
+
+
+def run_segguided_recipe(recipe: dict, out: Path, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Segmentation-guided recipe: one dataset per modality -> prepare each -> train -> model."""
+    rank, world = distributed_info()
+    seed = int(recipe.get("seed", 0))
+    data_cfg = recipe["data"]
+    sources = data_cfg.get("phantom") or data_cfg.get("dataset")
+    sources = sources if isinstance(sources, list) else [sources]
+    datasets = []
+    for index, source in enumerate(sources):
+        key = "phantom" if data_cfg.get("phantom") else "dataset"
+        dataset = _data_stage(recipe, {key: source}, out / f"data-{index}", progress, log, rank, world)
+        _prepare_stage(recipe, dataset, out / f"prepared-{index}", progress, log, rank, world)
+        datasets.append(load_prepared(out / f"prepared-{index}"))
+    block, train_block = _split(recipe.get("segguided"))
+    settings = SegGuidedSettings.from_dict({"text_encoder": str(recipe.get("text_encoder", "minilm")), **block})
+    config = TrainConfig.from_dict({"seed": seed, "progress": progress, **train_block})
+    stage = SegGuidedStage(datasets, settings, seed=seed)
+    if not _finished(out / "segguided", config.steps):
+        log("stage segguided")
+        Trainer(stage, out / "segguided", config).fit(resume=True)
+    model = out / "model"
+
+    def assemble() -> None:
+        log("stage model")
+        trained = load_checkpoint(latest_checkpoint(out / "segguided" / "checkpoints"), use_ema=True)
+        meta = {**trained.meta, "recipe": recipe.get("name"), "steps": {"segguided": trained.meta["step"]}}
+        save_checkpoint(model, trained.networks, trained.config["networks"], meta,
+                        settings={"recipe": {k: v for k, v in recipe.items() if not k.startswith("_")}})
+
+    _once(rank, world, lambda: (model / "meta.json").is_file(), assemble)
     return model
 
 
