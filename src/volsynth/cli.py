@@ -262,6 +262,42 @@ def generate(
 
 
 @app.command()
+def edit(
+    mask: Path = typer.Argument(..., help="Label map to edit."),
+    out: Path = typer.Argument(..., help="Edited label map to write."),
+    insert_lesion: float = typer.Option(None, help="Insert a spherical lesion of this diameter (mm)."),
+    at: str = typer.Option(None, help="Lesion centre 'x,y,z' in world RAS mm; default: a random fitting spot."),
+    remove_lesion: str = typer.Option(None, help="Remove lesions: 'all' or numbers '1,3' (1 = largest)."),
+    organ_id: int = typer.Option(1, help="Label id of the organ that holds the lesions (phantoms: liver 1)."),
+    lesion_id: int = typer.Option(4, help="Label id of lesions (phantoms: tumour 4)."),
+    seed: int = typer.Option(0, help="Seed for the random lesion position."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+) -> None:
+    """Edit a mask before generation: insert a lesion of a given diameter, or remove lesions."""
+    import json as _json
+
+    from volsynth.io import read_label, write_volume
+    from volsynth.pipelines.edit import insert_lesion as insert
+    from volsynth.pipelines.edit import remove_lesions
+
+    if (insert_lesion is None) == (remove_lesion is None):
+        raise ConfigError(None, "give exactly one of --insert-lesion or --remove-lesion")
+    label = read_label(mask)
+    try:
+        if insert_lesion is not None:
+            if insert_lesion <= 0:
+                raise ConfigError(None, f"--insert-lesion must be > 0 mm, got {insert_lesion:g}")
+            label, facts = insert(label, insert_lesion, organ_id, lesion_id, _floats(at, "--at", 3), seed)
+        else:
+            which = None if remove_lesion == "all" else [int(v) for v in _floats(remove_lesion, "--remove-lesion")]
+            label, facts = remove_lesions(label, which, lesion_id, organ_id), {"removed": remove_lesion}
+    except VolsynthError as exc:
+        raise type(exc)(exc.path or mask, exc.problem, exc.hint) from exc
+    write_volume(label, out, overwrite=overwrite)
+    console.print(f"wrote {out}  {_json.dumps(facts)}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for everything the demo writes."),
     cases: int = typer.Option(6, help="Phantom cases to make."),

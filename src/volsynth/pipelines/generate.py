@@ -101,8 +101,13 @@ class SynthesisPipeline:
                  sampler: str = "ddim", text_guidance: float = 3.0, mask_guidance: float = 1.0,
                  controlnet_scale: float = 1.0, mask_labels: dict | None = None,
                  known: list[str] | None = None, dtype: torch.dtype = torch.float32,
-                 modality: str | None = None) -> SynthesisResult:
-        """1. encode prompt 2. prepare mask 3. prepare latents 4. denoise 5. decode 6. back to HU and geometry."""
+                 modality: str | None = None, latents: torch.Tensor | None = None,
+                 mask_condition: torch.Tensor | None = None) -> SynthesisResult:
+        """1. encode prompt 2. prepare mask 3. prepare latents 4. denoise 5. decode 6. back to HU and geometry.
+
+        ``latents`` replaces the seeded starting noise and ``mask_condition`` the mask's ControlNet input
+        (both used by latent interpolation).
+        """
         start = time.perf_counter()
         self._check_modality(modality)
         # 1. encode the prompt (an empty prompt means the unconditional model)
@@ -113,6 +118,7 @@ class SynthesisPipeline:
         mask_info: dict = {}
         if mask is not None:
             mapped, grid, features, given, source = self.prepare_mask(mask, mask_labels, known)
+            features = features if mask_condition is None else mask_condition
             embedding = self.controlnet.embed(features.to(self.device))
             null_embedding = self.controlnet.embed(torch.zeros_like(features).to(self.device))
             mask_info = {"mask": source, "mask_sha256": _sha256(source), "mask_classes": given,
@@ -121,7 +127,8 @@ class SynthesisPipeline:
             null_embedding = self.controlnet.embed(self._null_features())
         # 3. prepare latents from the seed
         generator = torch.Generator().manual_seed(seed)
-        z = torch.randn([1, *self.latent_shape], generator=generator).to(self.device)
+        z = self.initial_noise(seed) if latents is None else latents.clone()
+        z = z.to(self.device)
 
         # 4. denoise: one prediction function, guidance wrapped around it
         def predict(x, t, text_on: bool, mask_on: bool):
@@ -151,6 +158,10 @@ class SynthesisPipeline:
                       "model": str(self.model_path), "model_sha256": self.model_sha256, **mask_info,
                       "seconds": round(time.perf_counter() - start, 3)}
         return SynthesisResult(volume, mapped, provenance)
+
+    def initial_noise(self, seed: int) -> torch.Tensor:
+        """The starting latent noise of a seed (drawn on the CPU)."""
+        return torch.randn([1, *self.latent_shape], generator=torch.Generator().manual_seed(seed))
 
     def _check_modality(self, modality: str | None) -> None:
         if modality is not None and modality.upper() != self.plan.modality:
