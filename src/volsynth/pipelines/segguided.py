@@ -138,7 +138,9 @@ def load_pipeline(path: str | Path):
     import json
 
     from volsynth.pipelines.generate import SynthesisPipeline
+    from volsynth.pipelines.hierarchical import HierarchicalPipeline
 
     meta_path = Path(path) / "meta.json"
     kind = json.loads(meta_path.read_text()).get("kind", "latent") if meta_path.is_file() else "latent"
-    return SegGuidedPipeline.from_pretrained(path) if kind == "segguided" else SynthesisPipeline.from_pretrained(path)
+    pipelines = {"segguided": SegGuidedPipeline, "hierarchical": HierarchicalPipeline}
+    return pipelines.get(kind, SynthesisPipeline).from_pretrained(path)

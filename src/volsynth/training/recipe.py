@@ -31,11 +31,12 @@ from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
 from volsynth.training.data import load_prepared
 from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
 from volsynth.training.engine import TrainConfig, Trainer, distributed_info
+from volsynth.training.hierarchical import HierarchicalSettings, JointStage, SuperResolutionStage
 from volsynth.training.latents import CACHE_INFO, build_latent_cache, load_latent_cache
 from volsynth.training.segguided import SegGuidedSettings, SegGuidedStage
 
 RECIPE_KEYS = {"name", "kind", "seed", "data", "prepare", "text_encoder", "autoencoder", "diffusion", "controlnet",
-               "segguided", "model"}
+               "segguided", "joint", "superres", "model"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -57,8 +58,8 @@ def load_recipe(path: str | Path) -> dict:
     data = recipe.get("data") or {}
     if bool(data.get("phantom")) == bool(data.get("dataset")):
         raise ConfigError(path, "data: give exactly one of 'phantom' or 'dataset'")
-    if recipe.get("kind", "latent") not in ("latent", "segguided"):
-        raise ConfigError(path, f"unknown recipe kind '{recipe['kind']}'", "use latent or segguided")
+    if recipe.get("kind", "latent") not in ("latent", "segguided", "hierarchical"):
+        raise ConfigError(path, f"unknown recipe kind '{recipe['kind']}'", "use latent, segguided or hierarchical")
     recipe["_path"] = str(path)
     return recipe
 
@@ -89,6 +90,8 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     if recipe.get("kind", "latent") == "segguided":
         return run_segguided_recipe(recipe, out, progress, log)
+    if recipe.get("kind") == "hierarchical":
+        return run_hierarchical_recipe(recipe, out, progress, log)
     rank, world = distributed_info()
     seed = int(recipe.get("seed", 0))
     text_encoder = str(recipe.get("text_encoder", "minilm"))
@@ -203,6 +206,40 @@ def run_segguided_recipe(recipe: dict, out: Path, progress: bool = True, log: Ca
         trained = load_checkpoint(latest_checkpoint(out / "segguided" / "checkpoints"), use_ema=True)
         meta = {**trained.meta, "recipe": recipe.get("name"), "steps": {"segguided": trained.meta["step"]}}
         save_checkpoint(model, trained.networks, trained.config["networks"], meta,
+                        settings={"recipe": {k: v for k, v in recipe.items() if not k.startswith("_")}})
+
+    _once(rank, world, lambda: (model / "meta.json").is_file(), assemble)
+    return model
+
+
+def run_hierarchical_recipe(recipe: dict, out: Path, progress: bool = True,
+                            log: Callable[[str], None] = print) -> Path:
+    """Hierarchical recipe: data -> prepare (high resolution) -> joint stage -> super-resolution -> model."""
+    rank, world = distributed_info()
+    seed = int(recipe.get("seed", 0))
+    dataset = _data_stage(recipe, recipe["data"], out / "data", progress, log, rank, world)
+    _prepare_stage(recipe, dataset, out / "prepared", progress, log, rank, world)
+    data = load_prepared(out / "prepared")
+    text_encoder = str(recipe.get("text_encoder", "minilm"))
+    finals = {}
+    for name, stage_class in (("joint", JointStage), ("superres", SuperResolutionStage)):
+        block, train_block = _split(recipe.get(name))
+        settings = HierarchicalSettings.from_dict({"text_encoder": text_encoder, **block})
+        config = TrainConfig.from_dict({"seed": seed, "progress": progress, **train_block})
+        if not _finished(out / name, config.steps):
+            log(f"stage {name}")
+            Trainer(stage_class(data, settings, seed=seed), out / name, config).fit(resume=True)
+        finals[name] = load_checkpoint(latest_checkpoint(out / name / "checkpoints"), use_ema=True)
+    if finals["joint"].meta["factor"] != finals["superres"].meta["factor"]:
+        raise ConfigError(recipe["_path"], "joint and superres need the same factor")
+    model = out / "model"
+
+    def assemble() -> None:
+        log("stage model")
+        meta = {**finals["joint"].meta, "recipe": recipe.get("name"),
+                "steps": {n: c.meta["step"] for n, c in finals.items()}}
+        save_checkpoint(model, {n: c.networks["unet"] for n, c in finals.items()},
+                        {n: c.config["networks"]["unet"] for n, c in finals.items()}, meta,
                         settings={"recipe": {k: v for k, v in recipe.items() if not k.startswith("_")}})
 
     _once(rank, world, lambda: (model / "meta.json").is_file(), assemble)

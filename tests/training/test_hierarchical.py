@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from tests.training.test_recipe import ROOT
+from volsynth.cli import main
+from volsynth.errors import ConfigError
+from volsynth.io import read_label, read_volume
+from volsynth.pipelines.hierarchical import HierarchicalPipeline
+from volsynth.pipelines.segguided import load_pipeline
+from volsynth.training.hierarchical import HierarchicalSettings, joint_channels, low_resolution, upsample
+from volsynth.training.recipe import run_recipe
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hier")
+    recipe = yaml.safe_load((ROOT / "recipes" / "tiny-hierarchical.yaml").read_text())
+    recipe["data"]["phantom"].update(cases=3, size=32)
+    recipe["prepare"]["size"] = 16
+    for stage in ("joint", "superres"):
+        recipe[stage]["train"].update(steps=3, batch_size=2, checkpoint_every=3)
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return run_recipe(path, root / "run", progress=False, log=lambda m: None)
+
+
+def test_joint_channels_and_resolution_helpers():
+    labels = torch.tensor([[[[0, 1], [2, 0]]]]).repeat(1, 2, 1, 1)  # [1, 2, 2, 2]
+    image = torch.zeros(1, 1, 2, 2, 2)
+    x = joint_channels(image, labels, [1, 2])
+    assert x.shape == (1, 4, 2, 2, 2)
+    assert torch.equal((x[0, 1:] > 0).long().argmax(0), labels[0])  # background first, then classes
+    low = low_resolution(torch.randn(1, 4, 8, 8, 8), 2)
+    assert low.shape == (1, 4, 4, 4, 4) and upsample(low, 2).shape == (1, 4, 8, 8, 8)
+
+
+def test_pipeline_returns_image_and_labels_at_the_plan_size_and_geometry(model):
+    pipe = load_pipeline(model)
+    assert isinstance(pipe, HierarchicalPipeline)
+    result = pipe(prompt="Emphysema in both upper lobes.", seed=0, steps=2)
+    assert result.image.shape == result.label.shape == tuple(pipe.plan.size) == (16, 16, 16)
+    np.testing.assert_allclose(result.image.affine, pipe.plan.default_affine())
+    np.testing.assert_allclose(result.label.affine, pipe.plan.default_affine())
+    assert set(np.unique(result.label.array)) <= {0, 1, 2, 3}
+    assert result.provenance["low_resolution"] == [8, 8, 8]
+    again = pipe(prompt="Emphysema in both upper lobes.", seed=0, steps=2)
+    np.testing.assert_array_equal(again.image.array, result.image.array)
+
+
+def test_cli_writes_image_and_label(model, tmp_path):
+    assert main(["generate", str(model), "--out", str(tmp_path / "out"), "--prompt", "no nodule", "--steps", "2",
+                 "--no-progress"]) == 0
+    image = read_volume(tmp_path / "out" / "job000_00_image.nii.gz")
+    label = read_label(tmp_path / "out" / "job000_00_label.nii.gz")
+    assert image.shape == label.shape == (16, 16, 16)
+    assert main(["generate", str(model), "--out", str(tmp_path / "bad"), "--mask", str(tmp_path / "out" /
+                 "job000_00_label.nii.gz"), "--steps", "2", "--no-progress"]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
+def test_settings_errors():
+    with pytest.raises(ConfigError, match="factor must be 2 or 4"):
+        HierarchicalSettings.from_dict({"factor": 3})
