@@ -301,7 +301,7 @@ def edit(
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for everything the demo writes."),
     cases: int = typer.Option(6, help="Phantom cases to make."),
-    size: int = typer.Option(48, help="Phantom grid size."),
+    size: int = typer.Option(32, help="Phantom grid size."),
 ) -> None:
     """Run the end-to-end path that exists today on phantom data, and say where the results are."""
     from volsynth.demo import run_demo
