@@ -43,6 +43,10 @@ SIZES: dict[str, dict[str, dict]] = {
                  "num_head_channels": 8, "use_flash_attention": True},
         "small": {"channels": [32, 64, 64], "num_res_blocks": 1, "attention_levels": [False, True, True],
                   "norm_num_groups": 32, "num_head_channels": 16, "use_flash_attention": True},
+        # pixel-space models (segmentation-guided, hierarchical) run on full-resolution grids:
+        # attention only at the coarsest level keeps its token count small (8^3 for 32^3 inputs)
+        "tiny-pixel": {"channels": [8, 16, 16], "num_res_blocks": 1, "attention_levels": [False, False, True],
+                       "norm_num_groups": 8, "num_head_channels": 8, "use_flash_attention": True},
     },
 }
 

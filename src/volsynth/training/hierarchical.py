@@ -26,7 +26,7 @@ from volsynth.training.data import PreparedData
 class HierarchicalSettings:
     """A recipe's ``joint:`` or ``superres:`` block (less ``train:``)."""
 
-    size: str = "tiny"
+    size: str = "tiny-pixel"
     network: dict = field(default_factory=dict)
     factor: int = 2  # super-resolution factor (2x or 4x)
     condition_dropout: float = 0.1
@@ -76,9 +76,10 @@ class _HierarchicalStage:
     def __init__(self, data: PreparedData, settings: HierarchicalSettings, seed: int, cond: bool) -> None:
         if data.labels is None:
             raise ConfigError(data.root, "hierarchical training needs label maps")
-        if any(s % (settings.factor * 2) for s in data.images.shape[2:]):
-            raise ConfigError(data.root, f"grid {list(data.images.shape[2:])} must be divisible by "
-                              f"{settings.factor * 2}")
+        unet = network_config("unet", settings.size, **settings.network)
+        divisor = settings.factor * 2 ** (len(unet["channels"]) - 1)  # the low-resolution grid goes through the UNet
+        if any(s % divisor for s in data.images.shape[2:]):
+            raise ConfigError(data.root, f"grid {list(data.images.shape[2:])} must be divisible by {divisor}")
         self.data, self.settings = data, settings
         self.label_names = sorted(data.plan.labels, key=data.plan.labels.get)
         self.label_ids = [data.plan.labels[n] for n in self.label_names]
@@ -89,8 +90,7 @@ class _HierarchicalStage:
         self.configs = {"unet": {"class": "ConditionedUNet", "latent_channels": channels,
                                  "cond_channels": channels if cond else 0, "context_dim": encoder.dim,
                                  "context_length": encoder.max_length,
-                                 "unet": {"spatial_dims": 3,
-                                          **network_config("unet", settings.size, **settings.network)}}}
+                                 "unet": {"spatial_dims": 3, **unet}}}
         self.networks = {"unet": build_network(self.configs["unet"])}
         self.scheduler = settings.scheduler()
         self.text_encoder_id = encoder.identifier

@@ -25,7 +25,7 @@ SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # array axis of RAS volu
 class SegGuidedSettings:
     """A recipe's ``segguided:`` block (less ``train:``)."""
 
-    size: str = "tiny"
+    size: str = "tiny-pixel"
     network: dict = field(default_factory=dict)
     spatial_dims: int = 3
     slice_axis: str = "axial"
