@@ -19,6 +19,7 @@ from volsynth.models.controlnet import mask_features
 from volsynth.models.tiled import decode
 from volsynth.pipelines.masks import class_flags, place_mask
 from volsynth.sampling import build_scheduler, dual_guidance, sample
+from volsynth.sampling.samplers import scheduler_for
 from volsynth.text import get_text_encoder
 
 
@@ -75,13 +76,7 @@ class SynthesisPipeline:
 
     def scheduler(self, sampler: str, spatial_numel: int = 32768):
         """A sampling scheduler matching the trained noise schedule; wrong combinations are errors."""
-        trained = self.diffusion.get("sampler", "ddpm")
-        if (sampler == "rflow") != (trained == "rflow"):
-            raise ConfigError(self.model_path, f"model trained with '{trained}' cannot sample with '{sampler}'",
-                              "use rflow for flow models, ddpm/ddim otherwise")
-        return build_scheduler(sampler, self.diffusion.get("prediction_type", "epsilon"),
-                               self.diffusion.get("num_train_timesteps", 1000),
-                               self.diffusion.get("schedule", "scaled_linear_beta"), spatial_numel)
+        return scheduler_for(self.diffusion, sampler, spatial_numel, self.model_path)
 
     def prepare_mask(self, mask: LabelMap | str | Path, mask_labels: dict | None = None,
                      known: list[str] | None = None, modality: str | None = None):

@@ -14,7 +14,8 @@ from volsynth.errors import ConfigError
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.pipelines.generate import SynthesisResult
-from volsynth.sampling import build_scheduler, classifier_free, sample
+from volsynth.sampling import classifier_free, sample
+from volsynth.sampling.samplers import scheduler_for
 from volsynth.text import get_text_encoder
 from volsynth.training.hierarchical import upsample
 
@@ -50,12 +51,7 @@ class HierarchicalPipeline:
 
     def scheduler(self, sampler: str):
         """A sampling scheduler matching the trained schedule."""
-        settings = self.meta["diffusion"]
-        if (sampler == "rflow") != (settings.get("sampler", "ddpm") == "rflow"):
-            raise ConfigError(self.model_path, f"model cannot sample with '{sampler}'")
-        return build_scheduler(sampler, settings.get("prediction_type", "epsilon"),
-                               settings.get("num_train_timesteps", 1000),
-                               settings.get("schedule", "scaled_linear_beta"))
+        return scheduler_for(self.meta["diffusion"], sampler, model_path=self.model_path)
 
     def prepare_mask(self, *args, **kwargs):
         """Hierarchical models generate their own anatomy: a mask is an error."""

@@ -17,7 +17,8 @@ from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.controlnet import combine_features
 from volsynth.pipelines.generate import SynthesisResult, _sha256
 from volsynth.pipelines.masks import class_flags, place_mask
-from volsynth.sampling import build_scheduler, dual_guidance, sample
+from volsynth.sampling import dual_guidance, sample
+from volsynth.sampling.samplers import scheduler_for
 from volsynth.text import get_text_encoder
 from volsynth.training.segguided import SLICE_AXES
 
@@ -61,12 +62,7 @@ class SegGuidedPipeline:
 
     def scheduler(self, sampler: str):
         """A sampling scheduler matching the trained schedule."""
-        trained = self.settings.get("sampler", "ddpm")
-        if (sampler == "rflow") != (trained == "rflow"):
-            raise ConfigError(self.model_path, f"model trained with '{trained}' cannot sample with '{sampler}'")
-        return build_scheduler(sampler, self.settings.get("prediction_type", "epsilon"),
-                               self.settings.get("num_train_timesteps", 1000),
-                               self.settings.get("schedule", "scaled_linear_beta"))
+        return scheduler_for(self.settings, sampler, model_path=self.model_path)
 
     def prepare_mask(self, mask, mask_labels=None, known=None, modality: str | None = None):
         """Mapped mask, plan grid, the concatenated condition [B, 2K, ...] and the known classes."""

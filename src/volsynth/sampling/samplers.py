@@ -37,6 +37,19 @@ def build_scheduler(sampler: str, prediction_type: str = "epsilon", num_train_ti
     return DDPMScheduler(**kwargs) if sampler == "ddpm" else DDIMScheduler(**kwargs)
 
 
+def scheduler_for(trained: dict, sampler: str, spatial_numel: int = 32768, model_path=None):
+    """A sampling scheduler for a model trained with the settings ``trained`` (its meta's ``diffusion``).
+
+    DDIM and DDPM sample models trained with the DDPM schedule; rectified-flow models need ``rflow``.
+    """
+    trained_with = trained.get("sampler", "ddpm")
+    if (sampler == "rflow") != (trained_with == "rflow"):
+        raise ConfigError(model_path, f"model trained with '{trained_with}' cannot sample with '{sampler}'",
+                          "use rflow for flow models, ddpm/ddim otherwise")
+    return build_scheduler(sampler, trained.get("prediction_type", "epsilon"), trained.get("num_train_timesteps", 1000),
+                           trained.get("schedule", "scaled_linear_beta"), spatial_numel)
+
+
 def training_target(scheduler, prediction_type: str, x0: torch.Tensor, noise: torch.Tensor,
                     timesteps: torch.Tensor) -> torch.Tensor:
     """What the network is trained to predict for the noisy sample made from ``x0`` and ``noise``."""

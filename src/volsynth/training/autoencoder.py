@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.registry import build_network, network_config
 from volsynth.training.data import PreparedData
@@ -40,11 +41,7 @@ class AutoencoderSettings:
     @classmethod
     def from_dict(cls, data: dict | None) -> AutoencoderSettings:
         """Build from a dict, rejecting unknown keys."""
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(None, f"unknown autoencoder setting(s): {', '.join(unknown)}")
-        return cls(**data)
+        return settings_from_dict(cls, data, "autoencoder")
 
 
 class AutoencoderStage:

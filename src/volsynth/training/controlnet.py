@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
+from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.controlnet import combine_features
 from volsynth.models.registry import build_network
-from volsynth.sampling.samplers import sample_timesteps, training_target
+from volsynth.training.denoising import denoising_loss, dropped, noised
 from volsynth.training.diffusion import DiffusionSettings
 from volsynth.training.latents import LatentCache
 
@@ -32,11 +33,7 @@ class ControlNetSettings:
     @classmethod
     def from_dict(cls, data: dict | None) -> ControlNetSettings:
         """Build from a dict, rejecting unknown keys."""
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(None, f"unknown controlnet setting(s): {', '.join(unknown)}")
-        return cls(**data)
+        return settings_from_dict(cls, data, "controlnet")
 
 
 def hide_classes(known: torch.Tensor, generators: list[torch.Generator], hide_class: float,
@@ -89,20 +86,17 @@ class ControlNetStage:
     def losses(self, indices: list[int], generators: list[torch.Generator], step: int) -> dict[str, torch.Tensor]:
         """Denoising loss of the frozen UNet steered by the ControlNet's residuals."""
         z0 = self.cache.sample(indices, generators)
-        noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in generators])
-        timesteps = sample_timesteps(self.scheduler, z0, generators)
-        noisy = self.scheduler.add_noise(z0, noise, timesteps)
+        noisy, noise, timesteps = noised(self.scheduler, z0, generators)
         known = hide_classes(self.cache.known[indices], generators, self.settings.hide_class, self.settings.hide_all)
         features = combine_features(self.cache.occupancy[indices].float(), known)
-        drop = torch.stack([torch.rand((), generator=g) < self.settings.condition_dropout for g in generators])
+        drop = dropped(generators, self.settings.condition_dropout)
         context = torch.where(drop[:, None, None], self.unet.null(len(indices)), self.cache.tokens[indices])
         controlnet = self.networks["controlnet"]
         down, mid = controlnet(noisy, timesteps, controlnet.embed(features), context=context)
         prediction = self.unet(noisy, timesteps, context=context, down_block_additional_residuals=down,
                                mid_block_additional_residual=mid)
-        target = training_target(self.scheduler, self.diffusion_settings.prediction_type, z0, noise, timesteps)
-        error = prediction.float() - target
-        return {"controlnet": error.abs().mean() if self.settings.loss == "l1" else error.pow(2).mean()}
+        return {"controlnet": denoising_loss(prediction, self.scheduler, self.diffusion_settings.prediction_type, z0,
+                                             noise, timesteps, self.settings.loss)}
 
     def meta(self) -> dict:
         """Which diffusion model this ControlNet belongs to, and the class order of its input."""

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
+from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.registry import build_network, network_config
-from volsynth.sampling.samplers import build_scheduler, sample_timesteps, training_target
+from volsynth.sampling.samplers import build_scheduler
+from volsynth.training.denoising import denoising_loss, dropped, noised
 from volsynth.training.latents import LatentCache
 
 
@@ -33,11 +35,7 @@ class DiffusionSettings:
     @classmethod
     def from_dict(cls, data: dict | None) -> DiffusionSettings:
         """Build from a dict, rejecting unknown keys."""
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(None, f"unknown diffusion setting(s): {', '.join(unknown)}")
-        settings = cls(**data)
+        settings = settings_from_dict(cls, data, "diffusion")
         if settings.loss not in ("l1", "l2"):
             raise ConfigError(None, f"unknown diffusion loss '{settings.loss}'", "use l1 or l2")
         return settings
@@ -79,15 +77,11 @@ class DiffusionStage:
     def losses(self, indices: list[int], generators: list[torch.Generator], step: int) -> dict[str, torch.Tensor]:
         """Denoising loss for a batch of cached latents and their reports."""
         z0 = self.cache.sample(indices, generators)
-        noise = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in generators])
-        timesteps = sample_timesteps(self.scheduler, z0, generators)
-        noisy = self.scheduler.add_noise(z0, noise, timesteps)
-        drop = torch.stack([torch.rand((), generator=g) < self.settings.condition_dropout for g in generators])
+        noisy, noise, timesteps = noised(self.scheduler, z0, generators)
+        drop = dropped(generators, self.settings.condition_dropout)
         prediction = self.networks["unet"](noisy, timesteps, context=self.cache.tokens[indices], drop_context=drop)
-        target = training_target(self.scheduler, self.settings.prediction_type, z0, noise, timesteps)
-        error = prediction.float() - target
-        loss = error.abs().mean() if self.settings.loss == "l1" else error.pow(2).mean()
-        return {"diffusion": loss}
+        return {"diffusion": denoising_loss(prediction, self.scheduler, self.settings.prediction_type, z0, noise,
+                                            timesteps, self.settings.loss)}
 
     def meta(self) -> dict:
         """Scale factor, text encoder and data identity, stored beside the weights."""

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from volsynth.config import settings_from_dict
 from volsynth.errors import VolsynthError
 from volsynth.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from volsynth.parallel import progress_bar
@@ -55,12 +56,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict | None) -> TrainConfig:
         """Build from a dict, rejecting unknown keys with a clear error."""
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise TrainingError(None, f"unknown training setting(s): {', '.join(unknown)}",
-                                f"known: {', '.join(sorted(cls.__dataclass_fields__))}")
-        return cls(**data)
+        return settings_from_dict(cls, data, "training")
 
 
 class Stage(Protocol):

@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.registry import build_network, network_config
-from volsynth.sampling.samplers import build_scheduler, sample_timesteps, training_target
+from volsynth.sampling.samplers import build_scheduler
 from volsynth.text import get_text_encoder
 from volsynth.training.data import PreparedData
+from volsynth.training.denoising import denoising_loss, dropped, noised
 
 
 @dataclass
@@ -40,11 +42,7 @@ class HierarchicalSettings:
     @classmethod
     def from_dict(cls, data: dict | None) -> HierarchicalSettings:
         """Build from a dict, rejecting unknown keys."""
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(None, f"unknown hierarchical setting(s): {', '.join(unknown)}")
-        settings = cls(**data)
+        settings = settings_from_dict(cls, data, "hierarchical")
         if settings.factor not in (2, 4):
             raise ConfigError(None, f"factor must be 2 or 4, got {settings.factor}")
         return settings
@@ -105,15 +103,12 @@ class _HierarchicalStage:
 
     def denoising_loss(self, x0, cond, indices, generators) -> torch.Tensor:
         """The shared epsilon / v / flow loss with text dropout."""
-        noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])
-        timesteps = sample_timesteps(self.scheduler, x0, generators)
-        noisy = self.scheduler.add_noise(x0, noise, timesteps)
-        drop = torch.stack([torch.rand((), generator=g) < self.settings.condition_dropout for g in generators])
+        noisy, noise, timesteps = noised(self.scheduler, x0, generators)
+        drop = dropped(generators, self.settings.condition_dropout)
         prediction = self.networks["unet"](noisy, timesteps, context=self.tokens[indices], cond=cond,
                                            drop_context=drop)
-        target = training_target(self.scheduler, self.settings.prediction_type, x0, noise, timesteps)
-        error = prediction.float() - target
-        return error.abs().mean() if self.settings.loss == "l1" else error.pow(2).mean()
+        return denoising_loss(prediction, self.scheduler, self.settings.prediction_type, x0, noise, timesteps,
+                              self.settings.loss)
 
     def param_groups(self) -> dict[str, list[str]]:
         """One optimizer for the UNet."""

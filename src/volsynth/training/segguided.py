@@ -11,12 +11,14 @@ from pathlib import Path
 
 import torch
 
+from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.controlnet import combine_features
 from volsynth.models.registry import build_network, network_config
-from volsynth.sampling.samplers import build_scheduler, sample_timesteps, training_target
+from volsynth.sampling.samplers import build_scheduler
 from volsynth.text import get_text_encoder
 from volsynth.training.data import PreparedData
+from volsynth.training.denoising import denoising_loss, dropped, noised
 
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # array axis of RAS volumes
 
@@ -41,11 +43,7 @@ class SegGuidedSettings:
     @classmethod
     def from_dict(cls, data: dict | None) -> SegGuidedSettings:
         """Build from a dict, rejecting unknown keys and impossible combinations."""
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(None, f"unknown segguided setting(s): {', '.join(unknown)}")
-        settings = cls(**data)
+        settings = settings_from_dict(cls, data, "segguided")
         if settings.spatial_dims not in (2, 3):
             raise ConfigError(None, f"spatial_dims must be 2 or 3, got {settings.spatial_dims}")
         if settings.slice_axis not in SLICE_AXES:
@@ -118,15 +116,12 @@ class SegGuidedStage:
         onehot = torch.stack([torch.stack([(lab == i).float() for i in self.label_ids]) for lab in labels])
         known = ablate(torch.ones(len(indices), len(self.label_ids)), generators, self.settings.ablation)
         cond = combine_features(onehot, known)
-        noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators])
-        timesteps = sample_timesteps(self.scheduler, x0, generators)
-        noisy = self.scheduler.add_noise(x0, noise, timesteps)
-        drop = torch.stack([torch.rand((), generator=g) < self.settings.condition_dropout for g in generators])
+        noisy, noise, timesteps = noised(self.scheduler, x0, generators)
+        drop = dropped(generators, self.settings.condition_dropout)
         prediction = self.networks["unet"](noisy, timesteps, context=torch.stack(context), cond=cond,
                                            class_labels=torch.tensor(modality), drop_context=drop)
-        target = training_target(self.scheduler, self.settings.prediction_type, x0, noise, timesteps)
-        error = prediction.float() - target
-        return {"segguided": error.abs().mean() if self.settings.loss == "l1" else error.pow(2).mean()}
+        return {"segguided": denoising_loss(prediction, self.scheduler, self.settings.prediction_type, x0, noise,
+                                            timesteps, self.settings.loss)}
 
     def meta(self) -> dict:
         """Everything the pipeline needs: plans per modality, classes, slicing, schedule."""
