@@ -40,12 +40,12 @@ def test_tiny_recipe_survives_sigkill_and_resumes(tmp_path):
     assert "stage autoencoder" in log and (out / "model" / "meta.json").is_file()
     assert (out / "data" / "dataset.json").stat().st_mtime_ns == dataset_stamp
     steps = [json.loads(line)["step"] for line in (out / "autoencoder" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 120  # one continuous curve, no repeated steps
+    assert steps == sorted(set(steps)) and steps[-1] == 80  # one continuous curve, no repeated steps
     pipe = SynthesisPipeline.from_pretrained(out / "model")
     result = pipe(prompt="No focal liver lesion.", seed=0, steps=3)
     assert result.image.shape == (32, 32, 32)
     meta = json.loads((out / "model" / "meta.json").read_text())
-    assert meta["recipe"] == "tiny" and meta["steps"] == {"autoencoder": 120, "diffusion": 200, "controlnet": 80}
+    assert meta["recipe"] == "tiny" and meta["steps"] == {"autoencoder": 80, "diffusion": 100, "controlnet": 40}
 
 
 def test_recipe_errors(tmp_path):

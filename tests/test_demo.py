@@ -1,0 +1,16 @@
+import json
+
+from volsynth.demo import MODELS, run_demo
+
+
+def test_demo_runs_every_path_on_the_shipped_models(tmp_path):
+    assert all((MODELS / name / "meta.json").is_file() for name in ("tiny-abdomen", "tiny-sgd", "tiny-hierarchical"))
+    summary = run_demo(tmp_path / "demo", cases=3, size=32, steps=2)
+    assert summary["skipped"] == []
+    names = sorted(p.name for p in (tmp_path / "demo" / "generated").iterdir())
+    for prefix in ("text", "mask", "lesion", "sgd_ct", "sgd_mr", "chest"):
+        assert f"{prefix}_image.nii.gz" in names and f"{prefix}.json" in names
+    for prefix in ("mask", "lesion", "sgd_ct", "sgd_mr", "chest"):
+        assert f"{prefix}_label.nii.gz" in names
+    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert saved["inserted_lesion"]["inside_organ"] and len(saved["steps"]) >= 8
