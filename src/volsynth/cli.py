@@ -139,6 +139,17 @@ def phantom(
     console.print(f"wrote {cases} {kind} case(s) to {path}")
 
 
+def _register_evaluation() -> None:
+    """evaluate, train-seg and study augment live in volsynth.evaluation.commands."""
+    from volsynth.evaluation import commands
+
+    app.command("evaluate")(commands.evaluate)
+    app.command("train-seg")(commands.train_seg)
+    study_app = typer.Typer(no_args_is_help=True, help="Studies: downstream segmentation with synthetic data.")
+    study_app.command("augment")(commands.study_augment)
+    app.add_typer(study_app, name="study")
+
+
 train_app = typer.Typer(no_args_is_help=False, help="Train models: a whole recipe, or one stage.")
 app.add_typer(train_app, name="train")
 
@@ -307,6 +318,9 @@ def demo(
     from volsynth.demo import run_demo
 
     run_demo(out, cases=cases, size=size, console=console)
+
+
+_register_evaluation()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import copy
 
-from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, PatchDiscriminator
+from monai.networks.nets import (
+    AutoencoderKL,
+    BasicUNet,
+    ControlNet,
+    DiffusionModelUNet,
+    PatchDiscriminator,
+    SegResNet,
+    UNet,
+)
 from torch import nn
 
 from volsynth.errors import ConfigError
@@ -22,6 +30,9 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "ConditionedUNet": ConditionedUNet,
     "ControlNet": ControlNet,
     "MaskControlNet": MaskControlNet,
+    "SegResNet": SegResNet,  # evaluation segmentors
+    "UNet": UNet,
+    "BasicUNet": BasicUNet,
 }
 
 # Sizes measured in ../shared/NOTES.md: "small" autoencoder 1.35 M params (64^3 -> 16^3 x 4),

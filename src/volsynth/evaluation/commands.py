@@ -1,0 +1,180 @@
+"""Typer command functions of the evaluation: ``volsynth evaluate``, ``volsynth train-seg`` and
+``volsynth study augment``. ``volsynth.cli`` registers them::
+
+    app.command("evaluate")(evaluate)
+    app.command("train-seg")(train_seg)
+    study_app = typer.Typer(no_args_is_help=True, help="Downstream studies with synthetic data.")
+    study_app.command("augment")(study_augment)
+    app.add_typer(study_app, name="study")
+
+Each parses its options, calls the library and prints a short summary; bad input raises a VolsynthError
+(the CLI prints one line and exits 2).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from volsynth.errors import ConfigError
+
+console = Console(soft_wrap=True)
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ConfigError(None, f"{what} must be comma-separated integers, got '{text}'") from exc
+
+
+def _floats(text: str | None, what: str, count: int = 3) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise ConfigError(None, f"{what} must be comma-separated numbers, got '{text}'") from exc
+    values = values * count if len(values) == 1 else values
+    if len(values) != count:
+        raise ConfigError(None, f"{what} needs 1 or {count} values, got '{text}'")
+    return values
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command as it would be typed to reproduce this run (options with non-default values)."""
+    parts = ctx.command_path.split()
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default:
+            continue
+        flag = param.opts[0] if param.opts else param.name
+        if getattr(param, "is_flag", False):
+            parts.append(flag if value else (param.secondary_opts or [f"--no-{flag.lstrip('-')}"])[0])
+        elif param.param_type_name == "argument":
+            parts.append(str(value))
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def evaluate(
+    ctx: typer.Context,
+    real: Path = typer.Option(..., "--real", help="Real dataset (nnU-Net v2 / MSD layout, or a prepared folder)."),
+    generated: Path = typer.Option(..., "--generated", help="Folder written by volsynth generate."),
+    out: Path = typer.Option(..., "--out", help="Output folder for metrics.json and report.html."),
+    segmentor: Path = typer.Option(None, help="Segmentor folder (volsynth train-seg output) for Dice_gen/Dice_orig."),
+    extractor: str = typer.Option("random-conv", help="FID features: random-conv, inception, or <network>:<weights>."),
+    study: Path = typer.Option(None, help="study.json of volsynth study augment, to include in the report."),
+    seed: int = typer.Option(0, help="Seed of the real-vs-real split, the extractor and sampling."),
+    slices: int = typer.Option(32, help="Slices per volume and plane for FID."),
+    max_real: int = typer.Option(None, help="Use at most this many real cases."),
+    max_generated: int = typer.Option(None, help="Use at most this many generated volumes."),
+    nsd_tolerance: float = typer.Option(2.0, help="NSD tolerance in mm."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Evaluate generated volumes against a real dataset: metrics.json and a self-contained report.html."""
+    from volsynth.evaluation.evaluate import EvaluationOptions, run_evaluation
+
+    options = EvaluationOptions(extractor=extractor, seed=seed, slices_per_volume=slices, max_real=max_real,
+                                max_generated=max_generated, nsd_tolerance_mm=nsd_tolerance, progress=progress,
+                                command=command_line(ctx))
+    metrics = run_evaluation(real, generated, out, segmentor=segmentor, study=study, options=options)
+    fid = metrics["fid"]
+    floor = fid.get("real_vs_real_mean")
+    console.print(f"FID (mean of planes, {fid['extractor']}): {fid['fid_mean']:.4g}"
+                  + (f"  real-vs-real floor {floor:.4g}" if floor is not None else ""))
+    memo = metrics["memorization"]
+    if memo.get("computed"):
+        console.print(f"near-copies of training volumes: {memo['near_copies']} of {len(memo['per_volume'])}")
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
+
+
+def train_seg(
+    ctx: typer.Context,
+    dataset: Path = typer.Argument(..., help="Dataset with label maps (nnU-Net v2 / MSD layout)."),
+    out: Path = typer.Option(..., "--out", help="Output folder; the segmentor is written to OUT/segmentor."),
+    architecture: str = typer.Option("segresnet", help="segresnet, unet or basicunet."),
+    dims: int = typer.Option(3, help="3: whole volumes; 2: axial slices."),
+    size: str = typer.Option("64", help="Grid size 'X,Y,Z' or one number (multiple of 8; 16 for basicunet)."),
+    patch: str = typer.Option(None, help="Train on random patches of this size (predict by sliding window)."),
+    spacing: str = typer.Option(None, help="Spacing mm 'x,y,z' or one number. Default: the field of view fits."),
+    window: str = typer.Option(None, help="CT window 'lo,hi' in HU. Default: dataset 0.5/99.5 percentiles."),
+    labels: str = typer.Option(None, help="Classes to learn, e.g. 'liver=1,tumour=4'. Default: all."),
+    features: int = typer.Option(16, help="Channels of the first level."),
+    steps: int = typer.Option(500, help="Training steps."),
+    batch_size: int = typer.Option(2, help="Batch size."),
+    lr: float = typer.Option(1e-3, help="Learning rate (AdamW)."),
+    seed: int = typer.Option(0, help="Random seed (weights, batches, augmentation)."),
+    cases: str = typer.Option(None, help="Comma-separated case ids to train on. Default: all labelled cases."),
+    holdout: int = typer.Option(0, help="Leave the last N labelled cases (sorted by id) out, for Dice_orig."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train the evaluation segmentor (MONAI SegResNet/UNet, Dice + cross-entropy) on a dataset's real cases."""
+    from volsynth.data.dataset import load_dataset
+    from volsynth.evaluation.segmentor import SegmentorSettings, labelled_cases, train_segmentor_on_dataset
+
+    window_values = _floats(window, "--window", 2)
+    settings = SegmentorSettings(architecture=architecture, spatial_dims=dims,
+                                 size=[int(s) for s in _floats(size, "--size")],
+                                 patch=[int(s) for s in _floats(patch, "--patch")] if patch else None,
+                                 spacing=_floats(spacing, "--spacing"),
+                                 window=window_values, labels=labels, features=features, steps=steps,
+                                 batch_size=batch_size, lr=lr, seed=seed)
+    settings.check()
+    case_ids = [c.strip() for c in cases.split(",") if c.strip()] if cases else None
+    if holdout:
+        if case_ids is not None:
+            raise ConfigError(None, "give either --cases or --holdout, not both")
+        ids = sorted(c.case_id for c in labelled_cases(load_dataset(dataset)))
+        if not 0 < holdout < len(ids):
+            raise ConfigError(None, f"--holdout must be from 1 to {len(ids) - 1}, got {holdout}")
+        case_ids = ids[:-holdout]
+    path = train_segmentor_on_dataset(dataset, out, settings, case_ids, progress, command_line(ctx))
+    console.print(f"segmentor: {path}")
+
+
+def study_augment(
+    ctx: typer.Context,
+    real: Path = typer.Option(..., "--real", help="Real dataset with label maps."),
+    generated: Path = typer.Option(..., "--generated", help="Generated folder with image + label pairs (--mask)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (runs/ and study.json)."),
+    n_real: int = typer.Option(None, help="Real training cases. Default: all not held out."),
+    n_synthetic: int = typer.Option(None, help="Synthetic pairs added. Default: all."),
+    n_test: int = typer.Option(None, help="Held-out real test cases (the last by id). Default: a quarter."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
+    architectures: str = typer.Option("segresnet,unet", help="Comma-separated: segresnet, unet, basicunet."),
+    size: str = typer.Option("64", help="Segmentor grid size 'X,Y,Z' or one number."),
+    patch: str = typer.Option(None, help="Train on random patches of this size (predict by sliding window)."),
+    window: str = typer.Option(None, help="CT window 'lo,hi' in HU. Default: 0.5/99.5 percentiles of the real cases."),
+    dims: int = typer.Option(3, help="3: whole volumes; 2: axial slices."),
+    labels: str = typer.Option(None, help="Classes to learn, e.g. 'liver=1,tumour=4'. Default: all."),
+    features: int = typer.Option(16, help="Channels of the first level."),
+    steps: int = typer.Option(500, help="Training steps per run."),
+    lr: float = typer.Option(1e-3, help="Learning rate (AdamW)."),
+    bootstrap: int = typer.Option(2000, help="Bootstrap replicates for the 95% intervals."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Segmentor trained on N real vs N real + M synthetic cases: held-out Dice/NSD with 95% CIs -> study.json."""
+    from volsynth.evaluation.study import StudySettings, run_augmentation_study
+
+    settings = StudySettings(n_real=n_real, n_synthetic=n_synthetic, n_test=n_test, seeds=_ints(seeds, "--seeds"),
+                             architectures=[a.strip() for a in architectures.split(",") if a.strip()],
+                             segmentor={"size": [int(s) for s in _floats(size, "--size")], "spatial_dims": dims,
+                                        "patch": [int(s) for s in _floats(patch, "--patch")] if patch else None,
+                                        "window": _floats(window, "--window", 2), "labels": labels,
+                                        "features": features, "steps": steps, "lr": lr},
+                             bootstrap=bootstrap)
+    result = run_augmentation_study(real, generated, out, settings, progress, command=command_line(ctx))
+    for group, entry in result["summary"].items():
+        diff = entry["difference"]["dice"]
+        if diff["mean"] is not None:
+            console.print(f"{group}: Dice real {entry['real']['dice']['mean']:.3f}, real+synthetic "
+                          f"{entry['real+synthetic']['dice']['mean']:.3f}, difference {diff['mean']:+.3f} "
+                          f"[{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]")
+    console.print(f"wrote {Path(out) / 'study.json'}")

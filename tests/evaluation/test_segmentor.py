@@ -1,0 +1,152 @@
+"""The evaluation segmentor: learns on tiny phantoms (better than untrained), checkpoint round trip,
+predictions on the volume's own grid (oblique, anisotropic), 2D mode, and bad settings."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_case, oblique_direction
+from volsynth.data.dataset import load_dataset
+from volsynth.data.phantom import write_phantom_dataset
+from volsynth.errors import ConfigError
+from volsynth.evaluation import compute_dice_per_class
+from volsynth.evaluation.segmentor import (
+    SegmentationStage,
+    Segmentor,
+    SegmentorSettings,
+    load_segmentor,
+    make_segmentor_plan,
+    predict,
+    read_case,
+    stack_cases,
+    train_segmentor_on_dataset,
+)
+from volsynth.io import LabelMap
+from volsynth.models.checkpoint import CheckpointError
+from volsynth.models.registry import NETWORKS
+
+TINY = dict(architecture="unet", size=[16, 16, 16], features=4, batch_size=2, labels="liver=1,spleen=5")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread: on 2 shared cores, two threads contending with other jobs run ~20x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    return write_phantom_dataset("abdomen-ct", root / "ds", cases=3, size=16, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(phantoms, tmp_path_factory):
+    out = tmp_path_factory.mktemp("segout")
+    settings = SegmentorSettings(**TINY, steps=60, lr=3e-3)
+    train_segmentor_on_dataset(phantoms, out, settings, case_ids=["abdomen_ct_0000", "abdomen_ct_0001"],
+                               progress=False)
+    return out
+
+
+def liver_dice(segmentor: Segmentor, dataset, index: int) -> float:
+    image, label = read_case(dataset.cases[index])
+    reference = LabelMap(segmentor.plan.remap(label.array), label.affine, labels=segmentor.labels)
+    return compute_dice_per_class(predict(segmentor, image), reference)["liver"]
+
+
+def test_segmentor_learns(phantoms, trained):
+    dataset = load_dataset(phantoms)
+    segmentor = load_segmentor(trained)
+    untrained = SegmentationStage(*stack_cases([read_case(dataset.cases[0])], segmentor.plan), segmentor.plan,
+                                  SegmentorSettings(**TINY))
+    baseline = Segmentor(untrained.networks["segmentor"], untrained.configs["segmentor"], segmentor.plan,
+                         segmentor.settings)
+    for index in (0, 2):  # a training case and the unseen one
+        assert liver_dice(segmentor, dataset, index) > liver_dice(baseline, dataset, index) + 0.2
+
+
+def test_checkpoint_round_trip(trained, phantoms):
+    segmentor = load_segmentor(trained)
+    again = load_segmentor(trained / "segmentor")
+    meta = segmentor.meta
+    assert meta["labels"] == {"background": 0, "liver": 1, "spleen": 2}
+    assert meta["grid"]["size"] == [16, 16, 16] and len(meta["grid"]["spacing"]) == 3
+    assert meta["normalisation"][0]["scheme"] == "ct_window"
+    assert meta["training_cases"] == ["abdomen_ct_0000", "abdomen_ct_0001"]
+    assert segmentor.config["class"] == "UNet" and segmentor.settings.steps == 60
+    for key, value in segmentor.network.state_dict().items():
+        assert torch.equal(value, again.network.state_dict()[key])
+    image, _ = read_case(load_dataset(phantoms).cases[2])
+    assert np.array_equal(predict(segmentor, image).array, predict(again, image).array)
+    # a modified weights file is refused
+    weights = trained / "segmentor" / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-8] + b"\0" * 8)
+        with pytest.raises(CheckpointError, match="modified"):
+            load_segmentor(trained)
+    finally:
+        weights.write_bytes(original)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_segmentor(trained / "missing")
+
+
+def test_predict_keeps_geometry(trained):
+    segmentor = load_segmentor(trained)
+    image, _ = make_case(shape=(24, 20, 12), spacing=(1.5, 1.6, 3.0), direction=oblique_direction())
+    prediction = predict(segmentor, image)
+    assert prediction.shape == image.shape
+    assert np.allclose(prediction.affine, image.affine)
+    assert prediction.labels == {"background": 0, "liver": 1, "spleen": 2}
+    assert set(np.unique(prediction.array)) <= {0, 1, 2}
+
+
+def test_two_dimensional_segmentor(phantoms, tmp_path):
+    settings = SegmentorSettings(**{**TINY, "architecture": "segresnet"}, spatial_dims=2, steps=3)
+    train_segmentor_on_dataset(phantoms, tmp_path, settings, progress=False)
+    segmentor = load_segmentor(tmp_path)
+    assert segmentor.config["spatial_dims"] == 2
+    image, _ = read_case(load_dataset(phantoms).cases[0])
+    assert predict(segmentor, image).shape == image.shape
+    assert json.loads((tmp_path / "segmentor" / "meta.json").read_text())["segmentor"]["spatial_dims"] == 2
+
+
+def test_patch_training_predicts_by_sliding_window(phantoms, tmp_path):
+    settings = SegmentorSettings(**{**TINY, "size": [32, 32, 32]}, patch=[16, 16, 16], steps=3)
+    train_segmentor_on_dataset(phantoms, tmp_path, settings, progress=False)
+    segmentor = load_segmentor(tmp_path)
+    assert segmentor.settings.patch == [16, 16, 16] and segmentor.plan.size == [32, 32, 32]
+    image, _ = read_case(load_dataset(phantoms).cases[1])
+    assert predict(segmentor, image).shape == image.shape
+
+
+def test_training_again_into_the_same_folder(phantoms, trained):
+    settings = SegmentorSettings(**TINY, steps=60, lr=3e-3)
+    ids = ["abdomen_ct_0000", "abdomen_ct_0001"]
+    if "UNet" in NETWORKS:  # the registry rebuilds the network: the engine resumes the finished run
+        assert train_segmentor_on_dataset(phantoms, trained, settings, ids, progress=False) == trained / "segmentor"
+    else:
+        with pytest.raises(ConfigError, match="cannot be resumed"):
+            train_segmentor_on_dataset(phantoms, trained, settings, ids, progress=False)
+
+
+def test_bad_settings(phantoms):
+    with pytest.raises(ConfigError, match="architecture"):
+        SegmentorSettings(architecture="vnet").check()
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        SegmentorSettings(architecture="basicunet", size=[24, 24, 24]).check()
+    with pytest.raises(ConfigError, match="unknown segmentor setting"):
+        SegmentorSettings.from_dict({"depth": 3})
+    with pytest.raises(ConfigError, match="two increasing numbers"):
+        SegmentorSettings(window=[300.0, -200.0]).check()
+    with pytest.raises(ConfigError, match="larger than the grid"):
+        SegmentorSettings(size=[16, 16, 16], patch=[32, 32, 32]).check()
+    dataset = load_dataset(phantoms)
+    with pytest.raises(ConfigError, match="neither an id nor a label name"):
+        make_segmentor_plan(dataset, dataset.cases, SegmentorSettings(labels="liver=lung"))
