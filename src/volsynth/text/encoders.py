@@ -79,7 +79,7 @@ class HFTextEncoder:
 class TinyTextEncoder:
     """A deterministic random encoder for tests: words hashed into an embedding table plus positions."""
 
-    def __init__(self, dim: int = 32, max_length: int = 16, vocab: int = 2048, seed: int = 0) -> None:
+    def __init__(self, dim: int = 32, max_length: int = DEFAULT_MAX_LENGTH, vocab: int = 2048, seed: int = 0) -> None:
         generator = torch.Generator().manual_seed(seed)
         self.words = torch.randn(vocab, dim, generator=generator) / dim**0.5
         self.positions = torch.randn(max_length, dim, generator=generator) / dim**0.5
