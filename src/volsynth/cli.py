@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from volsynth.config import parse_floats
 from volsynth.errors import ConfigError, VolsynthError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -26,18 +27,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
     """volsynth: 3D medical volume synthesis guided by text and masks."""
 
 
-def _floats(text: str | None, what: str, count: int | None = None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError as exc:
-        raise ConfigError(None, f"{what} must be comma-separated numbers, got '{text}'") from exc
-    if count is not None and len(values) == 1:
-        values = values * count
-    if count is not None and len(values) != count:
-        raise ConfigError(None, f"{what} needs 1 or {count} values, got '{text}'")
-    return values
+_floats = parse_floats
 
 
 @app.command()

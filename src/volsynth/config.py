@@ -18,3 +18,18 @@ def settings_from_dict(cls: type[T], data: dict | None, what: str) -> T:
         raise ConfigError(None, f"unknown {what} setting(s): {', '.join(unknown)}",
                           f"known: {', '.join(sorted(known))}")
     return cls(**data)
+
+
+def parse_floats(text: str | None, what: str, count: int | None = None) -> list[float] | None:
+    """``"1.5"`` or ``"1,2,3"`` -> floats; one value is repeated to ``count``; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise ConfigError(None, f"{what} must be comma-separated numbers, got '{text}'") from exc
+    if count is not None and len(values) == 1:
+        values = values * count
+    if count is not None and len(values) != count:
+        raise ConfigError(None, f"{what} needs 1 or {count} values, got '{text}'")
+    return values

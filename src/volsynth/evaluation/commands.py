@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from volsynth.config import parse_floats
 from volsynth.errors import ConfigError
 
 console = Console(soft_wrap=True)
@@ -34,16 +35,7 @@ def _ints(text: str | None, what: str) -> list[int] | None:
 
 
 def _floats(text: str | None, what: str, count: int = 3) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError as exc:
-        raise ConfigError(None, f"{what} must be comma-separated numbers, got '{text}'") from exc
-    values = values * count if len(values) == 1 else values
-    if len(values) != count:
-        raise ConfigError(None, f"{what} needs 1 or {count} values, got '{text}'")
-    return values
+    return parse_floats(text, what, count)
 
 
 def command_line(ctx: typer.Context) -> str:
