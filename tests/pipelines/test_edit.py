@@ -29,6 +29,15 @@ def test_inserted_lesion_has_the_requested_diameter(liver_mask, diameter):
     np.testing.assert_array_equal(edited.array[untouched], liver_mask.array[untouched])
 
 
+@pytest.mark.parametrize("size", [32, 40])
+def test_coarse_grids_still_measure_within_one_voxel(size):
+    case = generate_case("abdomen-ct", seed=3, size=size, lesions=0)
+    mask = LabelMap(case.labels, case.affine)
+    for diameter in (20.0, 24.0, 30.0):
+        edited, facts = insert_lesion(mask, diameter, seed=1)
+        assert abs(facts["diameter_mm"] - diameter) <= float(np.max(mask.spacing)), (size, diameter, facts)
+
+
 def test_insertion_with_anisotropic_oblique_geometry_and_given_centre():
     affine = make_affine([1.0, 1.2, 2.5], [-30, -30, -40], oblique_direction(30))
     array = np.zeros((64, 56, 40), np.uint8)

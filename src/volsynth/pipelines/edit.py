@@ -45,8 +45,16 @@ def insert_lesion(mask: LabelMap, diameter_mm: float, organ_id: int = 1, lesion_
     else:
         centre = np.asarray(centre_mm, dtype=np.float64)
     distance = np.linalg.norm(_world_grid(mask) - centre, axis=-1)
-    # a few voxel-centre distances lie within float error of the radius: the small margin keeps them in
-    sphere = distance <= radius + 1e-6 * max(1.0, radius)
+    # On a coarse grid a sphere's measured extent moves in voxel steps: among radii around the estimate,
+    # keep the one whose measured diameter is closest to the request.
+    step = float(np.max(spacing))
+    best = None
+    for candidate in np.linspace(max(0.0, radius - step), radius + step, 9):
+        trial = distance <= candidate + 1e-6 * max(1.0, candidate)
+        error = abs(max_extent_mm(trial, spacing) - diameter_mm) if trial.any() else np.inf
+        if best is None or error < best[0] - 1e-9:
+            best = (error, trial)
+    sphere = best[1]
     if not sphere.any():
         raise VolsynthError(None, f"lesion centre {np.round(centre, 1).tolist()} mm lies outside the mask")
     array = mask.array.copy()
