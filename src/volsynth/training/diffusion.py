@@ -12,24 +12,17 @@ import torch
 from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.registry import build_network, network_config
-from volsynth.sampling.samplers import build_scheduler
-from volsynth.training.denoising import denoising_loss, dropped, noised
+from volsynth.training.denoising import DenoiserSettings, denoising_loss, dropped, noised
 from volsynth.training.latents import LatentCache
 
 
 @dataclass
-class DiffusionSettings:
+class DiffusionSettings(DenoiserSettings):
     """A recipe's ``diffusion:`` block (less ``train:``)."""
 
     size: str = "small"
     network: dict = field(default_factory=dict)
-    sampler: str = "ddpm"  # training schedule: ddpm (epsilon / v_prediction) or rflow (flow)
-    prediction_type: str = "epsilon"
-    num_train_timesteps: int = 1000
-    schedule: str = "scaled_linear_beta"
-    loss: str = "l1"
-    condition_dropout: float = 0.1
-    text_encoder: str = "minilm"
+    loss: str = "l1"  # the seed's
     preview_steps: int = 20
 
     @classmethod
@@ -39,11 +32,6 @@ class DiffusionSettings:
         if settings.loss not in ("l1", "l2"):
             raise ConfigError(None, f"unknown diffusion loss '{settings.loss}'", "use l1 or l2")
         return settings
-
-    def scheduler(self, spatial_numel: int = 32768):
-        """The training noise schedule."""
-        return build_scheduler(self.sampler, self.prediction_type, self.num_train_timesteps, self.schedule,
-                               spatial_numel)
 
 
 class DiffusionStage:

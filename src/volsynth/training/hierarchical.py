@@ -18,26 +18,18 @@ import torch.nn.functional as F
 from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.registry import build_network, network_config
-from volsynth.sampling.samplers import build_scheduler
 from volsynth.text import get_text_encoder
 from volsynth.training.data import PreparedData
-from volsynth.training.denoising import denoising_loss, dropped, noised
+from volsynth.training.denoising import DenoiserSettings, denoising_loss, dropped, noised
 
 
 @dataclass
-class HierarchicalSettings:
+class HierarchicalSettings(DenoiserSettings):
     """A recipe's ``joint:`` or ``superres:`` block (less ``train:``)."""
 
     size: str = "tiny-pixel"
     network: dict = field(default_factory=dict)
     factor: int = 2  # super-resolution factor (2x or 4x)
-    condition_dropout: float = 0.1
-    sampler: str = "ddpm"
-    prediction_type: str = "epsilon"
-    num_train_timesteps: int = 1000
-    schedule: str = "scaled_linear_beta"
-    loss: str = "l2"
-    text_encoder: str = "minilm"
 
     @classmethod
     def from_dict(cls, data: dict | None) -> HierarchicalSettings:
@@ -46,10 +38,6 @@ class HierarchicalSettings:
         if settings.factor not in (2, 4):
             raise ConfigError(None, f"factor must be 2 or 4, got {settings.factor}")
         return settings
-
-    def scheduler(self):
-        """The training noise schedule."""
-        return build_scheduler(self.sampler, self.prediction_type, self.num_train_timesteps, self.schedule)
 
 
 def joint_channels(images: torch.Tensor, labels: torch.Tensor, label_ids: list[int]) -> torch.Tensor:

@@ -15,16 +15,15 @@ from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.controlnet import combine_features
 from volsynth.models.registry import build_network, network_config
-from volsynth.sampling.samplers import build_scheduler
 from volsynth.text import get_text_encoder
 from volsynth.training.data import PreparedData
-from volsynth.training.denoising import denoising_loss, dropped, noised
+from volsynth.training.denoising import DenoiserSettings, denoising_loss, dropped, noised
 
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # array axis of RAS volumes
 
 
 @dataclass
-class SegGuidedSettings:
+class SegGuidedSettings(DenoiserSettings):
     """A recipe's ``segguided:`` block (less ``train:``)."""
 
     size: str = "tiny-pixel"
@@ -32,13 +31,6 @@ class SegGuidedSettings:
     spatial_dims: int = 3
     slice_axis: str = "axial"
     ablation: float = 0.5  # each class dropped with this probability per sample (seed 002)
-    condition_dropout: float = 0.1  # text dropout
-    sampler: str = "ddpm"
-    prediction_type: str = "epsilon"
-    num_train_timesteps: int = 1000
-    schedule: str = "scaled_linear_beta"
-    loss: str = "l2"
-    text_encoder: str = "minilm"
 
     @classmethod
     def from_dict(cls, data: dict | None) -> SegGuidedSettings:
@@ -49,10 +41,6 @@ class SegGuidedSettings:
         if settings.slice_axis not in SLICE_AXES:
             raise ConfigError(None, f"unknown slice axis '{settings.slice_axis}'", f"choose {sorted(SLICE_AXES)}")
         return settings
-
-    def scheduler(self):
-        """The training noise schedule."""
-        return build_scheduler(self.sampler, self.prediction_type, self.num_train_timesteps, self.schedule)
 
 
 def ablate(known: torch.Tensor, generators: list[torch.Generator], probability: float) -> torch.Tensor:
