@@ -13,9 +13,11 @@ from typer.testing import CliRunner
 from volsynth.data.phantom import generate_case, write_phantom_dataset
 from volsynth.errors import DatasetError, ReadError
 from volsynth.evaluation.commands import evaluate, study_augment, train_seg
-from volsynth.evaluation.evaluate import EvaluationOptions, read_generated_folder, run_evaluation, to_shape
+from volsynth.evaluation.evaluate import EvaluationOptions, run_evaluation
+from volsynth.evaluation.inputs import read_generated_folder, to_shape
 from volsynth.evaluation.report import SECTIONS
-from volsynth.evaluation.segmentor import SegmentorSettings, train_segmentor_on_dataset
+from volsynth.evaluation.segmentor import SegmentorSettings
+from volsynth.evaluation.segtrain import train_segmentor_on_dataset
 from volsynth.io import LabelMap, Volume, read_label, read_volume, write_volume
 
 SEG = dict(architecture="unet", size=[16, 16, 16], features=4, steps=30, lr=3e-3)

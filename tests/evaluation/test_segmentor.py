@@ -1,5 +1,6 @@
 """The evaluation segmentor: learns on tiny phantoms (better than untrained), checkpoint round trip,
-predictions on the volume's own grid (oblique, anisotropic), 2D mode, and bad settings."""
+predictions on the volume's own grid (oblique, anisotropic), 2D mode, bad settings; train-seg's --config
+(file values, command-line overrides, bad files) and --holdout (held-out Dice/NSD in holdout.json)."""
 
 import json
 
@@ -8,21 +9,21 @@ import pytest
 import torch
 
 from tests.conftest import make_case, oblique_direction
+from volsynth.cli import main
 from volsynth.data.dataset import load_dataset
 from volsynth.data.phantom import write_phantom_dataset
 from volsynth.errors import ConfigError
-from volsynth.evaluation import compute_dice_per_class
+from volsynth.evaluation import compute_dice_per_class, segtrain
 from volsynth.evaluation.segmentor import (
-    SegmentationStage,
     Segmentor,
     SegmentorSettings,
     load_segmentor,
     make_segmentor_plan,
+    plan_label_ids,
     predict,
     read_case,
-    stack_cases,
-    train_segmentor_on_dataset,
 )
+from volsynth.evaluation.segtrain import SegmentationStage, stack_cases, train_segmentor_on_dataset
 from volsynth.io import LabelMap
 from volsynth.models.checkpoint import CheckpointError
 from volsynth.models.registry import NETWORKS
@@ -150,3 +151,63 @@ def test_bad_settings(phantoms):
     dataset = load_dataset(phantoms)
     with pytest.raises(ConfigError, match="neither an id nor a label name"):
         make_segmentor_plan(dataset, dataset.cases, SegmentorSettings(labels="liver=lung"))
+
+
+# -- train-seg --config and --holdout ---------------------------------------------------------------------------
+
+def test_train_seg_config_holdout(phantoms, tmp_path, capsys):
+    config = tmp_path / "seg.yaml"
+    config.write_text("architecture: unet\nsize: [16, 16, 16]\nfeatures: 4\nsteps: 50\nlr: 0.002\n"
+                      "labels: liver=1,spleen=5\n")
+    out = tmp_path / "out"
+    assert main(["train-seg", str(phantoms), "--out", str(out), "--config", str(config), "--steps", "2",
+                 "--holdout", "1", "--no-progress"]) == 0
+    settings = json.loads((out / "segmentor" / "meta.json").read_text())["segmentor"]
+    assert settings["architecture"] == "unet" and settings["features"] == 4 and settings["lr"] == 0.002
+    assert settings["steps"] == 2  # the option typed on the command line overrides the file
+    holdout = json.loads((out / "holdout.json").read_text())
+    ids = sorted(c.case_id for c in load_dataset(phantoms).cases)
+    assert holdout["cases"] == ids[-1:] and holdout["training_cases"] == ids[:-1]
+    assert "--config" in holdout["command"] and holdout["settings"]["steps"] == 2
+    assert set(holdout["mean"]["dice"]) == {"liver", "spleen"}
+    for value in [*holdout["mean"]["dice"].values(), *holdout["per_case"][0]["nsd"].values()]:
+        assert value is None or 0.0 <= value <= 1.0
+    assert "Dice" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, message", [
+    ("size: [16, 16\n", "invalid YAML"),
+    ("depth: 3\n", "unknown segmentor setting(s): depth"),
+    ("- unet\n", "must be a mapping"),
+    (None, "cannot read"),
+])
+def test_train_seg_bad_config_exit_2(phantoms, tmp_path, capsys, text, message):
+    config = tmp_path / "seg.yaml"
+    if text is not None:
+        config.write_text(text)
+    assert main(["train-seg", str(phantoms), "--out", str(tmp_path / "out"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {config}: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_holdout_perfect_prediction(phantoms, trained, monkeypatch):
+    segmentor = load_segmentor(trained)
+    read = {}
+
+    def remembering_read_case(case, labels=None):
+        image, label = read_case(case, labels)
+        read["label"] = label
+        return image, label
+
+    def perfect(segmentor, image):  # the reference itself, in the segmentor's classes
+        return LabelMap(plan_label_ids(read["label"], segmentor.plan), image.affine, labels=segmentor.labels)
+
+    monkeypatch.setattr(segtrain, "read_case", remembering_read_case)
+    monkeypatch.setattr(segtrain, "predict", perfect)
+    result = segtrain.evaluate_holdout(trained, phantoms, ["abdomen_ct_0002"], tolerance_mm=2.0)
+    assert result["cases"] == ["abdomen_ct_0002"] and segmentor.labels == {"background": 0, "liver": 1, "spleen": 2}
+    assert result["mean"]["dice"] == {"liver": 1.0, "spleen": 1.0}
+    assert result["mean"]["nsd"] == {"liver": 1.0, "spleen": 1.0}
+    with pytest.raises(ConfigError, match="not held out"):
+        segtrain.evaluate_holdout(trained, phantoms, ["abdomen_ct_0000"])

@@ -54,6 +54,24 @@ def test_adversarial_and_kl_terms_are_logged(prepared_tiny, tmp_path):
     assert lines[0]["discriminator"] > 0  # the warm-up starts at step 0 here
 
 
+def test_tensorboard_events_hold_the_logged_scalars(prepared_tiny, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(autoencoder_stage(prepared_tiny), tmp_path, steps=3, tensorboard=True)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    recon = events.Scalars("autoencoder/recon")
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e.step for e in recon] == [1, 2, 3]
+    assert [e.value for e in recon] == pytest.approx([line["recon"] for line in lines], rel=1e-6)
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(prepared_tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    with pytest.raises(TrainingError, match="tensorboard package"):
+        train(autoencoder_stage(prepared_tiny), tmp_path, steps=1, tensorboard=True)
+
+
 @pytest.mark.parametrize("which", ["autoencoder", "diffusion"])
 def test_exact_resume(which, prepared_tiny, autoencoder, cache_dir, tmp_path):
     def stage():

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from volsynth.config import parse_floats
 from volsynth.errors import ConfigError
+
+if TYPE_CHECKING:
+    from volsynth.evaluation.segmentor import SegmentorSettings
 
 console = Console(soft_wrap=True)
 
@@ -87,10 +91,41 @@ def evaluate(
     console.print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
 
 
+# train-seg option -> SegmentorSettings field
+SEGMENTOR_OPTIONS = {"architecture": "architecture", "dims": "spatial_dims", "size": "size", "patch": "patch",
+                     "spacing": "spacing", "window": "window", "labels": "labels", "features": "features",
+                     "steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed"}
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether an option was given (command line or environment), not left at its default."""
+    source = ctx.get_parameter_source(name)
+    # by name: typer may bring its own copy of click, whose ParameterSource is another class
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def segmentor_settings(ctx: typer.Context, config: Path | None, values: dict) -> SegmentorSettings:
+    """SegmentorSettings from ``--config`` (if given), overridden by the options typed on the command line."""
+    from volsynth.evaluation.segmentor import SegmentorSettings, read_segmentor_settings
+
+    data = read_segmentor_settings(config) if config is not None else {}
+    for option, name in SEGMENTOR_OPTIONS.items():
+        if config is None or _typed(ctx, option):
+            data[name] = values[option]
+    settings = SegmentorSettings.from_dict(data)
+    try:
+        settings.check()
+    except (TypeError, ValueError) as exc:  # a value of the wrong type in the file, e.g. steps: many
+        raise ConfigError(config, f"bad segmentor setting ({exc})") from exc
+    return settings
+
+
 def train_seg(
     ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="Dataset with label maps (nnU-Net v2 / MSD layout)."),
     out: Path = typer.Option(..., "--out", help="Output folder; the segmentor is written to OUT/segmentor."),
+    config: Path = typer.Option(None, help="YAML of segmentor settings (e.g. recipes/segmentor-abdomen-64.yaml); "
+                                           "options typed on the command line override it."),
     architecture: str = typer.Option("segresnet", help="segresnet, unet or basicunet."),
     dims: int = typer.Option(3, help="3: whole volumes; 2: axial slices."),
     size: str = typer.Option("64", help="Grid size 'X,Y,Z' or one number (multiple of 8; 16 for basicunet)."),
@@ -104,31 +139,54 @@ def train_seg(
     lr: float = typer.Option(1e-3, help="Learning rate (AdamW)."),
     seed: int = typer.Option(0, help="Random seed (weights, batches, augmentation)."),
     cases: str = typer.Option(None, help="Comma-separated case ids to train on. Default: all labelled cases."),
-    holdout: int = typer.Option(0, help="Leave the last N labelled cases (sorted by id) out, for Dice_orig."),
+    holdout: int = typer.Option(0, help="Leave the last N labelled cases (sorted by id) out of training, then "
+                                        "score them: OUT/holdout.json with Dice and NSD per class."),
+    tolerance_mm: float = typer.Option(2.0, help="NSD tolerance in mm (with --holdout)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the evaluation segmentor (MONAI SegResNet/UNet, Dice + cross-entropy) on a dataset's real cases."""
-    from volsynth.data.dataset import load_dataset
-    from volsynth.evaluation.segmentor import SegmentorSettings, labelled_cases, train_segmentor_on_dataset
+    from volsynth.data.dataset import load_dataset, write_json
+    from volsynth.evaluation.report import to_json_ready
+    from volsynth.evaluation.segmentor import labelled_cases
+    from volsynth.evaluation.segtrain import evaluate_holdout, train_segmentor_on_dataset
 
-    window_values = _floats(window, "--window", 2)
-    settings = SegmentorSettings(architecture=architecture, spatial_dims=dims,
-                                 size=[int(s) for s in _floats(size, "--size")],
-                                 patch=[int(s) for s in _floats(patch, "--patch")] if patch else None,
-                                 spacing=_floats(spacing, "--spacing"),
-                                 window=window_values, labels=labels, features=features, steps=steps,
-                                 batch_size=batch_size, lr=lr, seed=seed)
-    settings.check()
+    values = {"architecture": architecture, "dims": dims, "size": [int(s) for s in _floats(size, "--size")],
+              "patch": [int(s) for s in _floats(patch, "--patch")] if patch else None,
+              "spacing": _floats(spacing, "--spacing"), "window": _floats(window, "--window", 2), "labels": labels,
+              "features": features, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}
+    settings = segmentor_settings(ctx, config, values)
     case_ids = [c.strip() for c in cases.split(",") if c.strip()] if cases else None
+    held_out: list[str] = []
     if holdout:
         if case_ids is not None:
             raise ConfigError(None, "give either --cases or --holdout, not both")
         ids = sorted(c.case_id for c in labelled_cases(load_dataset(dataset)))
         if not 0 < holdout < len(ids):
             raise ConfigError(None, f"--holdout must be from 1 to {len(ids) - 1}, got {holdout}")
-        case_ids = ids[:-holdout]
-    path = train_segmentor_on_dataset(dataset, out, settings, case_ids, progress, command_line(ctx))
+        case_ids, held_out = ids[:-holdout], ids[-holdout:]
+    command = command_line(ctx)
+    path = train_segmentor_on_dataset(dataset, out, settings, case_ids, progress, command)
     console.print(f"segmentor: {path}")
+    if held_out:
+        result = evaluate_holdout(path, dataset, held_out, tolerance_mm, command)
+        write_json(Path(out) / "holdout.json", to_json_ready(result))
+        _print_holdout(result)
+        console.print(f"wrote {Path(out) / 'holdout.json'}")
+
+
+def _print_holdout(result: dict) -> None:
+    """Mean Dice and NSD per class of the held-out cases, as a table."""
+    from rich.table import Table
+
+    table = Table(title=f"held-out cases ({len(result['cases'])}): mean per class, NSD at "
+                        f"{result['tolerance_mm']:g} mm")
+    table.add_column("class")
+    table.add_column("Dice", justify="right")
+    table.add_column("NSD", justify="right")
+    for name, dice in result["mean"]["dice"].items():
+        nsd = result["mean"]["nsd"].get(name)
+        table.add_row(name, "–" if dice is None else f"{dice:.3f}", "–" if nsd is None else f"{nsd:.3f}")
+    console.print(table)
 
 
 def study_augment(

@@ -2,7 +2,8 @@
 
 Recipe (``run_evaluation``):
 1. read the real dataset (verified; a folder written by ``volsynth prepare`` is mapped back to its units with
-   each case's window) and the generated folder (``<id>_image`` + ``<id>.json`` sidecar [+ ``<id>_label``]);
+   each case's window) and the generated folder (``<id>_image`` + ``<id>.json`` sidecar [+ ``<id>_label``]),
+   in ``inputs.py``;
 2. put both sets on one comparison shape (the generated volumes' most common shape): a volume of another
    shape is resized over its own field of view (RAS); fix one intensity range (CT: the prepared plan's window,
    else the real set's pooled 0.5/99.5 percentiles; MR: per-volume percentiles);
@@ -13,63 +14,33 @@ Recipe (``run_evaluation``):
 5. text adherence (stated vs measured lesion count, diameters, organ volumes) for generated volumes and,
    as a floor, for the real cases; anatomy volumes (ml) per class, e.g. airway (seed 001);
 6. memorisation: nearest training volume by SSIM and feature cosine, thresholds from real-vs-real pairs;
-7. intensity histograms per tissue; montages; write metrics.json and report.html (``report.py``).
+7. intensity histograms per tissue; montages; write metrics.json and report.html (``figures.py``,
+   ``report.py``).
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from volsynth import __version__
-from volsynth.data.dataset import load_dataset
-from volsynth.data.plan import PLAN_FILE, Plan
-from volsynth.data.prepare import MANIFEST_FILE, dataset_digest, load_manifest
-from volsynth.data.verify import verify_dataset
-from volsynth.errors import DatasetError, ReadError
+from volsynth.data.plan import Plan
+from volsynth.errors import DatasetError
 from volsynth.evaluation import adherence
 from volsynth.evaluation.distribution import compute_mmd_volumes
 from volsynth.evaluation.features import get_extractor
 from volsynth.evaluation.fid import FIDPerPlane, split_halves
+from volsynth.evaluation.inputs import Item, read_generated, read_real, to_shape
 from volsynth.evaluation.memorization import check_memorization
 from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class
 from volsynth.evaluation.similarity import MSSSIMDiversity
-from volsynth.io.formats import read_label, read_volume
-from volsynth.io.resample import grid_affine, grid_centre, resample_to
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.parallel import progress_bar
-
-SIDECAR_IMAGE_KEY = "image"
-
-
-@dataclass
-class Item:
-    """One real case or generated volume, with what is known about it."""
-
-    id: str
-    image: Volume
-    label: LabelMap | None = None  # class names in label.labels
-    prompt: str = ""
-    facts: dict | None = None
-    sidecar: dict = field(default_factory=dict)
-    prediction: LabelMap | None = None  # the segmentor's, when one is given
-
-
-@dataclass
-class GeneratedEntry:
-    """A generated volume on disk: its files, sidecar and the class names of its label file."""
-
-    id: str
-    image_path: Path
-    label_path: Path | None
-    sidecar: dict
-    label_names: dict[str, int] | None
 
 
 @dataclass
@@ -86,113 +57,6 @@ class EvaluationOptions:
     montage_cases: int = 3
     progress: bool = True
     command: str | None = None
-
-
-def _model_labels(sidecar: dict) -> dict[str, int] | None:
-    """Class names of a generated label file: the sidecar's ``labels``, else the model plan's labels."""
-    if isinstance(sidecar.get("labels"), dict):
-        return {str(k): int(v) for k, v in sidecar["labels"].items()}
-    model = sidecar.get("model")
-    meta = Path(model) / "meta.json" if model else None
-    if meta is not None and meta.is_file():
-        plan = json.loads(meta.read_text()).get("plan") or {}
-        if plan.get("labels"):
-            return {"background": 0, **{str(k): int(v) for k, v in plan["labels"].items()}}
-    return None
-
-
-def read_generated_folder(folder: str | Path) -> list[GeneratedEntry]:
-    """Generated volumes of a ``volsynth generate`` folder (sidecars), or bare ``<id>_image`` files."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ReadError(folder, "generated folder not found")
-    entries, seen = [], set()
-    for path in sorted(folder.glob("*.json")):
-        try:
-            sidecar = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ReadError(path, f"invalid sidecar JSON ({exc})") from exc
-        if not isinstance(sidecar, dict) or SIDECAR_IMAGE_KEY not in sidecar:
-            continue  # not a sidecar (e.g. a metrics file)
-        image = folder / str(sidecar[SIDECAR_IMAGE_KEY])
-        if not image.exists():
-            raise ReadError(image, f"image named by sidecar {path.name} not found")
-        label = folder / sidecar["label"] if sidecar.get("label") else None
-        if label is not None and not label.exists():
-            raise ReadError(label, f"label map named by sidecar {path.name} not found")
-        entry_id = str(sidecar.get("id") or path.stem)
-        entries.append(GeneratedEntry(entry_id, image, label, sidecar, _model_labels(sidecar)))
-        seen.add(image.name)
-    for image in sorted(folder.glob("*_image*")):  # volumes without a sidecar
-        if image.name in seen:
-            continue
-        stem = image.name.split("_image")[0]
-        labels = sorted(folder.glob(f"{stem}_label*"))
-        entries.append(GeneratedEntry(stem, image, labels[0] if labels else None, {}, None))
-    if not entries:
-        raise ReadError(folder, "no generated volumes found",
-                        "expected <id>_image.nii.gz files with <id>.json sidecars (volsynth generate output)")
-    return entries
-
-
-def read_generated(folder: str | Path, fallback_labels: dict[str, int], limit: int | None = None,
-                   progress: bool = True) -> list[Item]:
-    """Generated volumes with their label maps (class names from the model, else the real dataset's)."""
-    entries = read_generated_folder(folder)[:limit]
-    items = []
-    with progress_bar(progress) as bar:
-        task = bar.add_task("read generated", total=len(entries))
-        for entry in entries:
-            image = read_volume(entry.image_path)
-            label = (read_label(entry.label_path, labels=entry.label_names or fallback_labels)
-                     if entry.label_path else None)
-            if label is not None and (label.shape != image.shape or not np.allclose(label.affine, image.affine,
-                                                                                    atol=1e-3)):
-                label = resample_to(label, image.affine, image.shape)  # nearest: onto the image's grid
-            job = entry.sidecar.get("job") or {}
-            facts = entry.sidecar.get("facts") or job.get("facts")
-            items.append(Item(entry.id, image, label,
-                              str(entry.sidecar.get("prompt", job.get("prompt", "")) or ""), facts, entry.sidecar))
-            bar.advance(task)
-    return items
-
-
-def read_real(root: str | Path, limit: int | None = None,
-              progress: bool = True) -> tuple[dict, list[Item], Plan | None]:
-    """Real cases (verified) in their units; a prepared folder's cases are mapped back with their windows."""
-    root = Path(root)
-    problems = verify_dataset(root, progress=progress)
-    if problems:
-        raise DatasetError(problems[0].file, problems[0].problem,
-                           f"{len(problems)} problem(s) in the real dataset; run volsynth verify {root}")
-    dataset = load_dataset(root)
-    prepared = (root / PLAN_FILE).is_file() and (root / MANIFEST_FILE).is_file()
-    plan = Plan.load(root) if prepared else None
-    windows = {e["case"]: e["windows"][0] for e in load_manifest(root)["cases"]} if prepared else {}
-    items = []
-    cases = dataset.cases[:limit]
-    with progress_bar(progress) as bar:
-        task = bar.add_task("read real", total=len(cases))
-        for case in cases:
-            image = read_volume(case.images[0])
-            if plan is not None:
-                window = windows.get(case.case_id)
-                image = plan.denormalize(image, window=tuple(window) if window else None)
-            label = read_label(case.label, labels=dataset.labels) if case.label and case.label.exists() else None
-            items.append(Item(case.case_id, image, label, case.report or "", case.facts))
-            bar.advance(task)
-    info = {"path": str(root), "name": dataset.name, "layout": dataset.layout, "modality": dataset.modality,
-            "labels": dataset.labels, "cases": len(items), "prepared": prepared, "sha256": dataset_digest(dataset)}
-    return info, items, plan
-
-
-def to_shape(volume: Volume, shape: tuple[int, ...]) -> Volume:
-    """The volume itself if it has ``shape``, else resized to it over its own field of view (RAS)."""
-    if tuple(volume.shape) == tuple(shape):
-        return volume
-    ras = volume.reoriented("RAS")
-    spacing = ras.spacing * np.asarray(ras.shape) / np.asarray(shape)
-    return resample_to(ras, grid_affine(spacing, shape, grid_centre(ras.affine, ras.shape)), shape)
 
 
 def intensity_range(real: list[Item], plan: Plan | None, modality: str, seed: int = 0) -> tuple[float, float] | None:
@@ -238,7 +102,8 @@ def distribution_metrics(real: list[Volume], generated: list[Volume], options: E
     return out
 
 
-def _mean_per_class(rows: list[dict[str, float]]) -> dict[str, float | None]:
+def mean_per_class(rows: list[dict[str, float]]) -> dict[str, float | None]:
+    """Mean of each class over the rows, skipping missing, None and NaN values (None when none is left)."""
     names = list(dict.fromkeys(n for r in rows for n in r))
     result = {}
     for name in names:
@@ -262,7 +127,7 @@ def mask_faithfulness(segmentor, real: list[Item], generated: list[Item], tolera
             reference = LabelMap(plan_label_ids(item.label, segmentor.plan), item.label.affine, labels=segmentor.labels)
             dice.append(compute_dice_per_class(item.prediction, reference, names, ignore_empty=True))
             nsd.append(compute_nsd_per_class(item.prediction, reference, tolerance_mm, names, ignore_empty=True))
-        result[key] = {"cases": [i.id for i in rows], "dice": _mean_per_class(dice), "nsd": _mean_per_class(nsd),
+        result[key] = {"cases": [i.id for i in rows], "dice": mean_per_class(dice), "nsd": mean_per_class(nsd),
                        "per_case": [{"id": i.id, "dice": d, "nsd": s} for i, d, s in zip(rows, dice, nsd, strict=True)]}
     if not result["gen"]["cases"]:
         result["note"] = "no generated volume has a label map (generate with --mask): Dice_gen not computed"
@@ -345,7 +210,8 @@ def intensity_summary(real: dict[str, np.ndarray], generated: dict[str, np.ndarr
 def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, segmentor: str | Path | None = None,
                    study: str | Path | None = None, options: EvaluationOptions | None = None) -> dict:
     """Evaluate a generated folder against a real dataset; writes ``out``/metrics.json and report.html."""
-    from volsynth.evaluation.report import build_figures, write_metrics, write_report
+    from volsynth.evaluation.figures import build_figures
+    from volsynth.evaluation.report import write_metrics, write_report
 
     options = options or EvaluationOptions()
     start, out = time.perf_counter(), Path(out)

@@ -1,6 +1,6 @@
 """The auxiliary segmentor of the evaluation (seeds 002/003: Dice_orig vs Dice_gen; 000/004: tumour size
-and the augmentation study): a MONAI SegResNet, UNet or BasicUNet, 3D or on 2D axial slices, trained with
-Dice + cross-entropy (MONAI ``DiceCELoss``) by the one training engine.
+and the augmentation study): a MONAI SegResNet, UNet or BasicUNet, 3D or on 2D axial slices. This module holds
+its settings, networks, plan, case reading, loading and prediction; ``segtrain`` trains it.
 
 Preprocessing is a plan (``volsynth.data.plan.Plan``), made by ``volsynth prepare``'s own fingerprint and
 ``make_plan`` on the training cases: isotropic spacing that fits the largest field of view into ``size``
@@ -18,33 +18,26 @@ where their argmax gives the label map (label ids are never interpolated).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from volsynth.data.dataset import Case, Dataset, load_dataset
+from volsynth.data.dataset import Case, Dataset
 from volsynth.data.plan import Plan
 from volsynth.data.prepare import PrepareOptions, fingerprint_case, make_plan, parse_label_spec
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.io.formats import read_label, read_volume
 from volsynth.io.resample import grid_affine, grid_centre, resample_array, resample_to
 from volsynth.io.volume import LabelMap, Volume
-from volsynth.models.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    sha256_file,
-)
+from volsynth.models.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from volsynth.models.registry import NETWORKS, build_network
 
 SEGMENTOR_FOLDER = "segmentor"
@@ -98,8 +91,35 @@ class SegmentorSettings:
             raise ConfigError(None, f"segmentor patch {self.patch} is larger than the grid {self.size}")
         if self.window is not None and (len(self.window) != 2 or not self.window[1] > self.window[0]):
             raise ConfigError(None, f"CT window must be two increasing numbers, got {self.window}")
+        for name, kinds in (("steps", int), ("batch_size", int), ("features", int), ("seed", int),
+                            ("lr", (int, float))):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kinds):  # e.g. YAML reads "lr: 2e-3" as text
+                raise ConfigError(None, f"segmentor {name} must be a number, got {value!r}",
+                                  "in YAML write 0.002 or 2.0e-3, not 2e-3")
         if self.steps < 1 or self.batch_size < 1 or self.features < 1:
             raise ConfigError(None, "steps, batch_size and features must be >= 1")
+
+
+def read_segmentor_settings(path: str | Path) -> dict:
+    """The mapping of ``SegmentorSettings`` fields in a YAML file (``--config``); unknown keys are refused."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read segmentor settings ({getattr(exc, 'strerror', None) or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"invalid YAML ({' '.join(str(exc).split())})") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "segmentor settings must be a mapping of setting: value",
+                          f"known: {', '.join(SegmentorSettings.__dataclass_fields__)}")
+    try:
+        SegmentorSettings.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(path, exc.problem, exc.hint) from exc
+    return data
 
 
 def downsampling(architecture: str) -> int:
@@ -196,155 +216,6 @@ def case_on_grid(image: Volume, label: LabelMap | None, plan: Plan) -> tuple[np.
 def read_case(case: Case, dataset_labels: dict[str, int] | None = None) -> tuple[Volume, LabelMap]:
     """First image channel and label map of a dataset case."""
     return read_volume(case.images[0]), read_label(case.label, labels=dataset_labels)
-
-
-# -- training -------------------------------------------------------------------------------------------------
-
-def random_patch(image: torch.Tensor, target: torch.Tensor, patch: list[int],
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random crop of ``patch`` voxels from an image ``[1, X, Y, Z]`` and its labels ``[X, Y, Z]``."""
-    starts = [int(torch.randint(s - p + 1, (1,), generator=generator)) for s, p in zip(target.shape, patch,
-                                                                                      strict=True)]
-    window = tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
-    return image[(slice(None), *window)], target[window]
-
-
-def augment(image: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random similarity transform (scale 0.9-1.1, rotation about the S axis up to 10°, shift up to 5%; image
-    linear, labels nearest, outside = -1 / background) and intensity scale 0.9-1.1 and shift ±0.1.
-
-    No flips: anatomy is lateralised (liver right, spleen left)."""
-    u = torch.rand(7, generator=generator, dtype=torch.float64) * 2 - 1  # uniform in [-1, 1]
-    angle, scale = float(u[0]) * np.pi / 18, 1.0 + 0.1 * float(u[1])
-    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-    theta = torch.tensor([[[cos, -sin, 0.0, 0.1 * float(u[2])], [sin, cos, 0.0, 0.1 * float(u[3])],
-                           [0.0, 0.0, 1.0 / scale, 0.1 * float(u[4])]]], dtype=torch.float32)
-    # grid_sample indexes (x, y, z) as (W, H, D) = the last, middle and first array axes: permute to match
-    volume = image[None].permute(0, 1, 4, 3, 2)
-    grid = torch.nn.functional.affine_grid(theta, list(volume.shape), align_corners=False)
-    moved = torch.nn.functional.grid_sample(volume + 1.0, grid, mode="bilinear", align_corners=False) - 1.0
-    labels = torch.nn.functional.grid_sample(target[None, None].permute(0, 1, 4, 3, 2).float(), grid, mode="nearest",
-                                             align_corners=False)
-    image = moved.permute(0, 1, 4, 3, 2)[0] * (1.0 + 0.1 * float(u[5])) + 0.1 * float(u[6])
-    return image, labels.permute(0, 1, 4, 3, 2)[0, 0].long()
-
-class SegmentationStage:
-    """A training stage for the engine: Dice + cross-entropy of a segmentation network on in-memory cases."""
-
-    name = "segmentor"
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, plan: Plan, settings: SegmentorSettings,
-                 meta: dict | None = None) -> None:
-        settings.check()
-        self.images, self.labels, self.plan, self.settings = images, labels, plan, settings
-        classes = len(plan.labels) + 1
-        self.configs = {"segmentor": network_config(settings.architecture, settings.spatial_dims, classes,
-                                                    settings.features)}
-        with torch.random.fork_rng():  # seeded initial weights without touching the caller's global RNG
-            torch.manual_seed(settings.seed)
-            self.networks = {"segmentor": build_segmentation_network(self.configs["segmentor"])}
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
-        self.extra_meta = dict(meta or {})
-
-    def num_items(self) -> int:
-        """Number of training cases."""
-        return len(self.images)
-
-    def param_groups(self) -> dict[str, list[str]]:
-        """One optimiser for the network."""
-        return {"segmentor": ["segmentor"]}
-
-    def batch(self, indices: list[int], generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets of a batch (axial slices in 2D), with each sample's own random augmentation."""
-        images, targets = [], []
-        for index, generator in zip(indices, generators, strict=True):
-            image, target = self.images[index], self.labels[index]
-            if self.settings.patch is not None:
-                image, target = random_patch(image, target, self.settings.patch, generator)
-            if self.settings.augment:
-                image, target = augment(image, target, generator)
-            if self.settings.spatial_dims == 2:
-                k = int(torch.randint(image.shape[-1], (1,), generator=generator))
-                image, target = image[..., k], target[..., k]
-            images.append(image)
-            targets.append(target)
-        return torch.stack(images), torch.stack(targets)[:, None]
-
-    def losses(self, indices: list[int], generators: list[torch.Generator], step: int) -> dict[str, torch.Tensor]:
-        """The Dice + cross-entropy loss of a batch."""
-        images, targets = self.batch(indices, generators)
-        return {"segmentor": self.loss(self.networks["segmentor"](images), targets)}
-
-    def meta(self) -> dict:
-        """Plan (grid, normalisation, labels) and settings, so the checkpoint predicts on its own."""
-        return {"kind": "segmentor", "plan": self.plan.to_dict(), "segmentor": asdict(self.settings),
-                "labels": {"background": 0, **self.plan.labels},
-                "grid": {"spacing": self.plan.spacing, "size": self.plan.size},
-                "normalisation": [asdict(n) for n in self.plan.normalization], **self.extra_meta}
-
-    def preview(self, step: int, path: Path) -> None:
-        """No previews for the segmentor (the evaluation report shows its predictions)."""
-
-
-def stack_cases(pairs: list[tuple[Volume, LabelMap]], plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``[N, 1, X, Y, Z]`` and labels ``[N, X, Y, Z]`` of (image, label) pairs on the plan grid."""
-    images, labels = [], []
-    for image, label in pairs:
-        array, ids = case_on_grid(image, label, plan)
-        images.append(torch.from_numpy(array)[None])
-        labels.append(torch.from_numpy(ids))
-    return torch.stack(images).float(), torch.stack(labels)
-
-
-def train_segmentor(pairs: list[tuple[Volume, LabelMap]], plan: Plan, out: str | Path,
-                    settings: SegmentorSettings, meta: dict | None = None, progress: bool = True) -> Path:
-    """Train on (image, label) pairs; writes ``out``/checkpoints and the final ``out``/segmentor; returns the latter."""
-    from volsynth.training.engine import TrainConfig, Trainer
-
-    if not pairs:
-        raise ConfigError(None, "no cases to train the segmentor on")
-    out = Path(out)
-    config_class = network_config(settings.architecture, settings.spatial_dims, 2, settings.features)["class"]
-    if latest_checkpoint(out / "checkpoints") is not None and config_class not in NETWORKS:
-        # the engine would resume, but volsynth.models.registry cannot rebuild this class yet
-        raise ConfigError(out, "already holds a segmentor training run, which cannot be resumed",
-                          "choose a new output folder or delete this one")
-    images, labels = stack_cases(pairs, plan)
-    stage = SegmentationStage(images, labels, plan, settings, meta)
-    # The engine's learning rate is constant after warm-up; a weight average over the last ~10% of the steps
-    # plays the part of a final learning-rate decay (worth about +0.02 liver Dice on the phantoms).
-    ema_decay = 1.0 - 10.0 / settings.steps if settings.ema and settings.steps > 20 else None
-    config = TrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, weight_decay=1e-5,
-                         grad_clip=10.0, ema_decay=ema_decay, checkpoint_every=settings.steps, keep_checkpoints=1,
-                         seed=settings.seed, progress=progress)
-    trainer = Trainer(stage, out, config)
-    last = trainer.fit()
-    if trainer.ema:
-        stage.networks["segmentor"].load_state_dict(trainer.ema["segmentor"].state)
-    step_meta = yaml.safe_load((last / "config.yaml").read_text())["settings"]
-    return save_checkpoint(out / SEGMENTOR_FOLDER, stage.networks, stage.configs,
-                           {**stage.meta(), "step": settings.steps}, settings=step_meta)
-
-
-def train_segmentor_on_dataset(dataset: str | Path, out: str | Path, settings: SegmentorSettings | None = None,
-                               case_ids: list[str] | None = None, progress: bool = True,
-                               command: str | None = None) -> Path:
-    """``volsynth train-seg``: plan on the chosen labelled cases of a dataset and train; returns OUT/segmentor."""
-    settings = settings or SegmentorSettings()
-    settings.check()
-    data = load_dataset(dataset)
-    cases = labelled_cases(data)
-    if case_ids is not None:
-        known = {c.case_id: c for c in cases}
-        missing = [c for c in case_ids if c not in known]
-        if missing:
-            raise DatasetError(data.root, f"no labelled case(s) {missing[:5]}")
-        cases = [known[c] for c in case_ids]
-    plan = make_segmentor_plan(data, cases, settings)
-    pairs = [read_case(case) for case in cases]
-    meta = {"training_cases": [c.case_id for c in cases], "dataset": str(data.root),
-            "dataset_sha256": plan.source.get("sha256"), "command": command}
-    return train_segmentor(pairs, plan, out, settings, meta, progress)
 
 
 # -- loading and prediction -----------------------------------------------------------------------------------

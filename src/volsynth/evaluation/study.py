@@ -42,8 +42,8 @@ from volsynth.evaluation.segmentor import (
     plan_label_ids,
     predict,
     read_case,
-    train_segmentor,
 )
+from volsynth.evaluation.segtrain import train_segmentor
 from volsynth.io.formats import read_label, read_volume
 from volsynth.io.volume import LabelMap
 
@@ -106,7 +106,7 @@ def split_cases(case_ids: list[str], settings: StudySettings) -> tuple[list[str]
 
 def synthetic_pairs(generated: str | Path, count: int | None, fallback_labels: dict[str, int]) -> tuple[list, list]:
     """(image, label map with class names) pairs of the generated volumes that have a label map, and their ids."""
-    from volsynth.evaluation.evaluate import read_generated_folder
+    from volsynth.evaluation.inputs import read_generated_folder
 
     items = [item for item in read_generated_folder(generated) if item.label_path is not None]
     if not items:

@@ -1,5 +1,6 @@
 """One training engine for every stage: step loop, EMA, bf16 autocast, gradient accumulation and
-clipping, NaN guard, progress bar, JSONL metrics, previews, atomic checkpoints, exact resume, DDP.
+clipping, NaN guard, progress bar, JSONL metrics (TensorBoard optional), previews, atomic
+checkpoints, exact resume, DDP.
 
 Reproducibility without saving RNG state: the data order of step ``s`` comes from a permutation
 seeded by (seed, epoch), and every sample draws its noise from its own generator seeded by
@@ -52,11 +53,43 @@ class TrainConfig:
     seed: int = 0
     max_bad_steps: int = 5
     progress: bool = True
+    tensorboard: bool = False  # also write TensorBoard event files (pip install 'volsynth[tensorboard]')
 
     @classmethod
     def from_dict(cls, data: dict | None) -> TrainConfig:
         """Build from a dict, rejecting unknown keys with a clear error."""
         return settings_from_dict(cls, data, "training")
+
+
+class MetricsLog:
+    """Logged values go to ``metrics.jsonl`` and, when asked, to TensorBoard events under ``tensorboard/``."""
+
+    def __init__(self, out: Path, stage: str, tensorboard: bool = False) -> None:
+        self.stage = stage
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise TrainingError(out, "tensorboard: true needs the tensorboard package",
+                                    "pip install 'volsynth[tensorboard]', or set tensorboard: false") from exc
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+        self.file = open(out / "metrics.jsonl", "a")
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        """Append one line (and one scalar per value to TensorBoard)."""
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{self.stage}/{key}", value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        """Close the files."""
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class Stage(Protocol):
@@ -286,7 +319,7 @@ class Trainer:
             network.train()
         bad, start = 0, time.perf_counter()
         first_step = self.step
-        metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
+        metrics = MetricsLog(self.out, self.stage.name, cfg.tensorboard) if self.rank == 0 else None
         try:
             with progress_bar(cfg.progress and self.rank == 0) as bar:
                 task = bar.add_task(f"train {self.stage.name}", total=cfg.steps, completed=self.step)
@@ -305,8 +338,7 @@ class Trainer:
                     if metrics and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                         rate = (self.step - first_step) / max(1e-9, time.perf_counter() - start)
                         lr = self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"]
-                        metrics.write(json.dumps({"step": self.step, **logged, "lr": lr, "it_per_s": rate}) + "\n")
-                        metrics.flush()
+                        metrics.write(self.step, {**logged, "lr": lr, "it_per_s": rate})
                     if cfg.preview_every and self.rank == 0 and self.step % cfg.preview_every == 0:
                         self.stage.preview(self.step, self.out / "previews" / f"step-{self.step:07d}.png")
                     if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
