@@ -5,6 +5,7 @@ from volsynth.errors import ConfigError
 from volsynth.models import build_network, network_config
 from volsynth.models.tiled import decode
 from volsynth.sampling import build_scheduler, classifier_free, training_target
+from volsynth.sampling.guidance import dual_guidance
 
 
 def tiny_unet(cond_channels: int = 0):
@@ -59,6 +60,22 @@ def test_classifier_free_guidance_combines_predictions():
     assert classifier_free(cond, uncond, 1.0) is cond
     assert torch.equal(classifier_free(cond, uncond, 3.0)(x, None), torch.tensor([3.0]))
     assert torch.equal(classifier_free(cond, uncond, 0.0)(x, None), torch.tensor([0.0]))
+
+
+def test_dual_guidance_combines_text_and_mask_terms():
+    calls = []
+
+    def predict(x, t, text_on, mask_on):  # e(-,-)=1, e(t,-)=3, e(t,m)=10, e(-,m)=6
+        calls.append((text_on, mask_on))
+        return x + {(False, False): 1.0, (True, False): 3.0, (True, True): 10.0, (False, True): 6.0}[(text_on, mask_on)]
+
+    x = torch.zeros(1)
+    assert float(dual_guidance(predict, True, True, 1.0, 1.0)(x, None)) == 10.0 and calls == [(True, True)]
+    # 1 + 2 * (3 - 1) + 3 * (10 - 3)
+    assert float(dual_guidance(predict, True, True, 2.0, 3.0)(x, None)) == 26.0
+    # no text: 1 + 3 * (6 - 1); no mask: 1 + 2 * (3 - 1)
+    assert float(dual_guidance(predict, False, True, 2.0, 3.0)(x, None)) == 16.0
+    assert float(dual_guidance(predict, True, False, 2.0, 3.0)(x, None)) == 5.0
 
 
 def test_scheduler_and_target_checks():
