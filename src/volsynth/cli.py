@@ -226,6 +226,8 @@ def generate(
     out: Path = typer.Option(..., help="Output folder for volumes and their JSON sidecars."),
     prompt: str = typer.Option(None, help="Radiology-style report; empty for unconditional samples."),
     jobs: Path = typer.Option(None, help="JSON-lines jobs file: {prompt, seed, n, id} per line."),
+    masks_from: Path = typer.Option(None, help="Dataset: one job per labelled case (its mask, its report as the "
+                                               "prompt unless --prompt; seeds from --seed; ids = case ids)."),
     n: int = typer.Option(1, help="Volumes per prompt (seeds seed, seed+1, ...)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same volume."),
     steps: int = typer.Option(30, help="Sampling steps."),
@@ -241,19 +243,25 @@ def generate(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Generate volumes from text and/or a mask; per volume an image, a label map (with a mask) and a sidecar."""
-    from volsynth.pipelines.jobs import Job, read_jobs, resolve_device, run_jobs
+    from volsynth.pipelines.jobs import Job, jobs_from_dataset, read_jobs, resolve_device, run_jobs
     from volsynth.pipelines.masks import parse_mask_labels
     from volsynth.pipelines.segguided import load_pipeline
 
-    if jobs is not None and (prompt is not None or mask is not None):
-        raise ConfigError(None, "give either --jobs or --prompt/--mask, not both")
-    if jobs is None and prompt is None and mask is None:
-        raise ConfigError(None, "give --prompt, --mask or --jobs")
-    job_list = read_jobs(jobs) if jobs else [Job(prompt=prompt or "", seed=seed, n=n,
-                                                 mask=str(mask) if mask else None,
-                                                 modality=modality.upper() if modality else None)]
+    if jobs is not None and (prompt is not None or mask is not None or masks_from is not None):
+        raise ConfigError(None, "give either --jobs or --prompt/--mask/--masks-from, not both")
+    if masks_from is not None and mask is not None:
+        raise ConfigError(None, "give either --mask or --masks-from, not both")
+    if jobs is None and prompt is None and mask is None and masks_from is None:
+        raise ConfigError(None, "give --prompt, --mask, --masks-from or --jobs")
     if n < 1 or steps < 1:
         raise ConfigError(None, f"--n and --steps must be >= 1, got {n} and {steps}")
+    modality = modality.upper() if modality else None
+    if jobs:
+        job_list = read_jobs(jobs)
+    elif masks_from:
+        job_list = jobs_from_dataset(masks_from, prompt, seed, n, modality)
+    else:
+        job_list = [Job(prompt=prompt or "", seed=seed, n=n, mask=str(mask) if mask else None, modality=modality)]
     target = resolve_device(device)
     pipeline = load_pipeline(model).to(target)
     written = run_jobs(pipeline, job_list, out, steps=steps, sampler=sampler, text_guidance=text_guidance,

@@ -54,6 +54,22 @@ def test_jobs_file_and_dicom(tiny_model, tmp_path):
     assert read_volume(tmp_path / "out" / "normal_image").modality == "CT"
 
 
+def test_masks_from_a_dataset_one_job_per_case(tiny_model, nnunet_dataset, tmp_path):
+    from volsynth.data.dataset import load_dataset
+
+    cases = load_dataset(nnunet_dataset).cases
+    assert _generate(tiny_model, tmp_path / "out", "--masks-from", str(nnunet_dataset), "--seed", "5") == 0
+    for number, case in enumerate(cases):
+        sidecar = json.loads((tmp_path / "out" / f"{case.case_id}.json").read_text())
+        assert sidecar["prompt"] == case.report and sidecar["seed"] == 5 + number
+        assert sidecar["mask"] == str(case.label)
+        label = read_volume(tmp_path / "out" / f"{case.case_id}_label.nii.gz")
+        np.testing.assert_allclose(label.affine, read_volume(case.label).affine, atol=1e-5)
+    assert _generate(tiny_model, tmp_path / "same", "--masks-from", str(nnunet_dataset), "--prompt", "liver",
+                     "--seed", "5") == 0
+    assert json.loads((tmp_path / "same" / f"{cases[0].case_id}.json").read_text())["prompt"] == "liver"
+
+
 def _untouched(out):
     return not out.exists() or not any(out.iterdir())
 
