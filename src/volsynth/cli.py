@@ -149,6 +149,8 @@ def train(
     ctx: typer.Context,
     recipe: Path = typer.Option(None, help="Recipe YAML: runs every stage in order, resuming where it stopped."),
     out: Path = typer.Option(None, help="Output folder of the recipe run."),
+    override: list[str] = typer.Option(None, "--set", help="Change one recipe value: block.key=value (YAML value), "
+                                                           "e.g. --set segguided.ablation=0; repeatable."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run a recipe (data -> prepare -> autoencoder -> latents -> diffusion -> model)."""
@@ -159,7 +161,8 @@ def train(
                           "e.g. volsynth train --recipe recipes/tiny.yaml --out runs/tiny")
     from volsynth.training.recipe import run_recipe
 
-    model = run_recipe(recipe, out, progress=progress, log=lambda m: console.print(f"[bold]{m}[/bold]"))
+    model = run_recipe(recipe, out, progress=progress, log=lambda m: console.print(f"[bold]{m}[/bold]"),
+                       overrides=override or [])
     console.print(f"model ready: {model}")
 
 

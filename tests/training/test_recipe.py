@@ -58,3 +58,20 @@ def test_recipe_errors(tmp_path):
         load_recipe(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_overrides_set_nested_values_and_report_bad_ones(tmp_path):
+    recipe = load_recipe(ROOT / "recipes" / "tiny-sgd.yaml",
+                         ["segguided.ablation=0", "segguided.train.steps=7", "model.dtype=bfloat16", "name=x"])
+    assert recipe["segguided"]["ablation"] == 0 and recipe["segguided"]["train"]["steps"] == 7
+    assert recipe["segguided"]["train"]["lr"] == 0.002  # untouched neighbours stay
+    assert recipe["model"] == {"dtype": "bfloat16"} and recipe["name"] == "x"
+    for bad, message in (("segguided.ablation", "bad override"), ("name.x=1", "is not a block"),
+                         ("segguided.ablation=[", "bad value")):
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(ROOT / "recipes" / "tiny-sgd.yaml", [bad])
+    from volsynth.cli import main
+
+    assert main(["train", "--recipe", str(ROOT / "recipes" / "tiny.yaml"), "--out", str(tmp_path / "o"),
+                 "--set", "autoencoder.train.steps"]) == 2
+    assert not (tmp_path / "o").exists()

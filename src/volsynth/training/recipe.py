@@ -40,8 +40,30 @@ RECIPE_KEYS = {"name", "kind", "seed", "data", "prepare", "text_encoder", "autoe
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def load_recipe(path: str | Path) -> dict:
-    """Read and check a recipe YAML."""
+def apply_overrides(recipe: dict, overrides: list[str], path: str | Path) -> dict:
+    """Set ``"block.key=value"`` entries (values read as YAML) in the recipe; missing blocks are created."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(path, f"bad override '{override}'", "write block.key=value, e.g. segguided.ablation=0")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, f"bad value in override '{override}' ({exc})") from exc
+        node = recipe
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(path, f"override '{override}': '{part}' is not a block")
+            node = node[part]
+        node[parts[-1]] = value
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read and check a recipe YAML, with ``overrides`` ("block.key=value") applied."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "recipe not found")
@@ -51,6 +73,7 @@ def load_recipe(path: str | Path) -> dict:
         raise ConfigError(path, f"invalid YAML ({exc})") from exc
     if not isinstance(recipe, dict):
         raise ConfigError(path, "a recipe must be a mapping")
+    recipe = apply_overrides(recipe, overrides or [], path)
     unknown = sorted(set(recipe) - RECIPE_KEYS)
     if unknown:
         raise ConfigError(path, f"unknown recipe key(s): {', '.join(unknown)}",
@@ -83,9 +106,9 @@ def _finished(folder: Path, steps: int) -> bool:
 
 
 def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
-               log: Callable[[str], None] = print) -> Path:
+               log: Callable[[str], None] = print, overrides: list[str] | None = None) -> Path:
     """Run (or continue) every stage of a recipe; returns the final model folder."""
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path, overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if recipe.get("kind", "latent") == "segguided":
