@@ -119,6 +119,7 @@ def test_text_adherence(evaluated):
 
 def test_memorization_flags_the_copy(evaluated):
     memo = evaluated[1]["memorization"]
+    assert memo["reference"] == "real"  # no training set given
     copy = next(e for e in memo["per_volume"] if e["id"] == "job004")
     assert copy["near_copy"] and copy["ssim"]["nearest"] == "abdomen_ct_0000"
     assert copy["ssim"]["similarity"] == pytest.approx(1.0, abs=1e-5)
@@ -181,12 +182,14 @@ def test_commands_through_typer(setup, tmp_path):
     assert len(meta["training_cases"]) == 6
     result = runner.invoke(app, ["evaluate", "--real", str(real), "--generated", str(generated), "--out",
                                  str(tmp_path / "report"), "--segmentor", str(tmp_path / "seg"), "--slices", "4",
-                                 "--max-generated", "3", "--no-progress"], prog_name="volsynth")
+                                 "--max-generated", "3", "--training", str(real), "--no-progress"],
+                           prog_name="volsynth")
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and (tmp_path / "report" / "report.html").is_file()
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert saved["provenance"]["command"].startswith("volsynth evaluate --real ")
     assert saved["provenance"]["generated"]["count"] == 3
+    assert saved["memorization"]["reference"] == "training" and saved["memorization"]["reference_path"] == str(real)
     result = runner.invoke(app, ["study", "augment", "--real", str(real), "--generated", str(generated), "--out",
                                  str(tmp_path / "study"), "--n-real", "2", "--n-test", "2", "--seeds", "0",
                                  "--architectures", "unet", "--size", "16", "--features", "4", "--steps", "2",

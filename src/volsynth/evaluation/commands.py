@@ -67,6 +67,8 @@ def evaluate(
     segmentor: Path = typer.Option(None, help="Segmentor folder (volsynth train-seg output) for Dice_gen/Dice_orig."),
     extractor: str = typer.Option("random-conv", help="FID features: random-conv, inception, or <network>:<weights>."),
     study: Path = typer.Option(None, help="study.json of volsynth study augment, to include in the report."),
+    training: Path = typer.Option(None, help="The generator's training set, for the memorization check "
+                                             "(default: the real set)."),
     seed: int = typer.Option(0, help="Seed of the real-vs-real split, the extractor and sampling."),
     slices: int = typer.Option(32, help="Slices per volume and plane for FID."),
     max_real: int = typer.Option(None, help="Use at most this many real cases."),
@@ -80,7 +82,8 @@ def evaluate(
     options = EvaluationOptions(extractor=extractor, seed=seed, slices_per_volume=slices, max_real=max_real,
                                 max_generated=max_generated, nsd_tolerance_mm=nsd_tolerance, progress=progress,
                                 command=command_line(ctx))
-    metrics = run_evaluation(real, generated, out, segmentor=segmentor, study=study, options=options)
+    metrics = run_evaluation(real, generated, out, segmentor=segmentor, study=study, options=options,
+                             training=training)
     fid = metrics["fid"]
     floor = fid.get("real_vs_real_mean")
     console.print(f"FID (mean of planes, {fid['extractor']}): {fid['fid_mean']:.4g}"

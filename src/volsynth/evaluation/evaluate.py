@@ -208,8 +208,12 @@ def intensity_summary(real: dict[str, np.ndarray], generated: dict[str, np.ndarr
 
 
 def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, segmentor: str | Path | None = None,
-                   study: str | Path | None = None, options: EvaluationOptions | None = None) -> dict:
-    """Evaluate a generated folder against a real dataset; writes ``out``/metrics.json and report.html."""
+                   study: str | Path | None = None, options: EvaluationOptions | None = None,
+                   training: str | Path | None = None) -> dict:
+    """Evaluate a generated folder against a real dataset; writes ``out``/metrics.json and report.html.
+
+    ``training``: the generator's training set, for the memorization check (default: the real set).
+    """
     from volsynth.evaluation.figures import build_figures
     from volsynth.evaluation.report import write_metrics, write_report
 
@@ -248,10 +252,15 @@ def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, seg
                                     if seg is not None else reason)
     metrics["text_adherence"] = text_adherence(real_items, gen_items, seg)
     metrics["anatomy_volumes"] = anatomy_volumes(real_items, gen_items)
-    if len(real_items) >= 2:
-        metrics["memorization"] = {"computed": True, **check_memorization(
-            gen_volumes, real_volumes, get_extractor(options.extractor, seed=options.seed), [i.id for i in gen_items],
-            [i.id for i in real_items], intensity_range=window, quantile=options.memorization_quantile,
+    reference_info, reference_items = real_info, real_items
+    if training is not None:
+        reference_info, reference_items, _ = read_real(training, None, options.progress)
+    if len(reference_items) >= 2:
+        reference = ([to_shape(i.image, shape) for i in reference_items] if training is not None else real_volumes)
+        metrics["memorization"] = {"computed": True, "reference": "training" if training is not None else "real",
+                                   "reference_path": reference_info["path"], **check_memorization(
+            gen_volumes, reference, get_extractor(options.extractor, seed=options.seed), [i.id for i in gen_items],
+            [i.id for i in reference_items], intensity_range=window, quantile=options.memorization_quantile,
             progress=options.progress)}
     else:
         metrics["memorization"] = {"computed": False, "reason": "needs at least 2 real volumes to calibrate"}

@@ -231,7 +231,9 @@ def _memorization(m: dict, figures: dict) -> str:
              e["feature_cosine"]["similarity"],
              _Raw("<span class='flag'>yes</span>") if e["feature_cosine"]["flagged"] else "no"]
             for e in mem["per_volume"]]
-    return (f"<p>Nearest of {s['training_volumes']} real volumes for each generated one, by 3D SSIM (volumes "
+    which = ("training volumes (" + html.escape(str(mem.get("reference_path"))) + ")"
+             if mem.get("reference") == "training" else "real volumes (no training set given: --training)")
+    return (f"<p>Nearest of {s['training_volumes']} {which} for each generated one, by 3D SSIM (volumes "
             f"resized to {s['size']}³) and by cosine of standardised <code>{html.escape(s['extractor'])}</code> "
             f"features. Threshold ({s['threshold_rule']} of real-vs-real nearest-neighbour similarities): SSIM "
             f"{mem['thresholds']['ssim']:.4f}, cosine {mem['thresholds']['feature_cosine']:.4f}. "
