@@ -9,7 +9,13 @@ from volsynth.errors import ConfigError
 from volsynth.io import read_label, read_volume
 from volsynth.pipelines.hierarchical import HierarchicalPipeline
 from volsynth.pipelines.segguided import load_pipeline
-from volsynth.training.hierarchical import HierarchicalSettings, joint_channels, low_resolution, upsample
+from volsynth.training.hierarchical import (
+    HierarchicalSettings,
+    joint_channels,
+    low_resolution,
+    random_patches,
+    upsample,
+)
 from volsynth.training.recipe import run_recipe
 
 
@@ -21,6 +27,7 @@ def model(tmp_path_factory):
     recipe["prepare"]["size"] = 16
     for stage in ("joint", "superres"):
         recipe[stage]["train"].update(steps=3, batch_size=2, checkpoint_every=3)
+    recipe["superres"]["patch"] = [8, 8, 8]  # patches in training; the pipeline still makes the whole grid
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return run_recipe(path, root / "run", progress=False, log=lambda m: None)
@@ -63,3 +70,17 @@ def test_cli_writes_image_and_label(model, tmp_path):
 def test_settings_errors():
     with pytest.raises(ConfigError, match="factor must be 2 or 4"):
         HierarchicalSettings.from_dict({"factor": 3})
+
+
+def test_random_patches_take_the_same_window_from_each_tensor():
+    x = torch.arange(2 * 16**3, dtype=torch.float32).view(2, 1, 16, 16, 16)
+    generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    a, b = random_patches([x, x * 10], [8, 8, 4], generators, step=2)
+    assert a.shape == b.shape == (2, 1, 8, 8, 4)
+    assert torch.equal(b, a * 10)
+    for n in range(2):
+        corner = [int(i) for i in np.argwhere((x[n, 0] == a[n, 0, 0, 0, 0]).numpy())[0]]
+        assert all(c % 2 == 0 for c in corner)
+        assert torch.equal(a[n, 0], x[n, 0, corner[0]:corner[0] + 8, corner[1]:corner[1] + 8, corner[2]:corner[2] + 4])
+    with pytest.raises(ConfigError, match="patch must be 3"):
+        HierarchicalSettings.from_dict({"patch": [8, 8]})

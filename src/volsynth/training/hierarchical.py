@@ -30,6 +30,7 @@ class HierarchicalSettings(DenoiserSettings):
     size: str = "tiny-pixel"
     network: dict = field(default_factory=dict)
     factor: int = 2  # super-resolution factor (2x or 4x)
+    patch: list[int] | None = None  # superres only: train on random patches of this size (inference: whole grid)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> HierarchicalSettings:
@@ -37,6 +38,8 @@ class HierarchicalSettings(DenoiserSettings):
         settings = settings_from_dict(cls, data, "hierarchical")
         if settings.factor not in (2, 4):
             raise ConfigError(None, f"factor must be 2 or 4, got {settings.factor}")
+        if settings.patch is not None and (len(settings.patch) != 3 or any(p < 1 for p in settings.patch)):
+            raise ConfigError(None, f"patch must be 3 positive sizes, got {settings.patch}")
         return settings
 
 
@@ -49,6 +52,20 @@ def joint_channels(images: torch.Tensor, labels: torch.Tensor, label_ids: list[i
 def low_resolution(x: torch.Tensor, factor: int) -> torch.Tensor:
     """What stage 1 makes: the joint channels average-pooled by ``factor``."""
     return F.avg_pool3d(x, factor)
+
+
+def random_patches(tensors: list[torch.Tensor], patch: list[int], generators: list[torch.Generator],
+                   step: int = 1) -> list[torch.Tensor]:
+    """The same random patch (corners on multiples of ``step``) of each tensor [B, C, ...], per sample."""
+    shape = tensors[0].shape[2:]
+    rows: list[list[torch.Tensor]] = [[] for _ in tensors]
+    for b, generator in enumerate(generators):
+        corner = [int(torch.randint(0, (s - p) // step + 1, (1,), generator=generator)) * step
+                  for s, p in zip(shape, patch, strict=True)]
+        window = tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
+        for row, tensor in zip(rows, tensors, strict=True):
+            row.append(tensor[(b, slice(None), *window)])
+    return [torch.stack(row) for row in rows]
 
 
 def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -66,6 +83,11 @@ class _HierarchicalStage:
         divisor = settings.factor * 2 ** (len(unet["channels"]) - 1)  # the low-resolution grid goes through the UNet
         if any(s % divisor for s in data.images.shape[2:]):
             raise ConfigError(data.root, f"grid {list(data.images.shape[2:])} must be divisible by {divisor}")
+        levels = 2 ** (len(unet["channels"]) - 1)
+        if settings.patch is not None and any(p % levels or p > s for p, s in zip(settings.patch,
+                                                                                  data.images.shape[2:], strict=True)):
+            raise ConfigError(data.root, f"patch {settings.patch} must fit the grid {list(data.images.shape[2:])} "
+                                         f"and be divisible by {levels}")
         self.data, self.settings = data, settings
         self.label_names = sorted(data.plan.labels, key=data.plan.labels.get)
         self.label_ids = [data.plan.labels[n] for n in self.label_names]
@@ -139,4 +161,6 @@ class SuperResolutionStage(_HierarchicalStage):
         """Denoising loss on the high-resolution channels, conditioned on their pooled version."""
         x0 = self.targets(indices)
         cond = upsample(low_resolution(x0, self.settings.factor), self.settings.factor)
+        if self.settings.patch is not None:  # the condition is made on the whole grid, then cropped with x0
+            x0, cond = random_patches([x0, cond], self.settings.patch, generators, self.settings.factor)
         return {"superres": self.denoising_loss(x0, cond, indices, generators)}
