@@ -87,17 +87,26 @@ def prepare(
     labels: str = typer.Option(None, help="Label remap 'liver=1,tumour=2+3' (ids or names) or a YAML file."),
     roi: str = typer.Option(None, help="Centre the grid on these labels (after remap), e.g. 'liver'."),
     margin: float = typer.Option(10.0, help="ROI margin in mm."),
+    like: Path = typer.Option(None, help="Prepare exactly as this plan did (plan.json, a prepared folder or a model "
+                                         "folder): its spacing, grid, labels, ROI and window; --labels still remaps."),
     workers: int = typer.Option(1, help="Worker processes."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Fingerprint a dataset, write a frozen plan and the prepared cases."""
-    from volsynth.data.prepare import PrepareOptions, prepare_dataset
+    from volsynth.data.prepare import PrepareOptions, load_plan_like, options_like, prepare_dataset
 
-    options = PrepareOptions(
-        spacing="fit" if spacing == "fit" else _floats(spacing, "--spacing", 3),
-        size=[int(s) for s in _floats(size, "--size", 3)] if size else None,
-        window=_floats(window, "--window", 2), roi=roi.split(",") if roi else None, margin_mm=margin)
+    if like is not None:
+        if any(v is not None for v in (spacing, size, window, roi)):
+            raise ConfigError(like, "--like sets spacing, size, window and ROI: give none of those with it")
+        options = options_like(load_plan_like(like))
+        if labels:
+            options.label_sources = None  # the remap given here replaces the plan's
+    else:
+        options = PrepareOptions(
+            spacing="fit" if spacing == "fit" else _floats(spacing, "--spacing", 3),
+            size=[int(s) for s in _floats(size, "--size", 3)] if size else None,
+            window=_floats(window, "--window", 2), roi=roi.split(",") if roi else None, margin_mm=margin)
     plan = prepare_dataset(dataset, out, options, label_spec=labels, workers=workers, progress=progress,
                            overwrite=overwrite)
     console.print(f"wrote {out}: spacing {[round(s, 3) for s in plan.spacing]} mm, size {plan.size}, "

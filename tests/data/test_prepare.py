@@ -173,3 +173,23 @@ def test_invalid_plan_is_a_clear_error(tmp_path):
         Plan.load(tmp_path / "missing")
     with pytest.raises(DatasetError, match="manifest not found"):
         load_manifest(tmp_path)
+
+
+def test_prepare_like_a_plan_or_a_model_reproduces_the_plan(nnunet_dataset, tmp_path, tiny_model, capsys):
+    options = PrepareOptions(size=[16, 16, 16], spacing="fit", roi=["liver"], margin_mm=4.0, window=[-150, 250])
+    first = prepare_dataset(nnunet_dataset, tmp_path / "first", options, progress=False)
+    other = write_nnunet(tmp_path / "other", cases=2)
+    assert main(["prepare", str(other), str(tmp_path / "like"), "--like", str(tmp_path / "first"),
+                 "--no-progress"]) == 0
+    like = Plan.load(tmp_path / "like")
+    assert (like.spacing, like.size, like.labels, like.roi) == (first.spacing, first.size, first.labels, first.roi)
+    assert like.normalization[0].window == [-150.0, 250.0]
+    # a model folder: its meta.json holds the plan it was trained with
+    model_plan = Plan.from_dict(json.loads((tiny_model / "meta.json").read_text())["plan"])
+    assert main(["prepare", str(other), str(tmp_path / "model"), "--like", str(tiny_model), "--no-progress"]) == 0
+    assert Plan.load(tmp_path / "model").spacing == model_plan.spacing
+    assert main(["prepare", str(other), str(tmp_path / "bad"), "--like", str(tmp_path / "first"), "--size", "8",
+                 "--no-progress"]) == 2
+    assert "--like" in capsys.readouterr().err
+    assert main(["prepare", str(other), str(tmp_path / "bad"), "--like", str(tmp_path), "--no-progress"]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -44,6 +44,38 @@ class PrepareOptions:
     percentiles: tuple[float, float] = (0.5, 99.5)
 
 
+def options_like(plan: Plan) -> PrepareOptions:
+    """Options that prepare another dataset exactly as ``plan`` did: same spacing, grid, labels, ROI, window."""
+    norm = plan.normalization[0]
+    return PrepareOptions(spacing=[float(s) for s in plan.spacing], size=[int(s) for s in plan.size],
+                          window=[float(w) for w in norm.window] if norm.scheme == CT_SCHEME else None,
+                          label_sources={k: list(v) for k, v in plan.label_sources.items()},
+                          roi=list(plan.roi["labels"]) if plan.roi else None,
+                          margin_mm=float(plan.roi["margin_mm"]) if plan.roi else 10.0,
+                          percentiles=tuple(norm.percentiles) if norm.percentiles else (0.5, 99.5))
+
+
+def load_plan_like(path: str | Path) -> Plan:
+    """The plan of a ``plan.json``, a prepared folder, or a model / checkpoint folder (its meta.json)."""
+    path = Path(path)
+    if path.is_dir() and (path / PLAN_FILE).is_file():
+        path = path / PLAN_FILE
+    if path.is_dir():
+        meta = path / "meta.json"
+        if not meta.is_file():
+            raise ConfigError(path, "no plan.json or meta.json here", "give a plan, a prepared folder or a model")
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(meta, f"cannot read ({exc})") from exc
+        plans = data.get("plans") or {}
+        plan = data.get("plan") or next(iter(plans.values()), None)
+        if plan is None:
+            raise ConfigError(meta, "the model has no plan")
+        return Plan.from_dict(plan, meta)
+    return Plan.load(path)
+
+
 def parse_label_spec(spec: str | None, dataset_labels: dict[str, int]) -> dict[str, list[int]]:
     """``"liver=1,tumour=2+3"`` or a YAML file ``{liver: 1, tumour: [2, 3]}`` -> name -> source ids.
 
