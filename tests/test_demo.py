@@ -1,6 +1,8 @@
 import json
 
+from volsynth.data.plan import Plan
 from volsynth.demo import MODELS, run_demo
+from volsynth.io import read_volume
 
 
 def test_demo_runs_every_path_on_the_shipped_models(tmp_path):
@@ -14,3 +16,8 @@ def test_demo_runs_every_path_on_the_shipped_models(tmp_path):
         assert f"{prefix}_label.nii.gz" in names
     saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert saved["inserted_lesion"]["inside_organ"] and len(saved["steps"]) >= 8
+    # the masks were prepared like the abdomen model's plan, so the mask-guided volume is on the model's grid
+    plan = Plan.from_dict(json.loads((MODELS / saved["models"]["abdomen"] / "meta.json").read_text())["plan"])
+    image = read_volume(tmp_path / "demo" / "generated" / "mask_image.nii.gz")
+    assert image.shape == tuple(plan.size)
+    assert Plan.load(tmp_path / "demo" / "phantoms-prepared").spacing == plan.spacing

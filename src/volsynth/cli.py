@@ -357,12 +357,13 @@ def edit(
 def demo(
     out: Path = typer.Option(Path("demo-output"), help="Folder for everything the demo writes."),
     cases: int = typer.Option(6, help="Phantom cases to make."),
-    size: int = typer.Option(32, help="Phantom grid size."),
+    size: int = typer.Option(64, help="Phantom grid size (the masks are then prepared like the model's plan)."),
+    steps: int = typer.Option(20, help="Sampling steps per volume."),
 ) -> None:
-    """Run the end-to-end path that exists today on phantom data, and say where the results are."""
+    """Generate with every shipped model, evaluate against fresh phantoms, and say where the results are."""
     from volsynth.demo import run_demo
 
-    run_demo(out, cases=cases, size=size, console=console)
+    run_demo(out, cases=cases, size=size, console=console, steps=steps)
 
 
 _register_evaluation()

@@ -1,10 +1,11 @@
 """``volsynth demo``: every path volsynth has, end to end on CPU, timed step by step.
 
-It uses the CI-sized models shipped in ``models/`` (trained for about a minute each on 32^3
-phantoms: they show the workflow, not realistic anatomy; see each model card) to generate from a
-prompt alone, from a prompt and a mask, from a mask with an inserted lesion, a CT and an MR from one
-mask, and a chest case through the hierarchical pipeline; then it evaluates the generated volumes
-against phantoms and writes the HTML report when the evaluation suite is installed.
+For each role it uses the best model shipped in ``models/`` (the 64^3 phantom-trained models when
+present, else the CI-sized ``tiny-*`` ones; see each model card) to generate from a prompt alone, from
+a prompt and a mask, from a mask with an inserted lesion, a CT and an MR from one mask, and a chest case
+through the hierarchical pipeline. The masks are fresh phantoms (never seen in training) prepared
+exactly as the abdomen model's plan (``prepare --like``), so generated and real volumes share a grid;
+then it evaluates the generated volumes against those phantoms and writes the HTML report.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from volsynth.data.phantom import write_phantom_dataset
+from volsynth.data.prepare import options_like, prepare_dataset
 from volsynth.data.verify import verify_dataset
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.io import read_label, write_volume
@@ -25,8 +27,19 @@ from volsynth.pipelines.edit import insert_lesion
 from volsynth.pipelines.segguided import load_pipeline
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-DEMO_MODELS = {"tiny-abdomen": "tiny", "tiny-sgd": "tiny-sgd", "tiny-hierarchical": "tiny-hierarchical"}
-SGD_LABELS = {"liver": [1], "vessels": [2, 3], "tumour": [4]}  # phantom ids -> tiny-sgd classes
+# role -> (model folder, recipe) in order of preference
+DEMO_MODELS = {
+    "abdomen": [("abdomen-ct-64", "abdomen-ct-64"), ("tiny-abdomen", "tiny")],
+    "sgd": [("abdomen-sgd-64", "abdomen-sgd-64"), ("tiny-sgd", "tiny-sgd")],
+    "chest": [("chest-hierarchical-64", "chest-hierarchical-64"), ("tiny-hierarchical", "tiny-hierarchical")],
+}
+SGD_LABELS = {"liver": [1], "vessels": [2, 3], "tumour": [4]}  # phantom ids -> segmentation-guided classes
+
+
+def pick_models(models: Path) -> dict[str, Path | None]:
+    """The preferred shipped model of each role (None when none is shipped)."""
+    return {role: next((models / name for name, _ in choices if (models / name / "meta.json").is_file()), None)
+            for role, choices in DEMO_MODELS.items()}
 
 
 def _write(result, out: Path, name: str) -> list[str]:
@@ -38,13 +51,13 @@ def _write(result, out: Path, name: str) -> list[str]:
     return [f.name for f in files]
 
 
-def run_demo(out: Path, cases: int = 6, size: int = 32, console: Console | None = None,
+def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None = None,
              models: Path = MODELS, steps: int = 20) -> dict:
     """Run every step, print where the results are and how long each took; returns the summary."""
     console = console or Console()
     out = Path(out)
-    available = {name: (models / name / "meta.json").is_file() for name in DEMO_MODELS}
-    if not any(available.values()):
+    chosen = pick_models(models)
+    if not any(chosen.values()):
         raise ConfigError(models, "no shipped demo model found", "run from a volsynth checkout")
     if out.exists():
         shutil.rmtree(out)  # the demo folder is the demo's own scratch space
@@ -66,14 +79,19 @@ def run_demo(out: Path, cases: int = 6, size: int = 32, console: Console | None 
     problems = step("verify the phantom dataset", "(no problems)", lambda: verify_dataset(phantoms))
     if problems:
         raise VolsynthError(problems[0].file, f"phantom dataset failed verification: {problems[0].problem}")
-    mask_path = sorted((phantoms / "labelsTr").glob("*.nii.gz"))[0]
+    abdomen = load_pipeline(chosen["abdomen"]) if chosen["abdomen"] else None
+    real = phantoms
+    if abdomen is not None:  # the masks and the real side of the evaluation on the model's own grid
+        real = out / "phantoms-prepared"
+        step(f"prepare the phantoms like {chosen['abdomen'].name}'s plan", str(real),
+             lambda: prepare_dataset(phantoms, real, options_like(abdomen.plan), progress=False))
+    mask_path = sorted((real / "labelsTr").glob("*.nii.gz"))[0]
     mask = read_label(mask_path)
     edited, facts = insert_lesion(mask, 24.0, organ_id=1, lesion_id=4, seed=2)
     write_volume(edited, out / "edited_mask.nii.gz")
-    skipped = [f"models/{name} is not shipped: train it with volsynth train --recipe recipes/{recipe}.yaml"
-               for name, recipe in DEMO_MODELS.items() if not available[name]]
-    if available["tiny-abdomen"]:
-        abdomen = load_pipeline(models / "tiny-abdomen")
+    skipped = [f"no {role} model is shipped: train one with volsynth train --recipe recipes/{choices[0][1]}.yaml "
+               f"--out models/{choices[0][0]}" for role, choices in DEMO_MODELS.items() if chosen[role] is None]
+    if abdomen is not None:
         prompt = "Two hypodense lesions in the right liver lobe, the largest 24 mm. Portal venous phase."
         step("text -> CT (latent diffusion)", "generated/text_*",
              lambda: _write(abdomen(prompt=prompt, seed=0, steps=steps), generated, "text"))
@@ -84,19 +102,20 @@ def run_demo(out: Path, cases: int = 6, size: int = 32, console: Console | None 
             step(f"mask + inserted {facts['diameter_mm']:.0f} mm lesion -> CT", "generated/lesion_*",
                  lambda: _write(abdomen(prompt="One hypodense lesion of 24 mm.", mask=edited, seed=2, steps=steps),
                                 generated, "lesion"))
-    if available["tiny-sgd"]:
-        sgd = load_pipeline(models / "tiny-sgd")
+    if chosen["sgd"]:
+        sgd = load_pipeline(chosen["sgd"])
         for modality in ("CT", "MR"):
             step(f"one mask -> {modality} (segmentation-guided)", f"generated/sgd_{modality.lower()}_*",
                  lambda m=modality: _write(sgd(mask=mask, modality=m, seed=3, steps=steps, mask_labels=SGD_LABELS),
                                            generated, f"sgd_{m.lower()}"))
-    if available["tiny-hierarchical"]:
-        chest = load_pipeline(models / "tiny-hierarchical")
+    if chosen["chest"]:
+        chest = load_pipeline(chosen["chest"])
         step("text -> chest CT + lobes/airway/vessels (hierarchical)", "generated/chest_*",
              lambda: _write(chest(prompt="Mild emphysema, no pulmonary nodule.", seed=4, steps=steps), generated,
                             "chest"))
-    report = _evaluate(out, phantoms, generated, step)
-    table = Table(title="volsynth demo (CI-sized models: the workflow, not realistic anatomy)")
+    report = _evaluate(out, real, generated, step)
+    names = ", ".join(p.name for p in chosen.values() if p is not None)
+    table = Table(title=f"volsynth demo ({names}; trained on phantoms, not for clinical use)")
     for column in ("step", "seconds", "output"):
         table.add_column(column)
     for name, seconds, where in steps_done:
@@ -104,7 +123,8 @@ def run_demo(out: Path, cases: int = 6, size: int = 32, console: Console | None 
     console.print(table)
     for line in skipped:
         console.print(f"[yellow]skipped:[/yellow] {line}")
-    summary = {"steps": [{"step": n, "seconds": round(s, 2), "output": w} for n, s, w in steps_done],
+    summary = {"models": {role: str(p) if p else None for role, p in chosen.items()},
+               "steps": [{"step": n, "seconds": round(s, 2), "output": w} for n, s, w in steps_done],
                "inserted_lesion": facts, "report": report, "skipped": skipped,
                "total_seconds": round(sum(s for _, s, _ in steps_done), 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
