@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -113,6 +114,8 @@ def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None 
         step("text -> chest CT + lobes/airway/vessels (hierarchical)", "generated/chest_*",
              lambda: _write(chest(prompt="Mild emphysema, no pulmonary nodule.", seed=4, steps=steps), generated,
                             "chest"))
+    step("montage of every generated volume", str(out / "montage.png"), lambda: save_demo_montage(generated,
+                                                                                                  out / "montage.png"))
     report = _evaluate(out, real, generated, step)
     names = ", ".join(p.name for p in chosen.values() if p is not None)
     table = Table(title=f"volsynth demo ({names}; trained on phantoms, not for clinical use)")
@@ -130,6 +133,30 @@ def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None 
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(f"outputs: {out}  (total {summary['total_seconds']} s; summary.json lists every file)")
     return summary
+
+
+def save_demo_montage(generated: Path, path: Path) -> Path:
+    """Axial, coronal and sagittal planes of each generated volume with its label map, one row each."""
+    from volsynth.io import read_volume
+    from volsynth.viz import save_montage
+
+    images, labels, titles, spacings = [], [], [], []
+    for sidecar in sorted(generated.glob("*.json")):
+        name = sidecar.stem
+        image = read_volume(generated / f"{name}_image.nii.gz").reoriented("RAS")
+        label_path = generated / f"{name}_label.nii.gz"
+        label = read_label(label_path).reoriented("RAS") if label_path.is_file() else None
+        modality = json.loads(sidecar.read_text()).get("modality") or ("MR" if "_mr" in name else "CT")
+        array = image.array
+        if modality != "CT":  # MR: its own 1-99 % range
+            low, high = (float(v) for v in np.percentile(array, [1, 99]))
+        else:  # lung or soft-tissue window
+            low, high = (-1000.0, 400.0) if name.startswith("chest") else (-200.0, 300.0)
+        images.append(np.clip((array - low) / max(high - low, 1e-6), 0, 1))
+        labels.append(None if label is None else label.array)
+        titles.append(f"{name} ({modality})")
+        spacings.append(image.spacing)
+    return save_montage(path, images, labels, titles, (0.0, 1.0), spacings=spacings)
 
 
 def _evaluate(out: Path, phantoms: Path, generated: Path, step) -> str | None:
