@@ -16,6 +16,7 @@ def test_demo_runs_every_path_on_the_shipped_models(tmp_path):
         assert f"{prefix}_label.nii.gz" in names
     saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert saved["inserted_lesion"]["inside_organ"] and len(saved["steps"]) >= 8
+    assert (tmp_path / "demo" / "montage.png").read_bytes()[:4] == b"\x89PNG"
     # the masks were prepared like the abdomen model's plan, so the mask-guided volume is on the model's grid
     plan = Plan.from_dict(json.loads((MODELS / saved["models"]["abdomen"] / "meta.json").read_text())["plan"])
     image = read_volume(tmp_path / "demo" / "generated" / "mask_image.nii.gz")
