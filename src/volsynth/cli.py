@@ -240,6 +240,7 @@ def generate(
     jobs: Path = typer.Option(None, help="JSON-lines jobs file: {prompt, seed, n, id} per line."),
     masks_from: Path = typer.Option(None, help="Dataset: one job per labelled case (its mask, its report as the "
                                                "prompt unless --prompt; seeds from --seed; ids = case ids)."),
+    limit: int = typer.Option(None, help="With --masks-from: only the first N labelled cases."),
     n: int = typer.Option(1, help="Volumes per prompt (seeds seed, seed+1, ...)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same volume."),
     steps: int = typer.Option(30, help="Sampling steps."),
@@ -271,7 +272,7 @@ def generate(
     if jobs:
         job_list = read_jobs(jobs)
     elif masks_from:
-        job_list = jobs_from_dataset(masks_from, prompt, seed, n, modality)
+        job_list = jobs_from_dataset(masks_from, prompt, seed, n, modality, limit)
     else:
         job_list = [Job(prompt=prompt or "", seed=seed, n=n, mask=str(mask) if mask else None, modality=modality)]
     target = resolve_device(device)

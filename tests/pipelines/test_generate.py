@@ -66,8 +66,9 @@ def test_masks_from_a_dataset_one_job_per_case(tiny_model, nnunet_dataset, tmp_p
         label = read_volume(tmp_path / "out" / f"{case.case_id}_label.nii.gz")
         np.testing.assert_allclose(label.affine, read_volume(case.label).affine, atol=1e-5)
     assert _generate(tiny_model, tmp_path / "same", "--masks-from", str(nnunet_dataset), "--prompt", "liver",
-                     "--seed", "5") == 0
+                     "--seed", "5", "--limit", "1") == 0
     assert json.loads((tmp_path / "same" / f"{cases[0].case_id}.json").read_text())["prompt"] == "liver"
+    assert len(list((tmp_path / "same").glob("*.json"))) == 1
 
 
 def _untouched(out):

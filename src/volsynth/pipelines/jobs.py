@@ -70,13 +70,13 @@ def read_jobs(path: str | Path) -> list[Job]:
 
 
 def jobs_from_dataset(root: str | Path, prompt: str | None = None, seed: int = 0, n: int = 1,
-                      modality: str | None = None) -> list[Job]:
-    """One job per labelled case of a dataset: its label map as the mask, its report as the prompt
-    (or ``prompt`` for all), seeds ``seed``, ``seed + 1``, ... in case order, the case id as the output id."""
+                      modality: str | None = None, limit: int | None = None) -> list[Job]:
+    """One job per labelled case of a dataset (the first ``limit``): its label map as the mask, its report as
+    the prompt (or ``prompt`` for all), seeds ``seed``, ``seed + n``, ... in case order, the case id as the id."""
     from volsynth.data.dataset import load_dataset
 
     dataset = load_dataset(root)
-    cases = [c for c in dataset.cases if c.label is not None and c.label.exists()]
+    cases = [c for c in dataset.cases if c.label is not None and c.label.exists()][:limit]
     if not cases:
         raise ConfigError(dataset.root, "dataset has no label maps to generate from")
     return [Job(prompt=case.report or "" if prompt is None else prompt, seed=seed + number * n, n=n, id=case.case_id,
