@@ -51,7 +51,7 @@ class HierarchicalPipeline:
 
     def scheduler(self, sampler: str):
         """A sampling scheduler matching the trained schedule."""
-        return scheduler_for(self.meta["diffusion"], sampler, model_path=self.model_path)
+        return scheduler_for(self.meta["diffusion"], sampler, model_path=self.model_path, pixel_space=True)
 
     def prepare_mask(self, *args, **kwargs):
         """Hierarchical models generate their own anatomy: a mask is an error."""

@@ -62,7 +62,7 @@ class SegGuidedPipeline:
 
     def scheduler(self, sampler: str):
         """A sampling scheduler matching the trained schedule."""
-        return scheduler_for(self.settings, sampler, model_path=self.model_path)
+        return scheduler_for(self.settings, sampler, model_path=self.model_path, pixel_space=True)
 
     def prepare_mask(self, mask, mask_labels=None, known=None, modality: str | None = None):
         """Mapped mask, plan grid, the concatenated condition [B, 2K, ...] and the known classes."""

@@ -18,8 +18,13 @@ PREDICTIONS = ("epsilon", "v_prediction", "flow")
 
 
 def build_scheduler(sampler: str, prediction_type: str = "epsilon", num_train_timesteps: int = 1000,
-                    schedule: str = "scaled_linear_beta", spatial_numel: int = 32768):
-    """A MONAI scheduler for training or sampling; the schedule must match the one trained with."""
+                    schedule: str = "scaled_linear_beta", spatial_numel: int = 32768, clip_sample: bool = False):
+    """A MONAI scheduler for training or sampling; the schedule must match the one trained with.
+
+    ``clip_sample`` clips each step's estimate of the clean sample to [-1, 1]: right for pixel-space models
+    (images are scaled to [-1, 1]), where small noise-prediction errors at the noisiest steps are amplified
+    ~100x in that estimate and otherwise make sampling diverge; wrong for latents, which are not bounded.
+    """
     if sampler not in SAMPLERS:
         raise ConfigError(None, f"unknown sampler '{sampler}'", f"choose one of {', '.join(SAMPLERS)}")
     if sampler == "rflow":
@@ -31,23 +36,25 @@ def build_scheduler(sampler: str, prediction_type: str = "epsilon", num_train_ti
     if prediction_type == "flow":
         raise ConfigError(None, f"prediction_type 'flow' needs the rflow sampler, not '{sampler}'")
     kwargs = {"num_train_timesteps": num_train_timesteps, "schedule": schedule, "prediction_type": prediction_type,
-              "clip_sample": False}
+              "clip_sample": clip_sample}
     if schedule != "cosine":
         kwargs.update(beta_start=0.0015, beta_end=0.0195)
     return DDPMScheduler(**kwargs) if sampler == "ddpm" else DDIMScheduler(**kwargs)
 
 
-def scheduler_for(trained: dict, sampler: str, spatial_numel: int = 32768, model_path=None):
+def scheduler_for(trained: dict, sampler: str, spatial_numel: int = 32768, model_path=None,
+                  pixel_space: bool = False):
     """A sampling scheduler for a model trained with the settings ``trained`` (its meta's ``diffusion``).
 
     DDIM and DDPM sample models trained with the DDPM schedule; rectified-flow models need ``rflow``.
+    Pixel-space models sample with the clean-sample estimate clipped to [-1, 1].
     """
     trained_with = trained.get("sampler", "ddpm")
     if (sampler == "rflow") != (trained_with == "rflow"):
         raise ConfigError(model_path, f"model trained with '{trained_with}' cannot sample with '{sampler}'",
                           "use rflow for flow models, ddpm/ddim otherwise")
     return build_scheduler(sampler, trained.get("prediction_type", "epsilon"), trained.get("num_train_timesteps", 1000),
-                           trained.get("schedule", "scaled_linear_beta"), spatial_numel)
+                           trained.get("schedule", "scaled_linear_beta"), spatial_numel, clip_sample=pixel_space)
 
 
 def training_target(scheduler, prediction_type: str, x0: torch.Tensor, noise: torch.Tensor,
