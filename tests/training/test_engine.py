@@ -167,3 +167,19 @@ def test_ddp_gloo_two_processes_match_single(prepared_tiny, autoencoder, cache_d
     lb = [json.loads(x)["diffusion"] for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     # rank 0 logs its own half of the batch; the weights above are the real check
     assert len(la) == len(lb) == 3
+
+
+def test_ema_warm_up_forgets_the_initial_weights():
+    from volsynth.training.engine import EMA
+
+    network = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(network.weight, 0.0)
+    ema, plain = EMA(network, 0.999), EMA(network, 0.999)
+    with torch.no_grad():
+        network.weight.fill_(1.0)
+    for step in range(100):
+        ema.update(network, step)
+        plain.update(network)
+    # with the warm-up the first update already keeps only 1/10 of the initial weight
+    assert float(ema.state["weight"]) > 0.99
+    assert float(plain.state["weight"]) == pytest.approx(1 - 0.999**100, rel=1e-4)  # ~0.095: mostly initial

@@ -128,11 +128,17 @@ class EMA:
         self.state = {k: v.detach().clone() for k, v in network.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, network: nn.Module) -> None:
-        """ema = decay * ema + (1 - decay) * current."""
+    def update(self, network: nn.Module, step: int | None = None) -> None:
+        """ema = d * ema + (1 - d) * current, with the warm-up d = min(decay, (1 + step) / (10 + step)).
+
+        Without the warm-up the average keeps decay**steps of the random initial weights: 22 % after 1500
+        steps at 0.999, which made a 3000-step diffusion model's EMA samples blobs while its trained
+        weights gave recognisable anatomy.
+        """
+        decay = self.decay if step is None else min(self.decay, (1.0 + step) / (10.0 + step))
         for key, value in network.state_dict().items():
             if value.is_floating_point():
-                self.state[key].lerp_(value.detach(), 1.0 - self.decay)
+                self.state[key].lerp_(value.detach(), 1.0 - decay)
             else:
                 self.state[key].copy_(value)
 
@@ -306,7 +312,7 @@ class Trainer:
             optimizer.step()
             self.schedulers[group].step()
         for name, ema in self.ema.items():
-            ema.update(self.stage.networks[name])
+            ema.update(self.stage.networks[name], self.step)
         return logged
 
     def fit(self, resume: bool = True) -> Path:

@@ -226,7 +226,7 @@ def run_segguided_recipe(recipe: dict, out: Path, progress: bool = True, log: Ca
 
     def assemble() -> None:
         log("stage model")
-        trained = load_checkpoint(latest_checkpoint(out / "segguided" / "checkpoints"), use_ema=True)
+        trained = load_checkpoint(latest_checkpoint(out / "segguided" / "checkpoints"), use_ema=model_ema(recipe))
         meta = {**trained.meta, "recipe": recipe.get("name"), "steps": {"segguided": trained.meta["step"]}}
         save_checkpoint(model, trained.networks, trained.config["networks"], meta,
                         settings={"recipe": {k: v for k, v in recipe.items() if not k.startswith("_")}})
@@ -252,7 +252,7 @@ def run_hierarchical_recipe(recipe: dict, out: Path, progress: bool = True,
         if not _finished(out / name, config.steps):
             log(f"stage {name}")
             Trainer(stage_class(data, settings, seed=seed), out / name, config).fit(resume=True)
-        finals[name] = load_checkpoint(latest_checkpoint(out / name / "checkpoints"), use_ema=True)
+        finals[name] = load_checkpoint(latest_checkpoint(out / name / "checkpoints"), use_ema=model_ema(recipe))
     if finals["joint"].meta["factor"] != finals["superres"].meta["factor"]:
         raise ConfigError(recipe["_path"], "joint and superres need the same factor")
     model = out / "model"
@@ -269,11 +269,22 @@ def run_hierarchical_recipe(recipe: dict, out: Path, progress: bool = True,
     return model
 
 
+def model_ema(recipe: dict) -> bool:
+    """Whether the final model takes the EMA weights (``model: {ema: true}``, the default) or the trained ones.
+
+    Runs trained before the EMA warm-up existed averaged in their first steps' weights; short ones are better
+    assembled from the trained weights (``--set model.ema=false``).
+    """
+    return bool((recipe.get("model") or {}).get("ema", True))
+
+
 def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, dtype: torch.dtype | None = None,
                    controlnet: Path | None = None) -> Path:
-    """One folder with the autoencoder, UNet [and ControlNet] (EMA weights) and what generation needs."""
-    ae = load_checkpoint(autoencoder, use_ema=True)
-    diff = load_checkpoint(diffusion, use_ema=True)
+    """One folder with the autoencoder, UNet [and ControlNet] (EMA weights unless the recipe says
+    ``model: {ema: false}``) and what generation needs."""
+    ema = model_ema(recipe)
+    ae = load_checkpoint(autoencoder, use_ema=ema)
+    diff = load_checkpoint(diffusion, use_ema=ema)
     meta = {key: diff.meta[key] for key in ("scale_factor", "text_encoder", "latent_shape", "diffusion",
                                             "autoencoder_sha256")}
     meta.update(plan=ae.meta["plan"], dataset_sha256=ae.meta.get("dataset_sha256"), recipe=recipe.get("name"),
@@ -281,7 +292,7 @@ def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, 
     configs = {"autoencoder": ae.config["networks"]["autoencoder"], "unet": diff.config["networks"]["unet"]}
     networks = {"autoencoder": ae.networks["autoencoder"], "unet": diff.networks["unet"]}
     if controlnet is not None:
-        cn = load_checkpoint(controlnet, use_ema=True)
+        cn = load_checkpoint(controlnet, use_ema=ema)
         configs["controlnet"] = cn.config["networks"]["controlnet"]
         networks["controlnet"] = cn.networks["controlnet"]
         meta["steps"]["controlnet"] = cn.meta["step"]
