@@ -9,6 +9,7 @@ same seed in every cell makes the differences the scales' effect alone.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,8 @@ def save_sweep_montage(path: str | Path, grid: list[list], text_scales: list[flo
     centre = default_centre(first.image.array, label)
     index = centre[{"axial": 2, "coronal": 1, "sagittal": 0}[view]]
     rows, cols = len(mask_scales), len(text_scales)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows + 0.5), squeeze=False,
+                             layout="constrained")
     for r, (mask_scale, row) in enumerate(zip(mask_scales, grid, strict=True)):
         for c, (text_scale, result) in enumerate(zip(text_scales, row, strict=True)):
             image = result.image.array
@@ -63,8 +65,7 @@ def save_sweep_montage(path: str | Path, grid: list[list], text_scales: list[flo
             ax.set_yticks([])
             ax.set_title(f"text {text_scale:g} · mask {mask_scale:g}", fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+        fig.suptitle("\n".join(textwrap.wrap(title, 15 * cols)), fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, metadata={"Software": None})
