@@ -27,6 +27,11 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def peak_gpu_gb() -> float | None:
+    """Peak CUDA memory allocated by this process in GB (None without CUDA)."""
+    return torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
+
+
 def baseline(pipe, mask, seed: int, steps: int):
     """Tutorial-style sampling: embedding inside the loop, full decode, DDPM, fp32."""
     controlnet = pipe.controlnet
@@ -68,8 +73,11 @@ def main() -> None:
     parser.add_argument("--baseline-steps", type=int, default=1000)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--segmentor", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (a GPU run records 128^3 / 256^3 figures)")
     args = parser.parse_args()
-    pipe = load_pipeline(args.model)
+    from volsynth.pipelines.jobs import resolve_device
+
+    pipe = load_pipeline(args.model).to(resolve_device(args.device))
     masks = [read_label(p) for p in sorted(args.masks.glob("*.nii.gz"))[: args.count]]
     pipe(prompt="liver", mask=masks[0], seed=0, steps=2)  # warm-up
     ours, base, calls = [], [], 0
@@ -98,7 +106,8 @@ def main() -> None:
             dice = [compute_dice_per_class(predict(segmentor, r.image), r.label).get("liver", float("nan"))
                     for r in items]
             print(f"  liver Dice ({name}): {np.nanmean(dice):.3f}")
-    print(f"peak RSS {peak_rss_gb():.2f} GB")
+    gpu = peak_gpu_gb()
+    print(f"peak RSS {peak_rss_gb():.2f} GB" + (f", peak GPU memory {gpu:.2f} GB" if gpu is not None else ""))
 
 
 if __name__ == "__main__":
