@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -25,13 +24,7 @@ METRIC_KEYS = {"provenance", "fid", "mmd", "diversity", "mask_faithfulness", "te
                "memorization", "intensity", "study"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on 2 shared cores, two threads contending with other jobs run ~20x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_generated(folder: Path, seeds=(100, 101, 102, 103), size: int = 16, unlabelled: int = 1,

@@ -3,7 +3,6 @@ come from real-vs-real nearest neighbours."""
 
 import numpy as np
 import pytest
-import torch
 
 from volsynth.data.phantom import generate_case
 from volsynth.errors import ConfigError
@@ -14,13 +13,7 @@ from volsynth.io import Volume
 WINDOW = (-200.0, 300.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on 2 shared cores, two threads contending with other jobs run ~20x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def phantom(kind: str, seed: int) -> Volume:

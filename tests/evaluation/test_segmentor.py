@@ -31,13 +31,7 @@ from volsynth.models.registry import NETWORKS
 TINY = dict(architecture="unet", size=[16, 16, 16], features=4, batch_size=2, labels="liver=1,spleen=5")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on 2 shared cores, two threads contending with other jobs run ~20x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

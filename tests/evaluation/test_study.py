@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from tests.evaluation.test_evaluate import write_generated
 from volsynth.data.phantom import write_phantom_dataset
@@ -16,13 +15,7 @@ from volsynth.evaluation.study import StudySettings, bootstrap_mean, load_study,
 SEGMENTOR = {"size": [16, 16, 16], "features": 4, "steps": 6, "labels": "liver=1,tumour=4"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on 2 shared cores, two threads contending with other jobs run ~20x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
