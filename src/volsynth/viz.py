@@ -72,7 +72,20 @@ def save_montage(path: str | Path, images: list[np.ndarray], labels: list[np.nda
             ax.set_yticks([])
             ax.set_title(f"{titles[r]} {name}" if c == 0 else name, fontsize=8)
     fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as a PNG atomically (a failure leaves no half-written file) and close it."""
+    import matplotlib.pyplot as plt
+
+    from volsynth.io.atomic import atomic_output
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, metadata={"Software": None})
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, metadata={"Software": None})
+    finally:
+        plt.close(fig)
     return path

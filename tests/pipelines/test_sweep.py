@@ -51,3 +51,24 @@ def test_pixel_space_models_clip_the_clean_estimate_latent_models_do_not():
         pipe = load_pipeline(models / name)
         scheduler = pipe.scheduler("ddim", 4096) if name == "tiny-abdomen" else pipe.scheduler("ddim")
         assert scheduler.clip_sample is clipped, name
+
+
+def test_a_failed_figure_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from volsynth.viz import save_figure
+
+    fig = plt.figure()
+    def half_written(target, **options):
+        Path(target).write_bytes(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(fig, tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ import numpy as np
 
 from volsynth.errors import ConfigError
 from volsynth.parallel import progress_bar
-from volsynth.viz import default_centre, plane
+from volsynth.viz import default_centre, plane, save_figure
 
 
 def guidance_sweep(pipeline, text_scales: list[float], mask_scales: list[float], progress: bool = True,
@@ -66,8 +66,4 @@ def save_sweep_montage(path: str | Path, grid: list[list], text_scales: list[flo
             ax.set_title(f"text {text_scale:g} · mask {mask_scale:g}", fontsize=7)
     if title:
         fig.suptitle("\n".join(textwrap.wrap(title, 15 * cols)), fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)
