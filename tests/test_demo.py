@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from volsynth.data.plan import Plan
 from volsynth.demo import MODELS, run_demo
@@ -18,7 +19,7 @@ def test_demo_runs_every_path_on_the_shipped_models(tmp_path):
     assert saved["inserted_lesion"]["inside_organ"] and len(saved["steps"]) >= 8
     assert (tmp_path / "demo" / "montage.png").read_bytes()[:4] == b"\x89PNG"
     # the masks were prepared like the abdomen model's plan, so the mask-guided volume is on the model's grid
-    plan = Plan.from_dict(json.loads((MODELS / saved["models"]["abdomen"] / "meta.json").read_text())["plan"])
+    plan = Plan.from_dict(json.loads((Path(saved["models"]["abdomen"]) / "meta.json").read_text())["plan"])
     image = read_volume(tmp_path / "demo" / "generated" / "mask_image.nii.gz")
     assert image.shape == tuple(plan.size)
     assert Plan.load(tmp_path / "demo" / "phantoms-prepared").spacing == plan.spacing

@@ -69,6 +69,8 @@ def test_masks_from_a_dataset_one_job_per_case(tiny_model, nnunet_dataset, tmp_p
                      "--seed", "5", "--limit", "1") == 0
     assert json.loads((tmp_path / "same" / f"{cases[0].case_id}.json").read_text())["prompt"] == "liver"
     assert len(list((tmp_path / "same").glob("*.json"))) == 1
+    assert _generate(tiny_model, tmp_path / "none", "--masks-from", str(nnunet_dataset), "--limit", "0") == 2
+    assert not (tmp_path / "none").exists()
 
 
 def _untouched(out):
@@ -138,3 +140,16 @@ def test_sharding_over_two_ranks_gives_the_same_files(tiny_model, tmp_path):
     for name in one:
         if name.endswith(".nii.gz"):
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_pixel_space_models_clip_the_clean_estimate_latent_models_do_not():
+    from pathlib import Path
+
+    from volsynth.pipelines.segguided import load_pipeline
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    for name, clipped in (("tiny-sgd", True), ("tiny-hierarchical", True), ("tiny-abdomen", False)):
+        pipe = load_pipeline(models / name)
+        scheduler = pipe.scheduler("ddim", 4096) if name == "tiny-abdomen" else pipe.scheduler("ddim")
+        assert scheduler.clip_sample is clipped, name
+

@@ -41,18 +41,6 @@ def test_cli_sweep_writes_a_png_and_rejects_bad_scales(tiny_model, mask, tmp_pat
     assert not (tmp_path / "bad.png").exists() and not (tmp_path / "bad.jpg").exists()
 
 
-def test_pixel_space_models_clip_the_clean_estimate_latent_models_do_not():
-    from pathlib import Path
-
-    from volsynth.pipelines.segguided import load_pipeline
-
-    models = Path(__file__).resolve().parents[2] / "models"
-    for name, clipped in (("tiny-sgd", True), ("tiny-hierarchical", True), ("tiny-abdomen", False)):
-        pipe = load_pipeline(models / name)
-        scheduler = pipe.scheduler("ddim", 4096) if name == "tiny-abdomen" else pipe.scheduler("ddim")
-        assert scheduler.clip_sample is clipped, name
-
-
 def test_a_failed_figure_write_leaves_nothing_behind(tmp_path, monkeypatch):
     from pathlib import Path
 

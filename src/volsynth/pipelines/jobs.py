@@ -75,11 +75,13 @@ def jobs_from_dataset(root: str | Path, prompt: str | None = None, seed: int = 0
     the prompt (or ``prompt`` for all), seeds ``seed``, ``seed + n``, ... in case order, the case id as the id."""
     from volsynth.data.dataset import load_dataset
 
+    if limit is not None and limit < 1:
+        raise ConfigError(None, f"--limit must be >= 1, got {limit}")
     dataset = load_dataset(root)
     cases = [c for c in dataset.cases if c.label is not None and c.label.exists()][:limit]
     if not cases:
         raise ConfigError(dataset.root, "dataset has no label maps to generate from")
-    return [Job(prompt=case.report or "" if prompt is None else prompt, seed=seed + number * n, n=n, id=case.case_id,
+    return [Job(prompt=(case.report or "") if prompt is None else prompt, seed=seed + number * n, n=n, id=case.case_id,
                 mask=str(case.label), modality=modality) for number, case in enumerate(cases)]
 
 

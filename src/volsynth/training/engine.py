@@ -61,6 +61,9 @@ class TrainConfig:
         return settings_from_dict(cls, data, "training")
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 class MetricsLog:
     """Logged values go to ``metrics.jsonl`` and, when asked, to TensorBoard events under ``tensorboard/``."""
 
@@ -74,7 +77,7 @@ class MetricsLog:
                 raise TrainingError(out, "tensorboard: true needs the tensorboard package",
                                     "pip install 'volsynth[tensorboard]', or set tensorboard: false") from exc
             self.writer = SummaryWriter(str(out / "tensorboard"))
-        self.file = open(out / "metrics.jsonl", "a")
+        self.file = open(out / METRICS_FILE, "a")
 
     def write(self, step: int, values: dict[str, float]) -> None:
         """Append one line (and one scalar per value to TensorBoard)."""
@@ -236,7 +239,7 @@ class Trainer:
 
     def _truncate_metrics(self) -> None:
         """Drop logged lines past the resumed step, so the metrics file reads as one run."""
-        path = self.out / "metrics.jsonl"
+        path = self.out / METRICS_FILE
         if self.rank != 0 or not path.is_file():
             return
         lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
