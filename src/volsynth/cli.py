@@ -284,6 +284,24 @@ def generate(
 
 
 @app.command()
+def reconstruct(
+    model: Path = typer.Argument(..., help="Latent model folder (its autoencoder is used)."),
+    prepared: Path = typer.Argument(..., help="Dataset prepared like the model (prepare RAW OUT --like MODEL)."),
+    out: Path = typer.Option(..., help="Output folder, laid out like volsynth generate's (evaluate reads it)."),
+    limit: int = typer.Option(None, help="Only the first N cases."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Encode and decode real cases with the model's autoencoder: the ceiling of what its samples can show."""
+    from volsynth.pipelines.reconstruct import reconstruct_dataset
+    from volsynth.pipelines.segguided import load_pipeline
+
+    if limit is not None and limit < 1:
+        raise ConfigError(None, f"--limit must be >= 1, got {limit}")
+    written = reconstruct_dataset(load_pipeline(model), prepared, out, limit, progress)
+    console.print(f"wrote {len(written)} reconstruction(s) to {out}")
+
+
+@app.command()
 def sweep(
     model: Path = typer.Argument(..., help="Model folder."),
     out: Path = typer.Option(..., help="Montage PNG to write (rows: mask scale, columns: text scale)."),

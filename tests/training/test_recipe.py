@@ -75,3 +75,35 @@ def test_overrides_set_nested_values_and_report_bad_ones(tmp_path):
     assert main(["train", "--recipe", str(ROOT / "recipes" / "tiny.yaml"), "--out", str(tmp_path / "o"),
                  "--set", "autoencoder.train.steps"]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_with_other_settings_is_refused_but_longer_training_is_allowed(tmp_path):
+    from volsynth.training.recipe import RECIPE_FILE, pin_recipe, recipe_changes
+
+    path = ROOT / "recipes" / "tiny-sgd.yaml"
+    out = tmp_path / "run"
+    out.mkdir()
+    pin_recipe(load_recipe(path, ["segguided.ablation=0"]), out)
+    assert yaml_load(out / RECIPE_FILE)["segguided"]["ablation"] == 0
+    pin_recipe(load_recipe(path, ["segguided.ablation=0"]), out)  # same settings: fine
+    pin_recipe(load_recipe(path, ["segguided.ablation=0", "segguided.train.steps=999", "model.dtype=float16"]), out)
+    assert yaml_load(out / RECIPE_FILE)["segguided"]["train"]["steps"] == 999  # the longer run is pinned
+    with pytest.raises(ConfigError, match="segguided.ablation") as caught:
+        pin_recipe(load_recipe(path), out)  # the --set forgotten on resume
+    assert str(out / RECIPE_FILE) in str(caught.value)
+    (out / "model").mkdir()
+    (out / "model" / "meta.json").write_text("{}")
+    with pytest.raises(ConfigError, match="model.dtype"):  # the model is assembled: its settings are fixed
+        pin_recipe(load_recipe(path, ["segguided.ablation=0", "segguided.train.steps=999", "model.dtype=bfloat16"]),
+                   out)
+    assert recipe_changes({"a": {"b": 1}}, {"a": {"b": 1, "c": None}}) == ["a.c"]
+    from volsynth.cli import main
+
+    assert main(["train", "--recipe", str(path), "--out", str(out), "--no-progress"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["model", RECIPE_FILE]  # nothing trained, nothing lost
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())

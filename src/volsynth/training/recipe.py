@@ -9,6 +9,7 @@ Stages and their folders under OUT::
     diffusion/    checkpoints/checkpoint-N, metrics.jsonl, previews/
     controlnet/   checkpoints/checkpoint-N (when the recipe has a controlnet block)
     model/        the final model: autoencoder + UNet [+ ControlNet] (EMA weights) + meta.json
+    recipe.yaml   the recipe as first run, ``--set`` overrides applied (see ``pin_recipe``)
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ from volsynth.training.segguided import SegGuidedSettings, SegGuidedStage
 
 RECIPE_KEYS = {"name", "kind", "seed", "data", "prepare", "text_encoder", "autoencoder", "diffusion", "controlnet",
                "segguided", "joint", "superres", "model"}
+RECIPE_FILE = "recipe.yaml"
+# Settings a resumed run may change: how long stages train and how often they report. Anything else would
+# silently mix two configurations in one run folder.
+RESUMABLE_KEYS = ("steps", "checkpoint_every", "preview_every", "progress", "tensorboard")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -87,6 +92,45 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     return recipe
 
 
+def _flatten(node, prefix: str = "") -> dict[str, object]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, object] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def recipe_changes(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two recipes."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(key for key in set(a) | set(b) if a.get(key, KeyError) != b.get(key, KeyError))
+
+
+def pin_recipe(recipe: dict, out: Path) -> None:
+    """Store the recipe in ``OUT/recipe.yaml`` on the first run; on a resume, refuse one that differs.
+
+    Changing ``train.steps`` (or how often a stage checkpoints and previews) is allowed, so a finished run can be
+    trained further; so is the ``model`` block while ``OUT/model`` has not been assembled yet. Anything else (a
+    different ``--set``, an edited recipe) raises ConfigError naming the keys: start a new ``--out`` instead.
+    """
+    current = {key: value for key, value in recipe.items() if not key.startswith("_")}
+    path = out / RECIPE_FILE
+    if path.is_file():
+        try:
+            pinned = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, f"invalid YAML ({exc})", "restore it or delete it to pin the recipe anew") from exc
+        assembled = (out / "model" / "meta.json").is_file()
+        blocking = [key for key in recipe_changes(pinned if isinstance(pinned, dict) else {}, current)
+                    if key.rsplit(".", 1)[-1] not in RESUMABLE_KEYS and (assembled or not key.startswith("model."))]
+        if blocking:
+            raise ConfigError(path, f"this run was started with other settings: {', '.join(blocking)}",
+                              "resume with the same recipe and --set values, or train into a new --out")
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump(current, sort_keys=False))
+
+
 def _split(block: dict | None) -> tuple[dict, dict]:
     block = dict(block or {})
     return block, block.pop("train", {}) or {}
@@ -111,6 +155,8 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     recipe = load_recipe(recipe_path, overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if distributed_info()[0] == 0:
+        pin_recipe(recipe, out)
     if recipe.get("kind", "latent") == "segguided":
         return run_segguided_recipe(recipe, out, progress, log)
     if recipe.get("kind") == "hierarchical":
