@@ -26,6 +26,7 @@ from pathlib import Path
 from volsynth.errors import DatasetError
 from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import write_volume
+from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.volume import LabelMap, Volume
 
 REPORTS_FILE = "reports.jsonl"
@@ -73,15 +74,8 @@ class Dataset:
 
 
 def _load_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DatasetError(path, "dataset.json not found", "a dataset folder needs dataset.json")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(path, f"invalid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DatasetError(path, "dataset.json must hold a JSON object")
-    return data
+    return read_json(path, error=DatasetError, missing="dataset.json not found",
+                     hint="a dataset folder needs dataset.json")
 
 
 def _parse_labels(path: Path, raw: dict, msd: bool) -> dict[str, int]:
@@ -254,8 +248,3 @@ def write_reports(path: Path, entries: list[dict]) -> Path:
     return path
 
 
-def write_json(path: Path, data: dict) -> Path:
-    """Write a JSON document atomically (indented, keys in insertion order)."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-    return path

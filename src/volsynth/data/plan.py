@@ -7,14 +7,13 @@ remapping and an optional region of interest that centres the grid.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from volsynth.data.dataset import write_json
 from volsynth.errors import PlanError
+from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.resample import grid_affine, resample_to
 from volsynth.io.volume import LabelMap, Volume
 
@@ -104,13 +103,8 @@ class Plan:
         path = Path(path)
         if path.is_dir():
             path = path / PLAN_FILE
-        if not path.is_file():
-            raise PlanError(path, "plan not found", "run volsynth prepare first")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PlanError(path, f"invalid JSON ({exc})") from exc
-        return cls.from_dict(data, path)
+        return cls.from_dict(read_json(path, error=PlanError, missing="plan not found",
+                                       hint="run volsynth prepare first"), path)
 
     def grid(self, centre) -> np.ndarray:
         """Affine of the plan's grid centred at ``centre`` (RAS mm)."""

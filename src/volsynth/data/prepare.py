@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from volsynth.data.dataset import REPORTS_FILE, Case, Dataset, load_dataset, write_dataset_json, write_json
+from volsynth.data.dataset import REPORTS_FILE, Case, Dataset, load_dataset, write_dataset_json
 from volsynth.data.plan import CT_SCHEME, MR_SCHEME, PLAN_FILE, Normalization, Plan
 from volsynth.data.verify import verify_dataset
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import read_label, read_volume, write_volume
+from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.resample import grid_centre, resample_to
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.parallel import map_progress
@@ -62,12 +63,8 @@ def load_plan_like(path: str | Path) -> Plan:
         path = path / PLAN_FILE
     if path.is_dir():
         meta = path / "meta.json"
-        if not meta.is_file():
-            raise ConfigError(path, "no plan.json or meta.json here", "give a plan, a prepared folder or a model")
-        try:
-            data = json.loads(meta.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(meta, f"cannot read ({exc})") from exc
+        data = read_json(meta, error=ConfigError, missing="no plan.json or meta.json here",
+                         hint="give a plan, a prepared folder or a model")
         plans = data.get("plans") or {}
         plan = data.get("plan") or next(iter(plans.values()), None)
         if plan is None:
@@ -299,7 +296,5 @@ def prepare_dataset(root: str | Path, out: str | Path, options: PrepareOptions |
 
 def load_manifest(prepared: str | Path) -> dict:
     """The manifest of a prepared folder."""
-    path = Path(prepared) / MANIFEST_FILE
-    if not path.is_file():
-        raise DatasetError(path, "manifest not found", "is this a folder written by volsynth prepare?")
-    return json.loads(path.read_text())
+    return read_json(Path(prepared) / MANIFEST_FILE, error=DatasetError, missing="manifest not found",
+                     hint="is this a folder written by volsynth prepare?")

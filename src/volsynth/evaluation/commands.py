@@ -148,10 +148,11 @@ def train_seg(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the evaluation segmentor (MONAI SegResNet/UNet, Dice + cross-entropy) on a dataset's real cases."""
-    from volsynth.data.dataset import load_dataset, write_json
+    from volsynth.data.dataset import load_dataset
     from volsynth.evaluation.report import to_json_ready
     from volsynth.evaluation.segmentor import labelled_cases
     from volsynth.evaluation.segtrain import evaluate_holdout, train_segmentor_on_dataset
+    from volsynth.io.jsonfile import write_json
 
     values = {"architecture": architecture, "dims": dims, "size": [int(s) for s in _floats(size, "--size")],
               "patch": [int(s) for s in _floats(patch, "--patch")] if patch else None,

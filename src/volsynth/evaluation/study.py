@@ -19,7 +19,6 @@ Design (``volsynth study augment``):
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from volsynth import __version__
-from volsynth.data.dataset import load_dataset, write_json
+from volsynth.data.dataset import load_dataset
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class
 from volsynth.evaluation.report import to_json_ready
@@ -45,6 +44,7 @@ from volsynth.evaluation.segmentor import (
 )
 from volsynth.evaluation.segtrain import train_segmentor
 from volsynth.io.formats import read_label, read_volume
+from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.volume import LabelMap
 
 SETTINGS = ("real", "real+synthetic")
@@ -228,12 +228,7 @@ def load_study(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / STUDY_FILE
-    if not path.is_file():
-        raise ConfigError(path, "study file not found", "run volsynth study augment first")
-    try:
-        study = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(path, f"invalid JSON ({exc})") from exc
+    study = read_json(path, error=ConfigError, missing="study file not found", hint="run volsynth study augment first")
     if study.get("kind") != "augmentation-study":
         raise ConfigError(path, "not an augmentation study file")
     return study

@@ -27,6 +27,7 @@ from torch import nn
 
 from volsynth.errors import VolsynthError
 from volsynth.io.atomic import atomic_output
+from volsynth.io.jsonfile import read_json
 from volsynth.models.registry import build_network
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -102,12 +103,7 @@ def _verify(path: Path) -> dict:
     meta_path = path / "meta.json"
     if not path.is_dir():
         raise CheckpointError(path, "checkpoint folder not found")
-    if not meta_path.is_file():
-        raise CheckpointError(path, "incomplete checkpoint: meta.json is missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(meta_path, f"invalid JSON ({exc})") from exc
+    meta = read_json(meta_path, error=CheckpointError, missing="incomplete checkpoint: meta.json is missing")
     for name, expected in meta.get("files", {}).items():
         file = path / name
         if not file.is_file():
