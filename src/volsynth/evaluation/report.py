@@ -8,13 +8,13 @@ segmentor and the settings, so each number can be reproduced.
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from volsynth.io.atomic import atomic_output
+from volsynth.io.jsonfile import write_json
 
 METRIC_NAMES = {"dice": "Dice", "nsd": "NSD"}
 SECTIONS = (("provenance", "Provenance"), ("fid", "FID per plane"), ("mmd", "MMD"),
@@ -57,9 +57,7 @@ def to_json_ready(value):
 
 def write_metrics(path: Path, metrics: dict) -> Path:
     """Write metrics.json atomically."""
-    with atomic_output(Path(path)) as tmp:
-        tmp.write_text(json.dumps(to_json_ready(metrics), indent=2) + "\n")
-    return Path(path)
+    return write_json(path, to_json_ready(metrics))
 
 
 # -- HTML ------------------------------------------------------------------------------------------------------

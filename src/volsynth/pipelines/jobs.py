@@ -16,8 +16,8 @@ import torch
 
 from volsynth import __version__
 from volsynth.errors import ConfigError
-from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import write_volume
+from volsynth.io.jsonfile import write_json
 from volsynth.parallel import progress_bar
 
 JOB_KEYS = {"prompt", "seed", "n", "id", "mask", "modality"}
@@ -149,8 +149,7 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int = 30, sample
                        "volsynth_version": __version__, "format": image_format,
                        "image_sha256": _sha256(target) if target.is_file() else None}
             path = out / f"{name}.json"
-            with atomic_output(path) as tmp:
-                tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+            write_json(path, sidecar)
             written.append(path)
             bar.advance(task)
     return written

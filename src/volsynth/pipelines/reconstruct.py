@@ -7,7 +7,6 @@ segmentor reaches on decoded real anatomy, against which the generated volumes' 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,8 @@ from volsynth.data.dataset import load_dataset
 from volsynth.data.plan import PLAN_FILE, Plan
 from volsynth.data.prepare import load_manifest
 from volsynth.errors import ConfigError, DatasetError
-from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import read_label, read_volume, write_volume
+from volsynth.io.jsonfile import write_json
 from volsynth.models.tiled import decode
 from volsynth.parallel import progress_bar
 
@@ -85,8 +84,7 @@ def reconstruct_dataset(pipeline, prepared: str | Path, out: str | Path, limit: 
                        "reconstruction_of": str(case.images[0]), "model": str(pipeline.model_path),
                        "model_sha256": pipeline.model_sha256, "volsynth_version": __version__}
             path = out / f"{case.case_id}.json"
-            with atomic_output(path) as tmp:
-                tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+            write_json(path, sidecar)
             written.append(path)
             bar.advance(task)
     return written
