@@ -205,3 +205,28 @@ def test_evaluate_holdout_perfect_prediction(phantoms, trained, monkeypatch):
     assert result["mean"]["nsd"] == {"liver": 1.0, "spleen": 1.0}
     with pytest.raises(ConfigError, match="not held out"):
         segtrain.evaluate_holdout(trained, phantoms, ["abdomen_ct_0000"])
+
+
+def test_foreground_patches_see_small_structures():
+    from volsynth.evaluation.segtrain import random_patch
+
+    target = torch.zeros(40, 40, 40, dtype=torch.long)
+    target[30:32, 5:7, 33:35] = 4  # a tiny "tumour" in a corner
+    target[2:4, 30:32, 2:4] = 2
+    image = torch.arange(target.numel(), dtype=torch.float32).reshape(1, 40, 40, 40)
+    generator = torch.Generator().manual_seed(0)
+    seen = {2: 0, 4: 0}
+    for _ in range(40):
+        patch_image, patch_target = random_patch(image, target, [16, 16, 16], generator, foreground=1.0)
+        assert patch_target.shape == (16, 16, 16) and patch_image.shape == (1, 16, 16, 16)
+        start = [int(v) for v in torch.nonzero(image[0] == patch_image[0, 0, 0, 0])[0]]  # image and labels agree
+        assert torch.equal(patch_target, target[start[0]:start[0] + 16, start[1]:start[1] + 16, start[2]:start[2] + 16])
+        present = set(torch.unique(patch_target).tolist()) - {0}
+        assert present  # every patch holds a labelled voxel
+        for c in present:
+            seen[c] += 1
+    assert seen[2] > 5 and seen[4] > 5  # both classes drawn, however small
+    uniform = sum(bool((random_patch(image, target, [16, 16, 16], generator)[1] > 0).any()) for _ in range(40))
+    assert uniform < 20  # without oversampling most patches miss them
+    with pytest.raises(ConfigError, match="foreground must be a share"):
+        SegmentorSettings(patch=[16, 16, 16], foreground=1.5).check()

@@ -96,6 +96,7 @@ def evaluate(
 
 # train-seg option -> SegmentorSettings field
 SEGMENTOR_OPTIONS = {"architecture": "architecture", "dims": "spatial_dims", "size": "size", "patch": "patch",
+                     "foreground": "foreground",
                      "spacing": "spacing", "window": "window", "labels": "labels", "features": "features",
                      "steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed"}
 
@@ -133,6 +134,8 @@ def train_seg(
     dims: int = typer.Option(3, help="3: whole volumes; 2: axial slices."),
     size: str = typer.Option("64", help="Grid size 'X,Y,Z' or one number (multiple of 8; 16 for basicunet)."),
     patch: str = typer.Option(None, help="Train on random patches of this size (predict by sliding window)."),
+    foreground: float = typer.Option(0.0, help="With --patch: share of patches centred on a labelled voxel (a "
+                                               "class drawn at random), for small structures; nnU-Net uses 0.33."),
     spacing: str = typer.Option(None, help="Spacing mm 'x,y,z' or one number. Default: the field of view fits."),
     window: str = typer.Option(None, help="CT window 'lo,hi' in HU. Default: dataset 0.5/99.5 percentiles."),
     labels: str = typer.Option(None, help="Classes to learn, e.g. 'liver=1,tumour=4'. Default: all."),
@@ -155,7 +158,7 @@ def train_seg(
     from volsynth.io.jsonfile import write_json
 
     values = {"architecture": architecture, "dims": dims, "size": [int(s) for s in _floats(size, "--size")],
-              "patch": [int(s) for s in _floats(patch, "--patch")] if patch else None,
+              "patch": [int(s) for s in _floats(patch, "--patch")] if patch else None, "foreground": foreground,
               "spacing": _floats(spacing, "--spacing"), "window": _floats(window, "--window", 2), "labels": labels,
               "features": features, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}
     settings = segmentor_settings(ctx, config, values)

@@ -54,6 +54,7 @@ class SegmentorSettings:
     spatial_dims: int = 3  # 3: whole volumes; 2: axial slices
     size: list[int] = field(default_factory=lambda: [64, 64, 64])  # grid of the whole volume (voxels)
     patch: list[int] | None = None  # train on random patches of this size (and predict by sliding window)
+    foreground: float = 0.0  # share of patches centred on a random voxel of a present class (nnU-Net: 1/3)
     spacing: list[float] | None = None  # mm; None: isotropic, the largest field of view fits ``size``
     window: list[float] | None = None  # CT window in HU; None: pooled 0.5/99.5 percentiles
     labels: str | None = None  # label spec as for prepare ("liver=1,tumour=4"); None: every dataset label
@@ -91,6 +92,9 @@ class SegmentorSettings:
             raise ConfigError(None, f"segmentor patch {self.patch} is larger than the grid {self.size}")
         if self.window is not None and (len(self.window) != 2 or not self.window[1] > self.window[0]):
             raise ConfigError(None, f"CT window must be two increasing numbers, got {self.window}")
+        if isinstance(self.foreground, bool) or not isinstance(self.foreground, (int, float)) \
+                or not 0 <= self.foreground <= 1:
+            raise ConfigError(None, f"segmentor foreground must be a share in [0, 1], got {self.foreground!r}")
         for name, kinds in (("steps", int), ("batch_size", int), ("features", int), ("seed", int),
                             ("lr", (int, float))):
             value = getattr(self, name)

@@ -38,11 +38,23 @@ from volsynth.models.checkpoint import latest_checkpoint, save_checkpoint
 from volsynth.models.registry import NETWORKS
 
 
-def random_patch(image: torch.Tensor, target: torch.Tensor, patch: list[int],
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random crop of ``patch`` voxels from an image ``[1, X, Y, Z]`` and its labels ``[X, Y, Z]``."""
-    starts = [int(torch.randint(s - p + 1, (1,), generator=generator)) for s, p in zip(target.shape, patch,
-                                                                                      strict=True)]
+def random_patch(image: torch.Tensor, target: torch.Tensor, patch: list[int], generator: torch.Generator,
+                 foreground: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random crop of ``patch`` voxels from an image ``[1, X, Y, Z]`` and its labels ``[X, Y, Z]``.
+
+    With probability ``foreground`` the crop is centred (as far as the borders allow) on a random voxel of one
+    class drawn uniformly from those present, so that small structures (tumours, vessels) are seen often; the
+    nnU-Net default is 1/3.
+    """
+    shape = target.shape
+    starts = [int(torch.randint(s - p + 1, (1,), generator=generator)) for s, p in zip(shape, patch, strict=True)]
+    if foreground > 0 and float(torch.rand(1, generator=generator)) < foreground:
+        classes = [int(c) for c in torch.unique(target) if c != 0]
+        if classes:
+            chosen = classes[int(torch.randint(len(classes), (1,), generator=generator))]
+            voxels = torch.nonzero(target == chosen)
+            centre = voxels[int(torch.randint(len(voxels), (1,), generator=generator))]
+            starts = [min(max(int(c) - p // 2, 0), s - p) for c, p, s in zip(centre, patch, shape, strict=True)]
     window = tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
     return image[(slice(None), *window)], target[window]
 
@@ -99,7 +111,7 @@ class SegmentationStage:
         for index, generator in zip(indices, generators, strict=True):
             image, target = self.images[index], self.labels[index]
             if self.settings.patch is not None:
-                image, target = random_patch(image, target, self.settings.patch, generator)
+                image, target = random_patch(image, target, self.settings.patch, generator, self.settings.foreground)
             if self.settings.augment:
                 image, target = augment(image, target, generator)
             if self.settings.spatial_dims == 2:
