@@ -30,7 +30,8 @@ def test_truncation_warns():
 def test_default_encoder_loads_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     encoder = get_text_encoder("minilm", max_length=32)
-    assert encoder.identifier == "minilm" and encoder.dim == 384
+    assert encoder.identifier == "minilm@32" and encoder.dim == 384  # rebuilds the same encoder
+    assert get_text_encoder("minilm").identifier == "minilm"  # the default length keeps the plain name
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # short prompts must not warn
         tokens, mask = encoder.encode(["two hypodense lesions in the right liver lobe", "no focal lesion"])
@@ -52,3 +53,16 @@ def test_bad_encoder_specs(tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(ConfigError, match="config.json"):
         get_text_encoder(str(tmp_path / "model"))
+
+
+def test_length_suffix_sets_tokens_kept_and_round_trips():
+    encoder = get_text_encoder("tiny:8@96")
+    assert encoder.max_length == 96 and encoder.identifier == "tiny:8@96"
+    again = get_text_encoder(encoder.identifier)
+    tokens, mask = encoder.encode(["word " * 80])
+    assert tokens.shape == (1, 96, 8) and mask.sum() == 80  # not truncated at 64
+    assert torch.equal(tokens, again.encode(["word " * 80])[0])
+    assert get_text_encoder("tiny:8@64").identifier == "tiny:8"
+    for bad in ("tiny:8@", "tiny:8@x", "minilm@0"):
+        with pytest.raises(ConfigError, match="bad text encoder length"):
+            get_text_encoder(bad)

