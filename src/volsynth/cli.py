@@ -240,7 +240,9 @@ def generate(
     jobs: Path = typer.Option(None, help="JSON-lines jobs file: {prompt, seed, n, id} per line."),
     masks_from: Path = typer.Option(None, help="Dataset: one job per labelled case (its mask, its report as the "
                                                "prompt unless --prompt; seeds from --seed; ids = case ids)."),
-    limit: int = typer.Option(None, help="With --masks-from: only the first N labelled cases."),
+    prompts_from: Path = typer.Option(None, help="Dataset: one text-only job per case with a report (its report "
+                                                 "as the prompt unless --prompt; ids = case ids)."),
+    limit: int = typer.Option(None, help="With --masks-from / --prompts-from: only the first N cases."),
     n: int = typer.Option(1, help="Volumes per prompt (seeds seed, seed+1, ...)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same volume."),
     steps: int = typer.Option(30, help="Sampling steps."),
@@ -260,19 +262,20 @@ def generate(
     from volsynth.pipelines.masks import parse_mask_labels
     from volsynth.pipelines.segguided import load_pipeline
 
-    if jobs is not None and (prompt is not None or mask is not None or masks_from is not None):
-        raise ConfigError(None, "give either --jobs or --prompt/--mask/--masks-from, not both")
-    if masks_from is not None and mask is not None:
-        raise ConfigError(None, "give either --mask or --masks-from, not both")
-    if jobs is None and prompt is None and mask is None and masks_from is None:
-        raise ConfigError(None, "give --prompt, --mask, --masks-from or --jobs")
+    if jobs is not None and (prompt is not None or mask is not None or masks_from or prompts_from):
+        raise ConfigError(None, "give either --jobs or --prompt/--mask/--masks-from/--prompts-from, not both")
+    if sum(x is not None for x in (mask, masks_from, prompts_from)) > 1:
+        raise ConfigError(None, "give only one of --mask, --masks-from and --prompts-from")
+    if jobs is None and prompt is None and mask is None and masks_from is None and prompts_from is None:
+        raise ConfigError(None, "give --prompt, --mask, --masks-from, --prompts-from or --jobs")
     if n < 1 or steps < 1:
         raise ConfigError(None, f"--n and --steps must be >= 1, got {n} and {steps}")
     modality = modality.upper() if modality else None
     if jobs:
         job_list = read_jobs(jobs)
-    elif masks_from:
-        job_list = jobs_from_dataset(masks_from, prompt, seed, n, modality, limit)
+    elif masks_from or prompts_from:
+        job_list = jobs_from_dataset(masks_from or prompts_from, prompt, seed, n, modality, limit,
+                                     masks=masks_from is not None)
     else:
         job_list = [Job(prompt=prompt or "", seed=seed, n=n, mask=str(mask) if mask else None, modality=modality)]
     target = resolve_device(device)

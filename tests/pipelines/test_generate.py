@@ -73,6 +73,23 @@ def test_masks_from_a_dataset_one_job_per_case(tiny_model, nnunet_dataset, tmp_p
     assert not (tmp_path / "none").exists()
 
 
+def test_prompts_from_a_dataset_text_only_jobs(tiny_model, nnunet_dataset, tmp_path):
+    from volsynth.data.dataset import load_dataset
+
+    cases = load_dataset(nnunet_dataset).cases
+    assert _generate(tiny_model, tmp_path / "out", "--prompts-from", str(nnunet_dataset), "--limit", "2",
+                     "--seed", "3") == 0
+    sidecars = sorted((tmp_path / "out").glob("*.json"))
+    assert [p.stem for p in sidecars] == [c.case_id for c in cases[:2]]
+    for number, (path, case) in enumerate(zip(sidecars, cases, strict=False)):
+        sidecar = json.loads(path.read_text())
+        assert sidecar["prompt"] == case.report and sidecar["seed"] == 3 + number and "mask" not in sidecar
+    assert not list((tmp_path / "out").glob("*_label*"))  # text only: no label maps
+    assert _generate(tiny_model, tmp_path / "both", "--prompts-from", str(nnunet_dataset), "--masks-from",
+                     str(nnunet_dataset)) == 2
+    assert not (tmp_path / "both").exists()
+
+
 def _untouched(out):
     return not out.exists() or not any(out.iterdir())
 

@@ -70,19 +70,25 @@ def read_jobs(path: str | Path) -> list[Job]:
 
 
 def jobs_from_dataset(root: str | Path, prompt: str | None = None, seed: int = 0, n: int = 1,
-                      modality: str | None = None, limit: int | None = None) -> list[Job]:
-    """One job per labelled case of a dataset (the first ``limit``): its label map as the mask, its report as
-    the prompt (or ``prompt`` for all), seeds ``seed``, ``seed + n``, ... in case order, the case id as the id."""
+                      modality: str | None = None, limit: int | None = None, masks: bool = True) -> list[Job]:
+    """One job per case of a dataset (the first ``limit``), the case id as the id, seeds ``seed``, ``seed + n``, ...
+    in case order. With ``masks``: labelled cases, each with its label map as the mask. Without: text only,
+    cases with a report. The prompt is the case's report, or ``prompt`` for all."""
     from volsynth.data.dataset import load_dataset
 
     if limit is not None and limit < 1:
         raise ConfigError(None, f"--limit must be >= 1, got {limit}")
     dataset = load_dataset(root)
-    cases = [c for c in dataset.cases if c.label is not None and c.label.exists()][:limit]
-    if not cases:
-        raise ConfigError(dataset.root, "dataset has no label maps to generate from")
+    if masks:
+        cases = [c for c in dataset.cases if c.label is not None and c.label.exists()][:limit]
+        if not cases:
+            raise ConfigError(dataset.root, "dataset has no label maps to generate from")
+    else:
+        cases = [c for c in dataset.cases if prompt is not None or (c.report or "").strip()][:limit]
+        if not cases:
+            raise ConfigError(dataset.root, "dataset has no reports to generate from", "give --prompt for all cases")
     return [Job(prompt=(case.report or "") if prompt is None else prompt, seed=seed + number * n, n=n, id=case.case_id,
-                mask=str(case.label), modality=modality) for number, case in enumerate(cases)]
+                mask=str(case.label) if masks else None, modality=modality) for number, case in enumerate(cases)]
 
 
 def expand(jobs: list[Job]) -> list[tuple[str, Job, int]]:
