@@ -55,3 +55,12 @@ def test_reconstruct_rejects_data_not_prepared_like_the_model(tiny_model, prepar
     assert main(["reconstruct", str(tiny_model), str(data), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_reconstruct_needs_a_latent_model(prepared_tiny, tmp_path, capsys):
+    from pathlib import Path
+
+    pixel_model = Path(__file__).resolve().parents[2] / "models" / "tiny-sgd"
+    assert main(["reconstruct", str(pixel_model), str(prepared_tiny), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 2
+    assert "no autoencoder" in capsys.readouterr().err and not (tmp_path / "out").exists()
