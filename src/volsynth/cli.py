@@ -253,6 +253,8 @@ def generate(
     mask_guidance: float = typer.Option(1.0, help="Classifier-free guidance scale for the mask."),
     controlnet_scale: float = typer.Option(1.0, help="Scale of the ControlNet residuals."),
     modality: str = typer.Option(None, help="CT or MR, for models that make both from one mask."),
+    slice_noise: str = typer.Option(None, help="2D slice models: 'independent' (default) or 'shared' starting "
+                                               "noise for all slices (fewer slice-to-slice stripes)."),
     image_format: str = typer.Option("nifti", "--format", help="nifti or dicom."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -282,7 +284,8 @@ def generate(
     pipeline = load_pipeline(model).to(target)
     written = run_jobs(pipeline, job_list, out, steps=steps, sampler=sampler, text_guidance=text_guidance,
                        image_format=image_format, progress=progress, mask_guidance=mask_guidance,
-                       controlnet_scale=controlnet_scale, mask_labels=parse_mask_labels(mask_labels))
+                       controlnet_scale=controlnet_scale, mask_labels=parse_mask_labels(mask_labels),
+                       slice_noise=slice_noise)
     console.print(f"wrote {len(written)} volume(s) to {out}")
 
 

@@ -124,11 +124,19 @@ def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None) -> None:
 def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int = 30, sampler: str = "ddim",
              text_guidance: float = 3.0, image_format: str = "nifti", progress: bool = True,
              mask_guidance: float = 1.0, controlnet_scale: float = 1.0,
-             mask_labels: dict | None = None) -> list[Path]:
+             mask_labels: dict | None = None, slice_noise: str | None = None) -> list[Path]:
     """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote."""
     out = Path(out)
     if image_format not in ("nifti", "dicom"):
         raise ConfigError(None, f"unknown format '{image_format}'", "use nifti or dicom")
+    if slice_noise is not None:
+        from volsynth.pipelines.segguided import SLICE_NOISE
+
+        if not getattr(pipeline, "slice_model", False):
+            raise ConfigError(getattr(pipeline, "model_path", None), "--slice-noise applies to 2D slice models only")
+        if slice_noise not in SLICE_NOISE:
+            raise ConfigError(None, f"unknown --slice-noise '{slice_noise}'", f"use {' or '.join(SLICE_NOISE)}")
+    options = {"slice_noise": slice_noise} if slice_noise is not None else {}
     items = expand(jobs)
     pipeline.scheduler(sampler)  # a sampler the model cannot use fails before anything is written
     check_masks(pipeline, jobs, mask_labels)
@@ -142,7 +150,7 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int = 30, sample
             result = pipeline(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=seed, steps=steps,
                               sampler=sampler,
                               text_guidance=text_guidance, mask_guidance=mask_guidance,
-                              controlnet_scale=controlnet_scale, mask_labels=mask_labels)
+                              controlnet_scale=controlnet_scale, mask_labels=mask_labels, **options)
             suffix = ".nii.gz" if image_format == "nifti" else ""
             target = out / f"{name}_image{suffix}"
             write_volume(result.image, target, description=f"volsynth synthetic: {job.prompt}"[:64])

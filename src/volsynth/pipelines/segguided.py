@@ -33,6 +33,9 @@ def from_slices(slices: torch.Tensor, axis: int) -> torch.Tensor:
     return slices.movedim(0, 1 + axis)
 
 
+SLICE_NOISE = ("independent", "shared")
+
+
 class SegGuidedPipeline:
     """``SegGuidedPipeline.from_pretrained(dir)(mask=..., modality="MR", seed=...)``."""
 
@@ -59,6 +62,11 @@ class SegGuidedPipeline:
         self.device = torch.device(device)
         self.unet.to(self.device)
         return self
+
+    @property
+    def slice_model(self) -> bool:
+        """Whether the model denoises 2D slices (restacked into the volume)."""
+        return self.settings.get("spatial_dims", 3) == 2
 
     def scheduler(self, sampler: str):
         """A sampling scheduler matching the trained schedule."""
@@ -87,8 +95,15 @@ class SegGuidedPipeline:
     def __call__(self, mask: LabelMap | str | Path | None = None, modality: str | None = None, prompt: str = "",
                  seed: int = 0, steps: int = 30, sampler: str = "ddim", text_guidance: float = 1.0,
                  mask_guidance: float = 1.0, mask_labels: dict | None = None,
-                 known: list[str] | None = None, **unused) -> SynthesisResult:
-        """1. encode prompt 2. prepare mask 3. noise 4. denoise 5. restack slices 6. back to units and geometry."""
+                 known: list[str] | None = None, slice_noise: str = "independent", **unused) -> SynthesisResult:
+        """1. encode prompt 2. prepare mask 3. noise 4. denoise 5. restack slices 6. back to units and geometry.
+
+        ``slice_noise`` (2D slice models): ``independent`` draws each slice's starting noise on its own;
+        ``shared`` starts every slice from the same noise, so that with the deterministic DDIM sampler
+        neighbouring slices with similar masks denoise alike (fewer slice-to-slice stripes).
+        """
+        if slice_noise not in SLICE_NOISE:  # checked for 3D models too: a typo is an error everywhere
+            raise ConfigError(None, f"unknown slice noise '{slice_noise}'", f"use {' or '.join(SLICE_NOISE)}")
         if mask is None:
             raise ConfigError(self.model_path, "a segmentation-guided model needs --mask")
         start = time.perf_counter()
@@ -105,7 +120,9 @@ class SegGuidedPipeline:
         class_labels = torch.full((batch,), self.modalities.index(modality), device=self.device)
         # 3. noise from the seed
         generator = torch.Generator().manual_seed(seed)
-        x = torch.randn([batch, 1, *cond.shape[2:]], generator=generator).to(self.device)
+        shape = [1 if slice_noise == "shared" else batch, 1, *cond.shape[2:]]
+        x = torch.randn(shape, generator=generator).expand(batch, -1, *[-1] * (len(shape) - 2)).contiguous()
+        x = x.to(self.device)
 
         # 4. denoise with separate text and mask guidance
         def predict(x, t, text_on: bool, mask_on: bool):
@@ -124,6 +141,7 @@ class SegGuidedPipeline:
                              cval=float(plan.normalization[0].window[0]))
         provenance = {"prompt": prompt, "modality": modality, "seed": seed, "steps": steps, "sampler": sampler,
                       "text_guidance": text_guidance, "mask_guidance": mask_guidance, "mask": source,
+                      **({"slice_noise": slice_noise} if self.settings.get("spatial_dims", 3) == 2 else {}),
                       "mask_sha256": _sha256(source), "mask_classes": given, "model": str(self.model_path),
                       "model_sha256": self.model_sha256, "seconds": round(time.perf_counter() - start, 3)}
         return SynthesisResult(volume, mapped, provenance)
