@@ -245,13 +245,13 @@ def generate(
     limit: int = typer.Option(None, help="With --masks-from / --prompts-from: only the first N cases."),
     n: int = typer.Option(1, help="Volumes per prompt (seeds seed, seed+1, ...)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same volume."),
-    steps: int = typer.Option(30, help="Sampling steps."),
-    sampler: str = typer.Option("ddim", help="ddim, ddpm or rflow (rflow for flow models)."),
-    text_guidance: float = typer.Option(3.0, help="Classifier-free guidance scale for the text."),
+    steps: int = typer.Option(None, help="Sampling steps [model's recommendation, else 30]."),
+    sampler: str = typer.Option(None, help="ddim, ddpm or rflow (rflow for flow models) [model's, else ddim]."),
+    text_guidance: float = typer.Option(None, help="Classifier-free guidance scale for the text [model's, else 3]."),
     mask: Path = typer.Option(None, help="Label map guiding generation (needs a model with a ControlNet)."),
     mask_labels: str = typer.Option(None, help="Map your mask ids to model classes, e.g. 'liver=5,tumour=6'."),
-    mask_guidance: float = typer.Option(1.0, help="Classifier-free guidance scale for the mask."),
-    controlnet_scale: float = typer.Option(1.0, help="Scale of the ControlNet residuals."),
+    mask_guidance: float = typer.Option(None, help="Classifier-free guidance scale for the mask [model's, else 1]."),
+    controlnet_scale: float = typer.Option(None, help="Scale of the ControlNet residuals [model's, else 1]."),
     modality: str = typer.Option(None, help="CT or MR, for models that make both from one mask."),
     slice_noise: str = typer.Option(None, help="2D slice models: 'independent' (default) or 'shared' starting "
                                                "noise for all slices (fewer slice-to-slice stripes)."),
@@ -270,7 +270,7 @@ def generate(
         raise ConfigError(None, "give only one of --mask, --masks-from and --prompts-from")
     if jobs is None and prompt is None and mask is None and masks_from is None and prompts_from is None:
         raise ConfigError(None, "give --prompt, --mask, --masks-from, --prompts-from or --jobs")
-    if n < 1 or steps < 1:
+    if n < 1 or (steps is not None and steps < 1):
         raise ConfigError(None, f"--n and --steps must be >= 1, got {n} and {steps}")
     modality = modality.upper() if modality else None
     if jobs:

@@ -90,6 +90,29 @@ def test_prompts_from_a_dataset_text_only_jobs(tiny_model, nnunet_dataset, tmp_p
     assert not (tmp_path / "both").exists()
 
 
+def test_model_recommended_sampling_is_used_unless_the_command_says(tiny_model, tmp_path):
+    from volsynth.pipelines.jobs import SAMPLING_DEFAULTS, sampling_settings
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "meta.json").read_text())
+    meta["sampling"] = {"steps": 2, "text_guidance": 1.5}
+    (model / "meta.json").write_text(json.dumps(meta))
+    assert _generate_plain(model, tmp_path / "a", "--prompt", "liver") == 0
+    sidecar = json.loads((tmp_path / "a" / "job000_00.json").read_text())
+    assert sidecar["steps"] == 2 and sidecar["text_guidance"] == 1.5 and sidecar["sampler"] == "ddim"
+    assert _generate_plain(model, tmp_path / "b", "--prompt", "liver", "--steps", "3", "--text-guidance", "2") == 0
+    sidecar = json.loads((tmp_path / "b" / "job000_00.json").read_text())
+    assert sidecar["steps"] == 3 and sidecar["text_guidance"] == 2.0  # the command wins
+    assert sampling_settings(None) == SAMPLING_DEFAULTS
+    assert sampling_settings(model, mask_guidance=4.0)["mask_guidance"] == 4.0
+    assert sampling_settings(model)["steps"] == 2
+
+
+def _generate_plain(model, out, *extra):
+    return main(["generate", str(model), "--out", str(out), "--no-progress", *extra])
+
+
 def _untouched(out):
     return not out.exists() or not any(out.iterdir())
 

@@ -67,7 +67,8 @@ def test_overrides_set_nested_values_and_report_bad_ones(tmp_path):
     assert recipe["segguided"]["train"]["lr"] == 0.002  # untouched neighbours stay
     assert recipe["model"] == {"dtype": "bfloat16"} and recipe["name"] == "x"
     for bad, message in (("segguided.ablation", "bad override"), ("name.x=1", "is not a block"),
-                         ("segguided.ablation=[", "bad value")):
+                         ("segguided.ablation=[", "bad value"), ("model.sampling.guidance=2", "model.sampling key"),
+                         ("model.sampling=2", "must be a mapping")):
         with pytest.raises(ConfigError, match=message):
             load_recipe(ROOT / "recipes" / "tiny-sgd.yaml", [bad])
     from volsynth.cli import main
@@ -107,3 +108,15 @@ def yaml_load(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_assembled_model_stores_the_recipes_sampling_recommendation(tiny_model, tmp_path):
+    from volsynth.training.recipe import assemble_model
+
+    root = tiny_model.parent
+    model = assemble_model(root / "ae" / "checkpoints" / "checkpoint-0000002",
+                           root / "diffusion" / "checkpoints" / "checkpoint-0000002", tmp_path / "model",
+                           {"name": "x", "model": {"sampling": {"mask_guidance": 2.0, "controlnet_scale": 2.0}}})
+    meta = json.loads((model / "meta.json").read_text())
+    assert meta["sampling"] == {"mask_guidance": 2.0, "controlnet_scale": 2.0}
+    assert "sampling" not in json.loads((tiny_model / "meta.json").read_text())  # none recommended: none stored

@@ -21,6 +21,22 @@ from volsynth.io.jsonfile import write_json
 from volsynth.parallel import progress_bar
 
 JOB_KEYS = {"prompt", "seed", "n", "id", "mask", "modality"}
+# Sampling settings when neither the command nor the model (``sampling`` in its meta.json) gives them.
+SAMPLING_DEFAULTS = {"steps": 30, "sampler": "ddim", "text_guidance": 3.0, "mask_guidance": 1.0,
+                     "controlnet_scale": 1.0}
+
+
+def sampling_settings(model_path: str | Path | None, **given) -> dict:
+    """Each sampling setting from ``given`` (not None), else the model's recommendation, else SAMPLING_DEFAULTS."""
+    from volsynth.io.jsonfile import read_json
+
+    meta = Path(model_path) / "meta.json" if model_path is not None else None
+    recommended = (read_json(meta).get("sampling") or {}) if meta is not None and meta.is_file() else {}
+    unknown = sorted(set(given) - set(SAMPLING_DEFAULTS))
+    if unknown:
+        raise ConfigError(None, f"unknown sampling setting(s) {unknown}")
+    return {key: given[key] if given.get(key) is not None else recommended.get(key, default)
+            for key, default in SAMPLING_DEFAULTS.items()}
 
 
 @dataclass
@@ -121,12 +137,22 @@ def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None) -> None:
             pipeline.prepare_mask(job.mask, mask_labels, modality=job.modality)
 
 
-def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int = 30, sampler: str = "ddim",
-             text_guidance: float = 3.0, image_format: str = "nifti", progress: bool = True,
-             mask_guidance: float = 1.0, controlnet_scale: float = 1.0,
+def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = None, sampler: str | None = None,
+             text_guidance: float | None = None, image_format: str = "nifti", progress: bool = True,
+             mask_guidance: float | None = None, controlnet_scale: float | None = None,
              mask_labels: dict | None = None, slice_noise: str | None = None) -> list[Path]:
-    """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote."""
+    """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote.
+
+    Sampling settings left None come from the model's recommendation, else ``SAMPLING_DEFAULTS``."""
     out = Path(out)
+    settings = sampling_settings(getattr(pipeline, "model_path", None), steps=steps, sampler=sampler,
+                                 text_guidance=text_guidance, mask_guidance=mask_guidance,
+                                 controlnet_scale=controlnet_scale)
+    steps, sampler = int(settings["steps"]), str(settings["sampler"])
+    text_guidance, mask_guidance = settings["text_guidance"], settings["mask_guidance"]
+    controlnet_scale = settings["controlnet_scale"]
+    if steps < 1:
+        raise ConfigError(None, f"steps must be >= 1, got {steps}")
     if image_format not in ("nifti", "dicom"):
         raise ConfigError(None, f"unknown format '{image_format}'", "use nifti or dicom")
     if slice_noise is not None:

@@ -89,6 +89,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     if recipe.get("kind", "latent") not in ("latent", "segguided", "hierarchical"):
         raise ConfigError(path, f"unknown recipe kind '{recipe['kind']}'", "use latent, segguided or hierarchical")
     recipe["_path"] = str(path)
+    model_sampling(recipe)  # a bad model.sampling fails now, not when the model is assembled hours later
     return recipe
 
 
@@ -273,7 +274,8 @@ def run_segguided_recipe(recipe: dict, out: Path, progress: bool = True, log: Ca
     def assemble() -> None:
         log("stage model")
         trained = load_checkpoint(latest_checkpoint(out / "segguided" / "checkpoints"), use_ema=model_ema(recipe))
-        meta = {**trained.meta, "recipe": recipe.get("name"), "steps": {"segguided": trained.meta["step"]}}
+        meta = {**trained.meta, "recipe": recipe.get("name"), "steps": {"segguided": trained.meta["step"]},
+                **_sampling_meta(recipe)}
         save_checkpoint(model, trained.networks, trained.config["networks"], meta,
                         settings={"recipe": {k: v for k, v in recipe.items() if not k.startswith("_")}})
 
@@ -306,13 +308,33 @@ def run_hierarchical_recipe(recipe: dict, out: Path, progress: bool = True,
     def assemble() -> None:
         log("stage model")
         meta = {**finals["joint"].meta, "recipe": recipe.get("name"),
-                "steps": {n: c.meta["step"] for n, c in finals.items()}}
+                "steps": {n: c.meta["step"] for n, c in finals.items()}, **_sampling_meta(recipe)}
         save_checkpoint(model, {n: c.networks["unet"] for n, c in finals.items()},
                         {n: c.config["networks"]["unet"] for n, c in finals.items()}, meta,
                         settings={"recipe": {k: v for k, v in recipe.items() if not k.startswith("_")}})
 
     _once(rank, world, lambda: (model / "meta.json").is_file(), assemble)
     return model
+
+
+def model_sampling(recipe: dict) -> dict:
+    """The recommended sampling settings a recipe stores in its model (``model: {sampling: {...}}``): what
+    ``volsynth generate`` uses when the command line does not say (keys of ``jobs.SAMPLING_DEFAULTS``)."""
+    from volsynth.pipelines.jobs import SAMPLING_DEFAULTS
+
+    sampling = (recipe.get("model") or {}).get("sampling") or {}
+    if not isinstance(sampling, dict):
+        raise ConfigError(recipe.get("_path"), "model.sampling must be a mapping, e.g. {mask_guidance: 2}")
+    unknown = sorted(set(sampling) - set(SAMPLING_DEFAULTS))
+    if unknown:
+        raise ConfigError(recipe.get("_path"), f"unknown model.sampling key(s): {', '.join(unknown)}",
+                          f"known: {', '.join(SAMPLING_DEFAULTS)}")
+    return dict(sampling)
+
+
+def _sampling_meta(recipe: dict) -> dict:
+    sampling = model_sampling(recipe)
+    return {"sampling": sampling} if sampling else {}
 
 
 def model_ema(recipe: dict) -> bool:
@@ -334,7 +356,7 @@ def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, 
     meta = {key: diff.meta[key] for key in ("scale_factor", "text_encoder", "latent_shape", "diffusion",
                                             "autoencoder_sha256")}
     meta.update(plan=ae.meta["plan"], dataset_sha256=ae.meta.get("dataset_sha256"), recipe=recipe.get("name"),
-                steps={"autoencoder": ae.meta["step"], "diffusion": diff.meta["step"]})
+                steps={"autoencoder": ae.meta["step"], "diffusion": diff.meta["step"]}, **_sampling_meta(recipe))
     configs = {"autoencoder": ae.config["networks"]["autoencoder"], "unet": diff.config["networks"]["unet"]}
     networks = {"autoencoder": ae.networks["autoencoder"], "unet": diff.networks["unet"]}
     if controlnet is not None:
