@@ -25,6 +25,7 @@ from volsynth.data.verify import verify_dataset
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.io import read_label, write_volume
 from volsynth.pipelines.edit import insert_lesion
+from volsynth.pipelines.jobs import sampling_settings
 from volsynth.pipelines.segguided import load_pipeline
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -97,15 +98,17 @@ def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None 
                f"--out models/{choices[0][0]}" for role, choices in DEMO_MODELS.items() if chosen[role] is None]
     if abdomen is not None:
         prompt = "Two hypodense lesions in the right liver lobe, the largest 24 mm. Portal venous phase."
+        recommended = sampling_settings(chosen["abdomen"])  # the model's guidance scales (steps: the demo's)
+        guidance = {k: recommended[k] for k in ("text_guidance", "mask_guidance", "controlnet_scale")}
         step("text -> CT (latent diffusion)", "generated/text_*",
-             lambda: _write(abdomen(prompt=prompt, seed=0, steps=steps), generated, "text"))
+             lambda: _write(abdomen(prompt=prompt, seed=0, steps=steps, text_guidance=guidance["text_guidance"]),
+                            generated, "text"))
         if abdomen.controlnet is not None:
             step("text + mask -> CT (ControlNet)", "generated/mask_*",
-                 lambda: _write(abdomen(prompt=prompt, mask=mask, seed=1, steps=steps, mask_guidance=1.5),
-                                generated, "mask"))
+                 lambda: _write(abdomen(prompt=prompt, mask=mask, seed=1, steps=steps, **guidance), generated, "mask"))
             step(f"mask + inserted {facts['diameter_mm']:.0f} mm lesion -> CT", "generated/lesion_*",
-                 lambda: _write(abdomen(prompt="One hypodense lesion of 24 mm.", mask=edited, seed=2, steps=steps),
-                                generated, "lesion"))
+                 lambda: _write(abdomen(prompt="One hypodense lesion of 24 mm.", mask=edited, seed=2, steps=steps,
+                                        **guidance), generated, "lesion"))
     if chosen["sgd"]:
         sgd = load_pipeline(chosen["sgd"])
         for modality in ("CT", "MR"):
