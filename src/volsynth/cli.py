@@ -301,8 +301,6 @@ def reconstruct(
     from volsynth.pipelines.reconstruct import reconstruct_dataset
     from volsynth.pipelines.segguided import load_pipeline
 
-    if limit is not None and limit < 1:
-        raise ConfigError(None, f"--limit must be >= 1, got {limit}")
     written = reconstruct_dataset(load_pipeline(model), prepared, out, limit, progress)
     console.print(f"wrote {len(written)} reconstruction(s) to {out}")
 

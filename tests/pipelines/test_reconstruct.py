@@ -40,7 +40,7 @@ def test_reconstructions_are_autoencoder_round_trips_with_the_real_masks(tiny_mo
     assert sidecar["reconstruction_of"].endswith("_0000.nii.gz") and sidecar["model_sha256"]
 
 
-@pytest.mark.parametrize("case", ["other-grid", "not-prepared"])
+@pytest.mark.parametrize("case", ["other-grid", "not-prepared", "limit"])
 def test_reconstruct_rejects_data_not_prepared_like_the_model(tiny_model, prepared_tiny, nnunet_dataset, tmp_path,
                                                               capsys, case):
     if case == "other-grid":
@@ -50,9 +50,13 @@ def test_reconstruct_rejects_data_not_prepared_like_the_model(tiny_model, prepar
         plan.size = [8, 8, 8]
         plan.save(data / "plan.json")
         message = "prepare the raw dataset like the model"
-    else:
+    elif case == "not-prepared":
         data, message = nnunet_dataset, "not a prepared dataset"
-    assert main(["reconstruct", str(tiny_model), str(data), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    else:
+        data, message = prepared_tiny, "--limit must be >= 1"
+    extra = ["--limit", "0"] if case == "limit" else []
+    assert main(["reconstruct", str(tiny_model), str(data), "--out", str(tmp_path / "out"), "--no-progress",
+                 *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

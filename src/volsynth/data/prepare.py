@@ -298,3 +298,8 @@ def load_manifest(prepared: str | Path) -> dict:
     """The manifest of a prepared folder."""
     return read_json(Path(prepared) / MANIFEST_FILE, error=DatasetError, missing="manifest not found",
                      hint="is this a folder written by volsynth prepare?")
+
+
+def case_windows(prepared: str | Path) -> dict[str, tuple[float, float]]:
+    """Each prepared case's intensity window (first channel), for ``Plan.denormalize(..., window=...)``."""
+    return {entry["case"]: tuple(entry["windows"][0]) for entry in load_manifest(prepared)["cases"]}

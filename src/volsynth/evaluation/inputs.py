@@ -13,7 +13,7 @@ import numpy as np
 
 from volsynth.data.dataset import load_dataset
 from volsynth.data.plan import PLAN_FILE, Plan
-from volsynth.data.prepare import MANIFEST_FILE, dataset_digest, load_manifest
+from volsynth.data.prepare import MANIFEST_FILE, case_windows, dataset_digest
 from volsynth.data.verify import verify_dataset
 from volsynth.errors import DatasetError, ReadError
 from volsynth.io.formats import read_label, read_volume
@@ -128,7 +128,7 @@ def read_real(root: str | Path, limit: int | None = None,
     dataset = load_dataset(root)
     prepared = (root / PLAN_FILE).is_file() and (root / MANIFEST_FILE).is_file()
     plan = Plan.load(root) if prepared else None
-    windows = {e["case"]: e["windows"][0] for e in load_manifest(root)["cases"]} if prepared else {}
+    windows = case_windows(root) if prepared else {}
     items = []
     cases = dataset.cases[:limit]
     with progress_bar(progress) as bar:
@@ -136,8 +136,7 @@ def read_real(root: str | Path, limit: int | None = None,
         for case in cases:
             image = read_volume(case.images[0])
             if plan is not None:
-                window = windows.get(case.case_id)
-                image = plan.denormalize(image, window=tuple(window) if window else None)
+                image = plan.denormalize(image, window=windows.get(case.case_id))
             label = read_label(case.label, labels=dataset.labels) if case.label and case.label.exists() else None
             items.append(Item(case.case_id, image, label, case.report or "", case.facts))
             bar.advance(task)

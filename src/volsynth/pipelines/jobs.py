@@ -17,7 +17,7 @@ import torch
 from volsynth import __version__
 from volsynth.errors import ConfigError
 from volsynth.io.formats import write_volume
-from volsynth.io.jsonfile import write_json
+from volsynth.io.jsonfile import read_json, write_json
 from volsynth.parallel import progress_bar
 
 JOB_KEYS = {"prompt", "seed", "n", "id", "mask", "modality"}
@@ -28,8 +28,6 @@ SAMPLING_DEFAULTS = {"steps": 30, "sampler": "ddim", "text_guidance": 3.0, "mask
 
 def sampling_settings(model_path: str | Path | None, **given) -> dict:
     """Each sampling setting from ``given`` (not None), else the model's recommendation, else SAMPLING_DEFAULTS."""
-    from volsynth.io.jsonfile import read_json
-
     meta = Path(model_path) / "meta.json" if model_path is not None else None
     recommended = (read_json(meta).get("sampling") or {}) if meta is not None and meta.is_file() else {}
     unknown = sorted(set(given) - set(SAMPLING_DEFAULTS))

@@ -15,7 +15,7 @@ import torch
 from volsynth import __version__
 from volsynth.data.dataset import load_dataset
 from volsynth.data.plan import PLAN_FILE, Plan
-from volsynth.data.prepare import load_manifest
+from volsynth.data.prepare import case_windows
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.io.formats import read_label, read_volume, write_volume
 from volsynth.io.jsonfile import write_json
@@ -48,6 +48,8 @@ def reconstruct_dataset(pipeline, prepared: str | Path, out: str | Path, limit: 
     """Write ``<case>_image.nii.gz`` (reconstruction, in HU / MR units), ``<case>_label.nii.gz`` (the case's
     own mask) and ``<case>.json`` for each case of a folder prepared like the model; returns the sidecars."""
     prepared, out = Path(prepared), Path(out)
+    if limit is not None and limit < 1:
+        raise ConfigError(None, f"--limit must be >= 1, got {limit}")
     if getattr(pipeline, "autoencoder", None) is None or not hasattr(pipeline, "scale_factor"):
         raise ConfigError(getattr(pipeline, "model_path", None), "this model has no autoencoder to reconstruct with",
                           "reconstruction applies to latent models")
@@ -57,7 +59,7 @@ def reconstruct_dataset(pipeline, prepared: str | Path, out: str | Path, limit: 
     plan = Plan.load(prepared)
     _check_plan(prepared, plan, pipeline.plan, pipeline.model_path)
     dataset = load_dataset(prepared)
-    windows = {entry["case"]: entry["windows"][0] for entry in load_manifest(prepared)["cases"]}
+    windows = case_windows(prepared)
     cases = dataset.cases[:limit]
     if not cases:
         raise DatasetError(prepared, "no cases to reconstruct")
@@ -71,8 +73,7 @@ def reconstruct_dataset(pipeline, prepared: str | Path, out: str | Path, limit: 
             if tuple(image.shape) != tuple(plan.size):
                 raise DatasetError(case.images[0], f"shape {image.shape} differs from the plan's {tuple(plan.size)}")
             recon = image.with_array(reconstruct_array(autoencoder, image.array))
-            window = windows.get(case.case_id)
-            recon = plan.denormalize(recon, window=tuple(window) if window else None)
+            recon = plan.denormalize(recon, window=windows.get(case.case_id))
             target = out / f"{case.case_id}_image.nii.gz"
             write_volume(recon, target, description="volsynth autoencoder reconstruction")
             label = None

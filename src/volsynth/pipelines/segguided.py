@@ -79,7 +79,7 @@ class SegGuidedPipeline:
         _, ids, flags = class_flags(plan, known)
         labels = torch.from_numpy(on_grid.array.astype(np.int64))
         onehot = torch.stack([(labels == i).float() for i in ids])[None]  # [1, K, X, Y, Z]
-        if self.settings.get("spatial_dims", 3) == 2:
+        if self.slice_model:
             onehot = to_slices(onehot[0], SLICE_AXES[self.settings["slice_axis"]])
             flags = flags.expand(onehot.shape[0], -1)
         return mapped, grid, combine_features(onehot, flags), known, source
@@ -133,7 +133,7 @@ class SegGuidedPipeline:
         denoiser = dual_guidance(predict, context is not None, True, text_guidance, mask_guidance)
         x = sample(denoiser, x, self.scheduler(sampler), steps, generator=generator)
         # 5. restack 2D slices into the volume
-        if self.settings.get("spatial_dims", 3) == 2:
+        if self.slice_model:
             x = from_slices(x, SLICE_AXES[self.settings["slice_axis"]])[None]
         # 6. back to HU / MR units, onto the mask's grid
         volume = Volume(x[0, 0].clamp(-1, 1).cpu().numpy().astype(np.float32), grid, modality=modality)
@@ -141,7 +141,7 @@ class SegGuidedPipeline:
                              cval=float(plan.normalization[0].window[0]))
         provenance = {"prompt": prompt, "modality": modality, "seed": seed, "steps": steps, "sampler": sampler,
                       "text_guidance": text_guidance, "mask_guidance": mask_guidance, "mask": source,
-                      **({"slice_noise": slice_noise} if self.settings.get("spatial_dims", 3) == 2 else {}),
+                      **({"slice_noise": slice_noise} if self.slice_model else {}),
                       "mask_sha256": _sha256(source), "mask_classes": given, "model": str(self.model_path),
                       "model_sha256": self.model_sha256, "seconds": round(time.perf_counter() - start, 3)}
         return SynthesisResult(volume, mapped, provenance)
