@@ -7,6 +7,7 @@ from tests.training.test_recipe import ROOT
 from volsynth.cli import main
 from volsynth.errors import ConfigError
 from volsynth.io import read_label, read_volume
+from volsynth.io.volume import Volume
 from volsynth.pipelines.hierarchical import HierarchicalPipeline
 from volsynth.pipelines.segguided import load_pipeline
 from volsynth.training.hierarchical import (
@@ -28,6 +29,7 @@ def model(tmp_path_factory):
     for stage in ("joint", "superres"):
         recipe[stage]["train"].update(steps=3, batch_size=2, checkpoint_every=3)
     recipe["superres"]["patch"] = [8, 8, 8]  # patches in training; the pipeline still makes the whole grid
+    recipe["superres"]["residual_scale"] = 0.1  # as recipes/chest-hierarchical-64.yaml
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return run_recipe(path, root / "run", progress=False, log=lambda m: None)
@@ -70,6 +72,29 @@ def test_cli_writes_image_and_label(model, tmp_path):
 def test_settings_errors():
     with pytest.raises(ConfigError, match="factor must be 2 or 4"):
         HierarchicalSettings.from_dict({"factor": 3})
+    with pytest.raises(ConfigError, match="residual_scale must be > 0"):
+        HierarchicalSettings.from_dict({"residual_scale": 0})
+
+
+def test_residual_superres_adds_its_output_to_the_upsampled_condition(model, monkeypatch):
+    import volsynth.pipelines.hierarchical as hierarchical
+
+    pipe = load_pipeline(model)
+    assert pipe.stage_settings("superres")["residual_scale"] == 0.1
+    assert not pipe.scheduler("ddim", "superres").clip_sample  # a residual is not bounded by [-1, 1]
+    assert pipe.scheduler("ddim", "joint").clip_sample
+    outputs = []
+
+    def fake_sample(model_fn, x, scheduler, steps, generator=None):
+        outputs.append(torch.full_like(x, 0.5) if not outputs else torch.ones_like(x))  # stage 1, then residual 1
+        return outputs[-1]
+
+    monkeypatch.setattr(hierarchical, "sample", fake_sample)
+    result = pipe(prompt="", seed=0, steps=2)
+    # stage 1 says 0.5 everywhere; upsampled, plus 0.1 x the residual 1: 0.6 in the normalised range
+    expected = pipe.plan.denormalize(Volume(np.full(result.image.shape, 0.6, np.float32), result.image.affine,
+                                            modality="CT"))
+    np.testing.assert_allclose(result.image.array, expected.array, rtol=1e-5, atol=1e-3)
 
 
 def test_random_patches_take_the_same_window_from_each_tensor():

@@ -49,9 +49,17 @@ class HierarchicalPipeline:
         self.superres.to(self.device)
         return self
 
-    def scheduler(self, sampler: str):
-        """A sampling scheduler matching the trained schedule."""
-        return scheduler_for(self.meta["diffusion"], sampler, model_path=self.model_path, pixel_space=True)
+    def scheduler(self, sampler: str, stage: str = "joint"):
+        """A sampling scheduler matching the trained schedule of ``stage`` (joint or superres)."""
+        settings = self.stage_settings(stage)  # a residual stage's clean estimate is not bounded by [-1, 1]: no clip
+        return scheduler_for(settings, sampler, model_path=self.model_path,
+                             pixel_space=settings.get("residual_scale") is None)
+
+    def stage_settings(self, stage: str) -> dict:
+        """A stage's diffusion settings (models made before they were stored per stage: the joint stage's)."""
+        if stage == "superres":
+            return self.meta.get("superres_diffusion", self.meta["diffusion"])
+        return self.meta["diffusion"]
 
     def prepare_mask(self, *args, **kwargs):
         """Hierarchical models generate their own anatomy: a mask is an error."""
@@ -88,7 +96,10 @@ class HierarchicalPipeline:
         # 3. + 4. stage 2: super-resolution conditioned on the upsampled stage-1 channels
         cond = upsample(x.clamp(-1, 1), self.factor)
         y = torch.randn([1, channels, *high], generator=generator).to(self.device)
-        y = sample(guided(self.superres, cond), y, self.scheduler(sampler), steps, generator=generator)
+        y = sample(guided(self.superres, cond), y, self.scheduler(sampler, "superres"), steps, generator=generator)
+        residual_scale = self.stage_settings("superres").get("residual_scale")
+        if residual_scale is not None:  # stage 2 made the residual over its condition
+            y = cond + residual_scale * y
         # 5. image channel back to HU; label channels -> label map (argmax, background first)
         affine = self.plan.default_affine()
         image = Volume(y[0, 0].clamp(-1, 1).cpu().numpy().astype(np.float32), affine, modality=self.plan.modality)

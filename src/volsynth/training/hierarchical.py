@@ -4,7 +4,9 @@ included); stage 2 is a super-resolution diffusion model conditioned on the upsa
 that outputs the high-resolution image and refined label channels. Pixel space, same engine.
 
 Training data for both stages comes from one prepared (high-resolution) dataset: stage 1 sees it
-average-pooled by ``factor``; stage 2 learns to undo exactly that pooling.
+average-pooled by ``factor``; stage 2 learns to undo exactly that pooling. With ``residual_scale`` set, stage 2
+learns the residual ``(x0 - condition) / residual_scale`` instead of ``x0`` (residual diffusion, as in SR3's
+successors): an untrained network already returns the upsampled condition, and the diffusion only adds detail.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class HierarchicalSettings(DenoiserSettings):
     network: dict = field(default_factory=dict)
     factor: int = 2  # super-resolution factor (2x or 4x)
     patch: list[int] | None = None  # superres only: train on random patches of this size (inference: whole grid)
+    residual_scale: float | None = None  # superres only: learn (x0 - condition) / residual_scale
 
     @classmethod
     def from_dict(cls, data: dict | None) -> HierarchicalSettings:
@@ -40,6 +43,8 @@ class HierarchicalSettings(DenoiserSettings):
             raise ConfigError(None, f"factor must be 2 or 4, got {settings.factor}")
         if settings.patch is not None and (len(settings.patch) != 3 or any(p < 1 for p in settings.patch)):
             raise ConfigError(None, f"patch must be 3 positive sizes, got {settings.patch}")
+        if settings.residual_scale is not None and not settings.residual_scale > 0:
+            raise ConfigError(None, f"residual_scale must be > 0, got {settings.residual_scale}")
         return settings
 
 
@@ -163,4 +168,6 @@ class SuperResolutionStage(_HierarchicalStage):
         cond = upsample(low_resolution(x0, self.settings.factor), self.settings.factor)
         if self.settings.patch is not None:  # the condition is made on the whole grid, then cropped with x0
             x0, cond = random_patches([x0, cond], self.settings.patch, generators, self.settings.factor)
+        if self.settings.residual_scale is not None:
+            x0 = (x0 - cond) / self.settings.residual_scale
         return {"superres": self.denoising_loss(x0, cond, indices, generators)}
