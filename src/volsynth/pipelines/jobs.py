@@ -154,12 +154,11 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = Non
     if image_format not in ("nifti", "dicom"):
         raise ConfigError(None, f"unknown format '{image_format}'", "use nifti or dicom")
     if slice_noise is not None:
-        from volsynth.pipelines.segguided import SLICE_NOISE
+        from volsynth.pipelines.segguided import check_slice_noise
 
         if not getattr(pipeline, "slice_model", False):
             raise ConfigError(getattr(pipeline, "model_path", None), "--slice-noise applies to 2D slice models only")
-        if slice_noise not in SLICE_NOISE:
-            raise ConfigError(None, f"unknown --slice-noise '{slice_noise}'", f"use {' or '.join(SLICE_NOISE)}")
+        check_slice_noise(slice_noise)
     options = {"slice_noise": slice_noise} if slice_noise is not None else {}
     items = expand(jobs)
     pipeline.scheduler(sampler)  # a sampler the model cannot use fails before anything is written

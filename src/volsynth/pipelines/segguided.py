@@ -36,6 +36,13 @@ def from_slices(slices: torch.Tensor, axis: int) -> torch.Tensor:
 SLICE_NOISE = ("independent", "shared")
 
 
+def check_slice_noise(value: str) -> str:
+    """``value`` if it names a slice-noise mode (see ``SegGuidedPipeline.__call__``), else a ConfigError."""
+    if value not in SLICE_NOISE:
+        raise ConfigError(None, f"unknown slice noise '{value}'", f"use {' or '.join(SLICE_NOISE)}")
+    return value
+
+
 class SegGuidedPipeline:
     """``SegGuidedPipeline.from_pretrained(dir)(mask=..., modality="MR", seed=...)``."""
 
@@ -102,8 +109,7 @@ class SegGuidedPipeline:
         ``shared`` starts every slice from the same noise, so that with the deterministic DDIM sampler
         neighbouring slices with similar masks denoise alike (fewer slice-to-slice stripes).
         """
-        if slice_noise not in SLICE_NOISE:  # checked for 3D models too: a typo is an error everywhere
-            raise ConfigError(None, f"unknown slice noise '{slice_noise}'", f"use {' or '.join(SLICE_NOISE)}")
+        check_slice_noise(slice_noise)  # checked for 3D models too: a typo is an error everywhere
         if mask is None:
             raise ConfigError(self.model_path, "a segmentation-guided model needs --mask")
         start = time.perf_counter()
