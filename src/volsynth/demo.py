@@ -103,8 +103,8 @@ def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None 
         step("text -> CT (latent diffusion)", "generated/text_*",
              lambda: _write(abdomen(prompt=prompt, seed=0, steps=steps, text_guidance=guidance["text_guidance"]),
                             generated, "text"))
-        if abdomen.controlnet is not None:
-            step("text + mask -> CT (ControlNet)", "generated/mask_*",
+        if abdomen.mask_guided:
+            step("text + mask -> CT", "generated/mask_*",
                  lambda: _write(abdomen(prompt=prompt, mask=mask, seed=1, steps=steps, **guidance), generated, "mask"))
             step(f"mask + inserted {facts['diameter_mm']:.0f} mm lesion -> CT", "generated/lesion_*",
                  lambda: _write(abdomen(prompt="One hypodense lesion of 24 mm.", mask=edited, seed=2, steps=steps,

@@ -3,7 +3,8 @@ import torch
 
 from tests.training.helpers import diffusion_stage, train, trained_autoencoder
 from volsynth.errors import ConfigError
-from volsynth.training.controlnet import ControlNetSettings, ControlNetStage, hide_classes
+from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
+from volsynth.training.denoising import hide_classes
 from volsynth.training.engine import sample_generators
 from volsynth.training.latents import load_latent_cache
 

@@ -7,9 +7,10 @@ from tests.training.test_recipe import ROOT
 from volsynth.errors import ConfigError
 from volsynth.io import read_label
 from volsynth.pipelines.segguided import SegGuidedPipeline, from_slices, load_pipeline, to_slices
+from volsynth.training.denoising import hide_classes
 from volsynth.training.engine import sample_generators
 from volsynth.training.recipe import run_recipe
-from volsynth.training.segguided import SegGuidedSettings, ablate
+from volsynth.training.segguided import SegGuidedSettings
 
 
 def _quick_recipe(tmp_path, **segguided):
@@ -31,10 +32,10 @@ def model_3d(tmp_path_factory):
 
 def test_ablation_drops_classes_at_the_configured_rate():
     generators = sample_generators(0, 0, list(range(5000)))
-    kept = ablate(torch.ones(5000, 3), generators, 0.5)
+    kept = hide_classes(torch.ones(5000, 3), generators, 0.5)
     assert abs(float(kept.mean()) - 0.5) < 0.02
     assert abs(float((kept.sum(1) == 0).float().mean()) - 0.125) < 0.02  # all three dropped: 0.5^3
-    assert torch.all(ablate(torch.ones(10, 3), generators[:10], 0.0) == 1)
+    assert torch.all(hide_classes(torch.ones(10, 3), generators[:10], 0.0) == 1)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])

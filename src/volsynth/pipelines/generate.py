@@ -15,7 +15,7 @@ from volsynth.errors import ConfigError
 from volsynth.io.resample import resample_to
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint
-from volsynth.models.controlnet import mask_features
+from volsynth.models.controlnet import combine_features, mask_features
 from volsynth.models.tiled import decode
 from volsynth.pipelines.masks import class_flags, place_mask
 from volsynth.sampling import build_scheduler, dual_guidance, sample
@@ -74,6 +74,16 @@ class SynthesisPipeline:
             self._text_encoder = get_text_encoder(self.text_encoder_id)
         return self._text_encoder
 
+    @property
+    def mask_concat(self) -> bool:
+        """Whether the UNet takes the pooled mask concatenated to its input (latent segmentation guidance)."""
+        return bool(getattr(self.unet, "cond_channels", 0))
+
+    @property
+    def mask_guided(self) -> bool:
+        """Whether the model takes a mask at all (a ControlNet, a mask-concat UNet or both)."""
+        return self.controlnet is not None or self.mask_concat
+
     def scheduler(self, sampler: str, spatial_numel: int = 32768):
         """A sampling scheduler matching the trained noise schedule; wrong combinations are errors."""
         return scheduler_for(self.diffusion, sampler, spatial_numel, self.model_path)
@@ -82,9 +92,9 @@ class SynthesisPipeline:
                      known: list[str] | None = None, modality: str | None = None):
         """Mask -> (mapped LabelMap on its own grid, plan-grid affine, ControlNet features, known names)."""
         self._check_modality(modality)
-        if self.controlnet is None:
-            raise ConfigError(self.model_path, "this model has no mask guidance (no ControlNet)",
-                              "train a recipe with a controlnet stage, or generate from text only")
+        if not self.mask_guided:
+            raise ConfigError(self.model_path, "this model has no mask guidance (no ControlNet, no mask input)",
+                              "train a recipe with a controlnet stage or diffusion.mask_concat, or give text only")
         mapped, grid, on_grid, known, source = place_mask(mask, self.plan, mask_labels, known)
         _, ids, flags = class_flags(self.plan, known)
         factor = self.plan.size[0] // self.latent_shape[1]
@@ -109,17 +119,19 @@ class SynthesisPipeline:
         context = self.text_encoder.encode([prompt])[0].to(self.device) if prompt else None
         null_context = self.unet.null(1)
         # 2. prepare the mask: ids mapped to the model's classes, resampled onto the model's grid, embedded once
+        #    (all zeros, every class "not given", is the trained "no mask" input)
         mapped = grid = None
         mask_info: dict = {}
+        null_features = self._null_features()
+        features = null_features
         if mask is not None:
             mapped, grid, features, given, source = self.prepare_mask(mask, mask_labels, known)
-            features = features if mask_condition is None else mask_condition
-            embedding = self.controlnet.embed(features.to(self.device))
-            null_embedding = self.controlnet.embed(torch.zeros_like(features).to(self.device))
+            features = (features if mask_condition is None else mask_condition).to(self.device)
             mask_info = {"mask": source, "mask_sha256": _sha256(source), "mask_classes": given,
-                         "mask_guidance": mask_guidance, "controlnet_scale": controlnet_scale}
-        elif self.controlnet is not None:  # trained "no mask" input of the ControlNet
-            null_embedding = self.controlnet.embed(self._null_features())
+                         "mask_guidance": mask_guidance,
+                         **({"controlnet_scale": controlnet_scale} if self.controlnet is not None else {})}
+        if self.controlnet is not None:
+            embedding, null_embedding = self.controlnet.embed(features), self.controlnet.embed(null_features)
         # 3. prepare latents from the seed
         generator = torch.Generator().manual_seed(seed)
         z = self.initial_noise(seed) if latents is None else latents.clone()
@@ -128,11 +140,12 @@ class SynthesisPipeline:
         # 4. denoise: one prediction function, guidance wrapped around it
         def predict(x, t, text_on: bool, mask_on: bool):
             ctx = context if text_on and context is not None else null_context.to(x)
+            cond = (features if mask_on else null_features) if self.mask_concat else None
             if self.controlnet is None:
-                return self.unet(x, t, context=ctx)
+                return self.unet(x, t, context=ctx, cond=cond)
             down, mid = self.controlnet(x, t, embedding if mask_on else null_embedding, context=ctx,
                                         scale=controlnet_scale)
-            return self.unet(x, t, context=ctx, down_block_additional_residuals=down,
+            return self.unet(x, t, context=ctx, cond=cond, down_block_additional_residuals=down,
                              mid_block_additional_residual=mid)
 
         denoiser = dual_guidance(predict, context is not None, mask is not None, text_guidance, mask_guidance)
@@ -189,7 +202,11 @@ def preview_samples(unet, autoencoder_checkpoint, cache, settings, path: Path, s
         generator = torch.Generator().manual_seed(index)
         z = torch.randn([1, *cache.mean.shape[1:]], generator=generator)
         context = cache.tokens[index:index + 1]
-        z = sample(lambda x, t, c=context: unet(x, t, context=c), z, scheduler, settings.preview_steps, generator)
+        cond = None
+        if getattr(unet, "cond_channels", 0):  # mask-concat UNet: the case's own mask (it is the usual use)
+            cond = combine_features(cache.occupancy[index:index + 1].float(), cache.known[index:index + 1])
+        z = sample(lambda x, t, c=context, m=cond: unet(x, t, context=c, cond=m), z, scheduler,
+                   settings.preview_steps, generator)
         arrays.append(decode(autoencoder, z / cache.scale_factor)[0, 0].numpy())
         titles.append(f"step {step} sample {index}")
     unet.train()

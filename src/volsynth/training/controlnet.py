@@ -15,7 +15,7 @@ from volsynth.errors import ConfigError
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.controlnet import combine_features
 from volsynth.models.registry import build_network
-from volsynth.training.denoising import denoising_loss, dropped, noised
+from volsynth.training.denoising import denoising_loss, dropped, hide_classes, noised
 from volsynth.training.diffusion import DiffusionSettings
 from volsynth.training.latents import LatentCache
 
@@ -36,18 +36,6 @@ class ControlNetSettings:
         return settings_from_dict(cls, data, "controlnet")
 
 
-def hide_classes(known: torch.Tensor, generators: list[torch.Generator], hide_class: float,
-                 hide_all: float) -> torch.Tensor:
-    """Randomly turn known classes into "not given", per sample from its own generator."""
-    rows = []
-    for flags, generator in zip(known, generators, strict=True):
-        keep = torch.rand(flags.shape, generator=generator) >= hide_class
-        if torch.rand((), generator=generator) < hide_all:
-            keep = torch.zeros_like(keep)
-        rows.append(flags * keep)
-    return torch.stack(rows)
-
-
 class ControlNetStage:
     """Trains the ControlNet; the UNet comes frozen from a diffusion checkpoint."""
 
@@ -61,6 +49,9 @@ class ControlNetStage:
         diffusion = load_checkpoint(diffusion_checkpoint, use_ema=True)
         self.diffusion_checkpoint = Path(diffusion_checkpoint)
         self.unet = diffusion.networks["unet"].eval()
+        if getattr(self.unet, "cond_channels", 0):
+            raise ConfigError(diffusion_checkpoint, "this diffusion model already takes the mask as input "
+                              "(diffusion.mask_concat)", "drop the controlnet block, or train without mask_concat")
         for param in self.unet.parameters():
             param.requires_grad_(False)
         self.diffusion_settings = DiffusionSettings.from_dict(diffusion.meta["diffusion"])

@@ -41,6 +41,19 @@ def dropped(generators: list[torch.Generator], probability: float) -> torch.Tens
     return torch.stack([torch.rand((), generator=g) < probability for g in generators])
 
 
+def hide_classes(known: torch.Tensor, generators: list[torch.Generator], hide_class: float,
+                 hide_all: float = 0.0) -> torch.Tensor:
+    """Turn known classes [B, K] into "not given" at random, per sample from its own generator: each class with
+    ``hide_class`` (partial labels; seed 002's mask ablation), the whole mask with ``hide_all`` (mask guidance)."""
+    rows = []
+    for flags, generator in zip(known, generators, strict=True):
+        keep = torch.rand(flags.shape, generator=generator) >= hide_class
+        if hide_all > 0 and torch.rand((), generator=generator) < hide_all:  # no draw when off: streams unchanged
+            keep = torch.zeros_like(keep)
+        rows.append(flags * keep)
+    return torch.stack(rows)
+
+
 def denoising_loss(prediction: torch.Tensor, scheduler, prediction_type: str, x0: torch.Tensor,
                    noise: torch.Tensor, timesteps: torch.Tensor, kind: str) -> torch.Tensor:
     """L1 (the seed's) or L2 between the prediction and its epsilon / v / flow target."""

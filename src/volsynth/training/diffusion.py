@@ -1,6 +1,11 @@
 """The text-conditioned latent diffusion stage (seed 000): ``ConditionedUNet`` on cached latents with
 cross-attention to the reports' token embeddings, condition dropout for classifier-free guidance,
-DDPM/DDIM (epsilon or v) or rectified-flow training, L1 (the seed's) or L2 loss."""
+DDPM/DDIM (epsilon or v) or rectified-flow training, L1 (the seed's) or L2 loss.
+
+With ``mask_concat: true`` the stage is segmentation-guided diffusion in latent space (seed 002 applied to
+latents): the cache's pooled masks (occupancy + known flag per class, as the ControlNet gets them) are
+concatenated to the noisy latent, each class is dropped with ``mask_ablation`` per sample and the whole
+mask with ``mask_drop`` (so "no mask" is learned for mask guidance)."""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import torch
 
 from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
+from volsynth.models.controlnet import combine_features
 from volsynth.models.registry import build_network, network_config
-from volsynth.training.denoising import DenoiserSettings, denoising_loss, dropped, noised
+from volsynth.training.denoising import DenoiserSettings, denoising_loss, dropped, hide_classes, noised
 from volsynth.training.latents import LatentCache
 
 
@@ -24,6 +30,9 @@ class DiffusionSettings(DenoiserSettings):
     network: dict = field(default_factory=dict)
     loss: str = "l1"  # the seed's
     preview_steps: int = 20
+    mask_concat: bool = False  # concatenate the pooled mask to the noisy latent (segmentation-guided, seed 002)
+    mask_ablation: float = 0.5  # mask_concat: each class dropped with this probability per sample (seed 002)
+    mask_drop: float = 0.1  # mask_concat: the whole mask dropped with this probability (mask guidance)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> DiffusionSettings:
@@ -31,6 +40,9 @@ class DiffusionSettings(DenoiserSettings):
         settings = settings_from_dict(cls, data, "diffusion")
         if settings.loss not in ("l1", "l2"):
             raise ConfigError(None, f"unknown diffusion loss '{settings.loss}'", "use l1 or l2")
+        for name in ("mask_ablation", "mask_drop"):
+            if not 0 <= getattr(settings, name) <= 1:
+                raise ConfigError(None, f"{name} must be in [0, 1], got {getattr(settings, name)}")
         return settings
 
 
@@ -43,11 +55,16 @@ class DiffusionStage:
                  autoencoder: str | Path | None = None) -> None:
         self.cache, self.settings, self.autoencoder = cache, settings, autoencoder
         latent_channels = cache.mean.shape[1]
+        if settings.mask_concat and cache.occupancy is None:
+            raise ConfigError(cache.path, "mask_concat needs masks in the latent cache",
+                              "prepare the dataset with label maps")
         torch.manual_seed(seed)
         unet = {"spatial_dims": 3, **network_config("unet", settings.size, **settings.network)}
+        cond_channels = 2 * cache.occupancy.shape[1] if settings.mask_concat else 0
         self.configs = {"unet": {"class": "ConditionedUNet", "latent_channels": latent_channels,
                                  "context_dim": int(cache.info["text_dim"]),
-                                 "context_length": int(cache.info["text_length"]), "unet": unet}}
+                                 "context_length": int(cache.info["text_length"]), "unet": unet,
+                                 **({"cond_channels": cond_channels} if cond_channels else {})}}
         self.networks = {"unet": build_network(self.configs["unet"])}
         factor = 2 ** (len(unet["channels"]) - 1)
         if any(s % factor for s in cache.mean.shape[2:]):
@@ -67,9 +84,18 @@ class DiffusionStage:
         z0 = self.cache.sample(indices, generators)
         noisy, noise, timesteps = noised(self.scheduler, z0, generators)
         drop = dropped(generators, self.settings.condition_dropout)
-        prediction = self.networks["unet"](noisy, timesteps, context=self.cache.tokens[indices], drop_context=drop)
+        prediction = self.networks["unet"](noisy, timesteps, context=self.cache.tokens[indices], drop_context=drop,
+                                           cond=self.mask_condition(indices, generators))
         return {"diffusion": denoising_loss(prediction, self.scheduler, self.settings.prediction_type, z0, noise,
                                             timesteps, self.settings.loss)}
+
+    def mask_condition(self, indices: list[int], generators: list[torch.Generator]) -> torch.Tensor | None:
+        """The ablated pooled masks of a batch [B, 2K, ...] for a mask-concat UNet, else None."""
+        if not self.settings.mask_concat:
+            return None
+        known = hide_classes(self.cache.known[indices], generators, self.settings.mask_ablation,
+                             self.settings.mask_drop)
+        return combine_features(self.cache.occupancy[indices].float(), known)
 
     def meta(self) -> dict:
         """Scale factor, text encoder and data identity, stored beside the weights."""

@@ -4,7 +4,8 @@ Stages and their folders under OUT::
 
     data/         phantom dataset (when the recipe asks for phantoms; else the given dataset is used)
     prepared/     volsynth prepare output (plan.json, manifest.json, cases)
-    autoencoder/  checkpoints/checkpoint-N, metrics.jsonl, previews/
+    autoencoder/  checkpoints/checkpoint-N, metrics.jsonl, previews/ (none with ``autoencoder: {pretrained: MODEL}``,
+                  which reuses another model's autoencoder; its plan must match the prepared grid)
     latents/      latent cache (posterior statistics, report embeddings, pooled masks)
     diffusion/    checkpoints/checkpoint-N, metrics.jsonl, previews/
     controlnet/   checkpoints/checkpoint-N (when the recipe has a controlnet block)
@@ -18,14 +19,16 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
 
-from volsynth.data.plan import PLAN_FILE
+from volsynth.data.plan import PLAN_FILE, Plan
 from volsynth.data.prepare import PrepareOptions, prepare_dataset
 from volsynth.errors import ConfigError
 from volsynth.io.atomic import atomic_output
+from volsynth.io.jsonfile import read_json
 from volsynth.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
 from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
@@ -173,14 +176,17 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     data = load_prepared(prepared)
 
 
-    # 3. autoencoder
+    # 3. autoencoder (trained here, or taken from another model: autoencoder: {pretrained: MODEL})
     ae_block, ae_train = _split(recipe.get("autoencoder"))
-    ae_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **ae_train})
-    if not _finished(out / "autoencoder", ae_config.steps):
-        log("stage autoencoder")
-        stage = AutoencoderStage(data, AutoencoderSettings.from_dict(ae_block), seed=seed)
-        Trainer(stage, out / "autoencoder", ae_config).fit(resume=True)
-    autoencoder = latest_checkpoint(out / "autoencoder" / "checkpoints")
+    if ae_block.get("pretrained") is not None:
+        autoencoder = pretrained_autoencoder(ae_block["pretrained"], data.plan, recipe["_path"])
+    else:
+        ae_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **ae_train})
+        if not _finished(out / "autoencoder", ae_config.steps):
+            log("stage autoencoder")
+            stage = AutoencoderStage(data, AutoencoderSettings.from_dict(ae_block), seed=seed)
+            Trainer(stage, out / "autoencoder", ae_config).fit(resume=True)
+        autoencoder = latest_checkpoint(out / "autoencoder" / "checkpoints")
 
     # 4. latent cache
     latents = out / "latents"
@@ -215,6 +221,26 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     _once(rank, world, lambda: (model / "meta.json").is_file(),
           lambda: (log("stage model"), assemble_model(autoencoder, diffusion, model, recipe, dtype, controlnet)))
     return model
+
+
+def pretrained_autoencoder(path: str | Path, plan: Plan, recipe_path: str | Path) -> Path:
+    """A model or checkpoint folder whose ``autoencoder`` the recipe reuses; its plan must be the recipe's grid."""
+    path = Path(path)
+    meta = path / "meta.json"
+    if not meta.is_file():
+        raise ConfigError(recipe_path, f"autoencoder.pretrained: {path} is not a model or checkpoint folder",
+                          "give a folder with meta.json, e.g. models/abdomen-ct-64")
+    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    if "autoencoder" not in (config or {}).get("networks", {}):
+        raise ConfigError(recipe_path, f"autoencoder.pretrained: {path} holds no autoencoder")
+    other = Plan.from_dict(read_json(meta)["plan"], meta)
+    if (tuple(other.size) != tuple(plan.size) or not np.allclose(other.spacing, plan.spacing, atol=1e-3)
+            or other.modality != plan.modality or other.normalization != plan.normalization):
+        raise ConfigError(recipe_path, f"autoencoder.pretrained: {path} was trained on {tuple(other.size)} voxels "
+                          f"at {tuple(other.spacing)} mm ({other.modality}), the recipe prepares "
+                          f"{tuple(plan.size)} at {tuple(plan.spacing)} mm ({plan.modality})",
+                          "prepare like that model (same size, spacing and window) or train an autoencoder")
+    return path
 
 
 def _data_stage(recipe: dict, data_cfg: dict, folder: Path, progress: bool, log, rank: int, world: int) -> Path:
@@ -307,7 +333,8 @@ def run_hierarchical_recipe(recipe: dict, out: Path, progress: bool = True,
 
     def assemble() -> None:
         log("stage model")
-        meta = {**finals["joint"].meta, "recipe": recipe.get("name"),
+        meta = {**finals["joint"].meta, "recipe": recipe.get("name"),  # "diffusion": the joint stage's settings
+                "superres_diffusion": finals["superres"].meta["diffusion"],
                 "steps": {n: c.meta["step"] for n, c in finals.items()}, **_sampling_meta(recipe)}
         save_checkpoint(model, {n: c.networks["unet"] for n, c in finals.items()},
                         {n: c.config["networks"]["unet"] for n, c in finals.items()}, meta,
@@ -356,7 +383,10 @@ def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, 
     meta = {key: diff.meta[key] for key in ("scale_factor", "text_encoder", "latent_shape", "diffusion",
                                             "autoencoder_sha256")}
     meta.update(plan=ae.meta["plan"], dataset_sha256=ae.meta.get("dataset_sha256"), recipe=recipe.get("name"),
-                steps={"autoencoder": ae.meta["step"], "diffusion": diff.meta["step"]}, **_sampling_meta(recipe))
+                steps={"autoencoder": ae.meta["step"] if "step" in ae.meta else ae.meta["steps"]["autoencoder"],
+                       "diffusion": diff.meta["step"]}, **_sampling_meta(recipe))
+    if "step" not in ae.meta:  # autoencoder.pretrained: a model folder
+        meta["autoencoder_from"] = str(autoencoder)
     configs = {"autoencoder": ae.config["networks"]["autoencoder"], "unet": diff.config["networks"]["unet"]}
     networks = {"autoencoder": ae.networks["autoencoder"], "unet": diff.networks["unet"]}
     if controlnet is not None:

@@ -17,7 +17,7 @@ from volsynth.models.controlnet import combine_features
 from volsynth.models.registry import build_network, network_config
 from volsynth.text import get_text_encoder
 from volsynth.training.data import PreparedData
-from volsynth.training.denoising import DenoiserSettings, denoising_loss, dropped, noised
+from volsynth.training.denoising import DenoiserSettings, denoising_loss, dropped, hide_classes, noised
 
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # array axis of RAS volumes
 
@@ -41,12 +41,6 @@ class SegGuidedSettings(DenoiserSettings):
         if settings.slice_axis not in SLICE_AXES:
             raise ConfigError(None, f"unknown slice axis '{settings.slice_axis}'", f"choose {sorted(SLICE_AXES)}")
         return settings
-
-
-def ablate(known: torch.Tensor, generators: list[torch.Generator], probability: float) -> torch.Tensor:
-    """Drop each class independently with ``probability``, per sample from its own generator."""
-    return torch.stack([flags * (torch.rand(flags.shape, generator=g) >= probability)
-                        for flags, g in zip(known, generators, strict=True)])
 
 
 class SegGuidedStage:
@@ -102,7 +96,7 @@ class SegGuidedStage:
         images, labels, context, modality = zip(*(self._item(self.items[i]) for i in indices), strict=True)
         x0 = torch.stack(images)
         onehot = torch.stack([torch.stack([(lab == i).float() for i in self.label_ids]) for lab in labels])
-        known = ablate(torch.ones(len(indices), len(self.label_ids)), generators, self.settings.ablation)
+        known = hide_classes(torch.ones(len(indices), len(self.label_ids)), generators, self.settings.ablation)
         cond = combine_features(onehot, known)
         noisy, noise, timesteps = noised(self.scheduler, x0, generators)
         drop = dropped(generators, self.settings.condition_dropout)
