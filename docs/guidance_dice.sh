@@ -2,6 +2,7 @@
 # Liver Dice (evaluation segmentor vs the conditioning mask) of a ControlNet model over mask guidance x
 # ControlNet scale, on the first 8 held-out masks. Prints one line per pair; keeps each report.
 #   source .venv/bin/activate; MODEL=models/abdomen-ct-64 bash docs/guidance_dice.sh
+# A mask-concat model has no ControlNet: CONTROLNET_SCALE=1 MODEL=runs/abdomen-concat-64/model bash docs/guidance_dice.sh
 # Needs runs/heldout-abdomen-64 and runs/seg-abdomen-64 (README "Quality of the shipped models").
 set -euo pipefail
 MODEL=${MODEL:-models/abdomen-ct-64}
