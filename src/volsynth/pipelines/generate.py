@@ -131,7 +131,8 @@ class SynthesisPipeline:
                          "mask_guidance": mask_guidance,
                          **({"controlnet_scale": controlnet_scale} if self.controlnet is not None else {})}
         if self.controlnet is not None:
-            embedding, null_embedding = self.controlnet.embed(features), self.controlnet.embed(null_features)
+            null_embedding = self.controlnet.embed(null_features)
+            embedding = self.controlnet.embed(features) if mask is not None else null_embedding
         # 3. prepare latents from the seed
         generator = torch.Generator().manual_seed(seed)
         z = self.initial_noise(seed) if latents is None else latents.clone()
