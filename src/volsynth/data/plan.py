@@ -106,6 +106,11 @@ class Plan:
         return cls.from_dict(read_json(path, error=PlanError, missing="plan not found",
                                        hint="run volsynth prepare first"), path)
 
+    def same_grid(self, other: Plan) -> bool:
+        """Whether ``other`` works on the same grid: size, spacing (to 1e-3 mm) and modality."""
+        return (tuple(self.size) == tuple(other.size) and np.allclose(self.spacing, other.spacing, atol=1e-3)
+                and self.modality == other.modality)
+
     def grid(self, centre) -> np.ndarray:
         """Affine of the plan's grid centred at ``centre`` (RAS mm)."""
         return grid_affine(self.spacing, self.size, centre)

@@ -32,10 +32,7 @@ def reconstruct_array(autoencoder, array: np.ndarray) -> np.ndarray:
 
 
 def _check_plan(prepared: Path, plan: Plan, model_plan: Plan, model: Path | None) -> None:
-    same = (tuple(plan.size) == tuple(model_plan.size)
-            and np.allclose(plan.spacing, model_plan.spacing, atol=1e-3)
-            and plan.modality == model_plan.modality)
-    if not same:
+    if not plan.same_grid(model_plan):
         hint = f"prepare the raw dataset like the model: volsynth prepare RAW OUT --like {model or 'MODEL'}"
         raise DatasetError(prepared / PLAN_FILE,
                            f"prepared as {tuple(plan.size)} at {tuple(plan.spacing)} mm, but the model "

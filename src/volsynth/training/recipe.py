@@ -19,7 +19,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -234,8 +233,7 @@ def pretrained_autoencoder(path: str | Path, plan: Plan, recipe_path: str | Path
     if "autoencoder" not in (config or {}).get("networks", {}):
         raise ConfigError(recipe_path, f"autoencoder.pretrained: {path} holds no autoencoder")
     other = Plan.from_dict(read_json(meta)["plan"], meta)
-    if (tuple(other.size) != tuple(plan.size) or not np.allclose(other.spacing, plan.spacing, atol=1e-3)
-            or other.modality != plan.modality or other.normalization != plan.normalization):
+    if not other.same_grid(plan) or other.normalization != plan.normalization:
         raise ConfigError(recipe_path, f"autoencoder.pretrained: {path} was trained on {tuple(other.size)} voxels "
                           f"at {tuple(other.spacing)} mm ({other.modality}), the recipe prepares "
                           f"{tuple(plan.size)} at {tuple(plan.spacing)} mm ({plan.modality})",
@@ -379,13 +377,14 @@ def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, 
     ``model: {ema: false}``) and what generation needs."""
     ema = model_ema(recipe)
     ae = load_checkpoint(autoencoder, use_ema=ema)
+    from_model = "step" not in ae.meta  # autoencoder.pretrained: a model folder, not a training checkpoint
     diff = load_checkpoint(diffusion, use_ema=ema)
     meta = {key: diff.meta[key] for key in ("scale_factor", "text_encoder", "latent_shape", "diffusion",
                                             "autoencoder_sha256")}
     meta.update(plan=ae.meta["plan"], dataset_sha256=ae.meta.get("dataset_sha256"), recipe=recipe.get("name"),
-                steps={"autoencoder": ae.meta["step"] if "step" in ae.meta else ae.meta["steps"]["autoencoder"],
+                steps={"autoencoder": ae.meta["steps"]["autoencoder"] if from_model else ae.meta["step"],
                        "diffusion": diff.meta["step"]}, **_sampling_meta(recipe))
-    if "step" not in ae.meta:  # autoencoder.pretrained: a model folder
+    if from_model:
         meta["autoencoder_from"] = str(autoencoder)
     configs = {"autoencoder": ae.config["networks"]["autoencoder"], "unet": diff.config["networks"]["unet"]}
     networks = {"autoencoder": ae.networks["autoencoder"], "unet": diff.networks["unet"]}
