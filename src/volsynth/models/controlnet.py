@@ -1,8 +1,11 @@
 """Multi-label ControlNet with partial labels (seeds 000 and 004), on MONAI's ``ControlNet``.
 
-The mask input has two channels per class: the class's occupancy pooled onto the latent grid, and a
-constant "known" flag. So "absent" (known, empty) and "not given" (unknown) differ, and any subset
-of classes can guide generation. The learned conditioning embedding is split out of MONAI's
+The mask input has two channels per class: the class's occupancy, and a constant "known" flag. So
+"absent" (known, empty) and "not given" (unknown) differ, and any subset of classes can guide
+generation. The learned conditioning embedding resizes the mask to the latent grid: with one entry
+in ``embedding_channels`` the occupancy is average-pooled onto the latent grid first; each further
+entry adds a stride-2 stage, so with ``[8, 16, 32]`` and a 4x autoencoder the embedding reads the
+mask at full image resolution (MAISI's layout, seed 000). The embedding is split out of MONAI's
 ControlNet so that it runs **once per sample**, not at every denoising step.
 """
 
@@ -48,6 +51,18 @@ class MaskControlNet(nn.Module):
         self.embedding = controlnet.controlnet_cond_embedding
         controlnet.controlnet_cond_embedding = nn.Identity()
         self.controlnet = controlnet
+
+    @property
+    def downsampling(self) -> int:
+        """How many times smaller (per axis) the embedding's output is than its input mask features."""
+        return 2 ** (len(self.config["embedding_channels"]) - 1)
+
+    def mask_pooling(self, factor: int) -> int:
+        """Average-pooling factor of the mask features for an autoencoder that downsamples by ``factor``."""
+        if factor % self.downsampling:
+            raise ValueError(f"the ControlNet embedding downsamples by {self.downsampling}, which does not divide "
+                             f"the autoencoder's factor {factor}")
+        return factor // self.downsampling
 
     def init_from_unet(self, unet: nn.Module) -> None:
         """Start from the diffusion UNet's weights (ControlNet convention); new layers keep their init."""

@@ -97,9 +97,15 @@ class SynthesisPipeline:
                               "train a recipe with a controlnet stage or diffusion.mask_concat, or give text only")
         mapped, grid, on_grid, known, source = place_mask(mask, self.plan, mask_labels, known)
         _, ids, flags = class_flags(self.plan, known)
-        factor = self.plan.size[0] // self.latent_shape[1]
         labels = torch.from_numpy(on_grid.array.astype(np.int64))[None]
-        return mapped, grid, mask_features(labels, flags, ids, factor), known, source
+        return mapped, grid, mask_features(labels, flags, ids, self.mask_pooling), known, source
+
+    @property
+    def mask_pooling(self) -> int:
+        """Average pooling from the image grid to the grid of the mask features (the latent grid, or finer
+        when the ControlNet embedding downsamples the mask itself)."""
+        factor = self.plan.size[0] // self.latent_shape[1]
+        return self.controlnet.mask_pooling(factor) if self.controlnet is not None else factor
 
     @torch.no_grad()
     def __call__(self, prompt: str = "", mask: LabelMap | str | Path | None = None, seed: int = 0, steps: int = 30,
@@ -179,7 +185,7 @@ class SynthesisPipeline:
 
     def _null_features(self) -> torch.Tensor:
         classes = len(self.plan.labels)
-        grid = self.latent_shape[1:]
+        grid = [s // self.mask_pooling for s in self.plan.size]
         return torch.zeros([1, 2 * classes, *grid], device=self.device)
 
 

@@ -13,7 +13,7 @@ import torch
 from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.checkpoint import load_checkpoint
-from volsynth.models.controlnet import combine_features
+from volsynth.models.controlnet import combine_features, mask_features
 from volsynth.models.registry import build_network
 from volsynth.training.denoising import denoising_loss, dropped, hide_classes, noised
 from volsynth.training.diffusion import DiffusionSettings
@@ -27,6 +27,8 @@ class ControlNetSettings:
     hide_class: float = 0.3  # each known class is hidden with this probability
     hide_all: float = 0.1  # the whole mask is hidden with this probability (mask guidance)
     condition_dropout: float = 0.1  # text dropout, as in the diffusion stage
+    # The mask embedding's channels; each entry after the first halves the grid, so [8, 16, 32] reads the
+    # mask at 4x the latent resolution (full resolution for a 4x autoencoder), [16] at the latent grid.
     embedding_channels: list[int] = field(default_factory=lambda: [16])
     loss: str = "l1"
 
@@ -63,6 +65,15 @@ class ControlNetStage:
                                        "embedding_channels": settings.embedding_channels}}
         controlnet = build_network(self.configs["controlnet"])
         controlnet.init_from_unet(self.unet)
+        factor = int(cache.info["factor"])
+        if factor % controlnet.downsampling:
+            raise ConfigError(None, f"controlnet.embedding_channels {settings.embedding_channels} downsample the mask "
+                              f"{controlnet.downsampling}x, which does not divide the autoencoder's {factor}x",
+                              "give at most log2(factor) + 1 channel entries")
+        self.pooling = controlnet.mask_pooling(factor)
+        if self.pooling != factor and cache.labels is None:
+            raise ConfigError(cache.path, "the latent cache holds no full-resolution label maps, which this "
+                              "ControlNet embedding needs", "delete the latents folder so the recipe rebuilds it")
         self.networks = {"controlnet": controlnet}
         self.scheduler = self.diffusion_settings.scheduler(int(cache.mean[0, 0].numel()))
 
@@ -79,7 +90,7 @@ class ControlNetStage:
         z0 = self.cache.sample(indices, generators)
         noisy, noise, timesteps = noised(self.scheduler, z0, generators)
         known = hide_classes(self.cache.known[indices], generators, self.settings.hide_class, self.settings.hide_all)
-        features = combine_features(self.cache.occupancy[indices].float(), known)
+        features = self.mask_features(indices, known)
         drop = dropped(generators, self.settings.condition_dropout)
         context = torch.where(drop[:, None, None], self.unet.null(len(indices)), self.cache.tokens[indices])
         controlnet = self.networks["controlnet"]
@@ -88,6 +99,12 @@ class ControlNetStage:
                                mid_block_additional_residual=mid)
         return {"controlnet": denoising_loss(prediction, self.scheduler, self.diffusion_settings.prediction_type, z0,
                                              noise, timesteps, self.settings.loss)}
+
+    def mask_features(self, indices: list[int], known: torch.Tensor) -> torch.Tensor:
+        """The ControlNet's input: cached latent-grid occupancy, or occupancy pooled from the label maps."""
+        if self.pooling == int(self.cache.info["factor"]):
+            return combine_features(self.cache.occupancy[indices].float(), known)
+        return mask_features(self.cache.labels[indices].long(), known, self.cache.info["label_ids"], self.pooling)
 
     def meta(self) -> dict:
         """Which diffusion model this ControlNet belongs to, and the class order of its input."""

@@ -1,6 +1,7 @@
 """The latent cache: encode a prepared dataset once with a trained autoencoder; store each case's
 posterior mean and log-variance (z is sampled from them at every step), the latent scale factor
-(1 / std of z) and the text embeddings of the reports."""
+(1 / std of z), the text embeddings of the reports and, for labelled data, each class's occupancy of the
+latent cells and the label maps themselves."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class LatentCache:
     info: dict
     occupancy: torch.Tensor | None = None  # [N, K, x, y, z]: each class's share of every latent cell
     known: torch.Tensor | None = None  # [N, K]: whether the case's label map annotates the class
+    labels: torch.Tensor | None = None  # [N, X, Y, Z]: the label maps on the image grid (full-resolution masks)
 
     @property
     def scale_factor(self) -> float:
@@ -51,8 +53,12 @@ class LatentCache:
 
 @torch.no_grad()
 def build_latent_cache(autoencoder_checkpoint: str | Path, data: PreparedData, text_encoder: str, out: str | Path,
-                       progress: bool = True) -> LatentCache:
-    """Encode every case and its report; write the cache folder atomically."""
+                       progress: bool = True, scale_factor: float | None = None) -> LatentCache:
+    """Encode every case and its report; write the cache folder atomically.
+
+    ``scale_factor`` fixes the latent scale instead of measuring it (a reused diffusion model keeps the
+    scale it was trained with).
+    """
     checkpoint = load_checkpoint(autoencoder_checkpoint, use_ema=True)
     autoencoder = checkpoint.networks["autoencoder"].eval()
     means, logvars = [], []
@@ -66,7 +72,7 @@ def build_latent_cache(autoencoder_checkpoint: str | Path, data: PreparedData, t
     mean, logvar = torch.stack(means), torch.stack(logvars)
     generator = torch.Generator().manual_seed(0)
     z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
-    scale = 1.0 / float(z.std())
+    scale = 1.0 / float(z.std()) if scale_factor is None else float(scale_factor)
     encoder = get_text_encoder(text_encoder)
     tokens, mask = encoder.encode(data.reports)
     factor = data.images.shape[2] // mean.shape[2]
@@ -77,6 +83,7 @@ def build_latent_cache(autoencoder_checkpoint: str | Path, data: PreparedData, t
         onehot = torch.stack([(data.labels == i).float() for i in ids], dim=1)
         masks["occupancy"] = torch.nn.functional.avg_pool3d(onehot, factor) if factor > 1 else onehot
         masks["known"] = known_classes(data.facts, label_names)
+        masks["labels"] = data.labels.to(torch.uint8 if int(data.labels.max()) < 256 else torch.int32)
     out = Path(out)
     info = {"case_ids": data.case_ids, "scale_factor": scale, "text_encoder": encoder.identifier,
             "text_dim": encoder.dim, "text_length": encoder.max_length,
@@ -102,7 +109,7 @@ def load_latent_cache(path: str | Path) -> LatentCache:
     text = load_file(str(path / "text.safetensors"))
     info = json.loads((path / CACHE_INFO).read_text())
     return LatentCache(path, latents["mean"], latents["logvar"], text["tokens"], text["mask"], info,
-                       latents.get("occupancy"), latents.get("known"))
+                       latents.get("occupancy"), latents.get("known"), latents.get("labels"))
 
 
 def known_classes(facts: list[dict], label_names: list[str]) -> torch.Tensor:

@@ -7,7 +7,8 @@ Stages and their folders under OUT::
     autoencoder/  checkpoints/checkpoint-N, metrics.jsonl, previews/ (none with ``autoencoder: {pretrained: MODEL}``,
                   which reuses another model's autoencoder; its plan must match the prepared grid)
     latents/      latent cache (posterior statistics, report embeddings, pooled masks)
-    diffusion/    checkpoints/checkpoint-N, metrics.jsonl, previews/
+    diffusion/    checkpoints/checkpoint-N, metrics.jsonl, previews/ (none with ``diffusion: {pretrained: MODEL}``,
+                  which reuses that model's UNet and autoencoder as they are, e.g. to train only a ControlNet)
     controlnet/   checkpoints/checkpoint-N (when the recipe has a controlnet block)
     model/        the final model: autoencoder + UNet [+ ControlNet] (EMA weights) + meta.json
     recipe.yaml   the recipe as first run, ``--set`` overrides applied (see ``pin_recipe``)
@@ -174,11 +175,15 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     _prepare_stage(recipe, dataset, prepared, progress, log, rank, world)
     data = load_prepared(prepared)
 
-
-    # 3. autoencoder (trained here, or taken from another model: autoencoder: {pretrained: MODEL})
+    # 3. autoencoder (trained here, or taken from another model: autoencoder: {pretrained: MODEL}, which
+    #    diffusion: {pretrained: MODEL} implies)
     ae_block, ae_train = _split(recipe.get("autoencoder"))
+    diff_block, diff_train = _split(recipe.get("diffusion"))
+    reused = _reused_diffusion(recipe, ae_block, ae_train, diff_block, diff_train, text_encoder)
+    if reused is not None:
+        ae_block = {"pretrained": reused}
     if ae_block.get("pretrained") is not None:
-        autoencoder = pretrained_autoencoder(ae_block["pretrained"], data.plan, recipe["_path"])
+        autoencoder = pretrained_model(ae_block["pretrained"], data.plan, recipe["_path"], "autoencoder")
     else:
         ae_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **ae_train})
         if not _finished(out / "autoencoder", ae_config.steps):
@@ -187,21 +192,25 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
             Trainer(stage, out / "autoencoder", ae_config).fit(resume=True)
         autoencoder = latest_checkpoint(out / "autoencoder" / "checkpoints")
 
-    # 4. latent cache
+    # 4. latent cache (scaled as the reused diffusion model's were)
     latents = out / "latents"
+    scale = None if reused is None else float(read_json(reused / "meta.json")["scale_factor"])
     _once(rank, world, lambda: (latents / CACHE_INFO).is_file(),
-          lambda: (log("stage latents"), build_latent_cache(autoencoder, data, text_encoder, latents, progress)))
+          lambda: (log("stage latents"), build_latent_cache(autoencoder, data, text_encoder, latents, progress,
+                                                            scale_factor=scale)))
     cache = load_latent_cache(latents)
 
-    # 5. diffusion
-    diff_block, diff_train = _split(recipe.get("diffusion"))
-    diff_settings = DiffusionSettings.from_dict({"text_encoder": text_encoder, **diff_block})
-    diff_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **diff_train})
-    if not _finished(out / "diffusion", diff_config.steps):
-        log("stage diffusion")
-        stage = DiffusionStage(cache, diff_settings, seed=seed, autoencoder=autoencoder)
-        Trainer(stage, out / "diffusion", diff_config).fit(resume=True)
-    diffusion = latest_checkpoint(out / "diffusion" / "checkpoints")
+    # 5. diffusion (trained here, or a model's UNet reused as it is: diffusion: {pretrained: MODEL})
+    if reused is not None:
+        diffusion = reused
+    else:
+        diff_settings = DiffusionSettings.from_dict({"text_encoder": text_encoder, **diff_block})
+        diff_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **diff_train})
+        if not _finished(out / "diffusion", diff_config.steps):
+            log("stage diffusion")
+            stage = DiffusionStage(cache, diff_settings, seed=seed, autoencoder=autoencoder)
+            Trainer(stage, out / "diffusion", diff_config).fit(resume=True)
+        diffusion = latest_checkpoint(out / "diffusion" / "checkpoints")
 
     # 6. ControlNet (when the recipe has one)
     controlnet = None
@@ -222,22 +231,50 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     return model
 
 
-def pretrained_autoencoder(path: str | Path, plan: Plan, recipe_path: str | Path) -> Path:
-    """A model or checkpoint folder whose ``autoencoder`` the recipe reuses; its plan must be the recipe's grid."""
+def _reused_diffusion(recipe: dict, ae_block: dict, ae_train: dict, diff_block: dict, diff_train: dict,
+                      text_encoder: str) -> Path | None:
+    """The model folder named by ``diffusion: {pretrained: MODEL}`` (checked), or None.
+
+    Its UNet is reused as it is, so nothing else may configure the diffusion stage; its autoencoder and text
+    encoder come with it (its latents are scaled as in its training).
+    """
+    if diff_block.get("pretrained") is None:
+        return None
+    path = pretrained_model(diff_block["pretrained"], None, recipe["_path"], "unet", "diffusion")
+    if set(diff_block) - {"pretrained"} or diff_train:
+        raise ConfigError(recipe["_path"], "diffusion.pretrained reuses that model's UNet as it is, so the "
+                          f"diffusion block can hold nothing else (found {sorted(set(diff_block) - {'pretrained'})}"
+                          f"{' and train' if diff_train else ''})", "drop the other diffusion settings")
+    if ae_train or set(ae_block) - {"pretrained"} or ae_block.get("pretrained") not in (None, diff_block["pretrained"]):
+        raise ConfigError(recipe["_path"], "diffusion.pretrained brings its model's autoencoder; the recipe's "
+                          "autoencoder block asks for another", "drop the autoencoder block")
+    trained_with = read_json(path / "meta.json").get("text_encoder")
+    if trained_with != text_encoder:
+        raise ConfigError(recipe["_path"], f"diffusion.pretrained: {path} was trained with text encoder "
+                          f"'{trained_with}', the recipe names '{text_encoder}'", f"set text_encoder: {trained_with}")
+    return path
+
+
+def pretrained_model(path: str | Path, plan: Plan | None, recipe_path: str | Path, network: str,
+                     block: str = "autoencoder") -> Path:
+    """A model or checkpoint folder whose ``network`` the recipe's ``block.pretrained`` reuses; with a plan,
+    the folder's plan must be the recipe's grid."""
     path = Path(path)
     meta = path / "meta.json"
     if not meta.is_file():
-        raise ConfigError(recipe_path, f"autoencoder.pretrained: {path} is not a model or checkpoint folder",
+        raise ConfigError(recipe_path, f"{block}.pretrained: {path} is not a model or checkpoint folder",
                           "give a folder with meta.json, e.g. models/abdomen-ct-64")
     config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-    if "autoencoder" not in (config or {}).get("networks", {}):
-        raise ConfigError(recipe_path, f"autoencoder.pretrained: {path} holds no autoencoder")
+    if network not in (config or {}).get("networks", {}):
+        raise ConfigError(recipe_path, f"{block}.pretrained: {path} holds no {network}")
+    if plan is None:
+        return path
     other = Plan.from_dict(read_json(meta)["plan"], meta)
     if not other.same_grid(plan) or other.normalization != plan.normalization:
-        raise ConfigError(recipe_path, f"autoencoder.pretrained: {path} was trained on {tuple(other.size)} voxels "
+        raise ConfigError(recipe_path, f"{block}.pretrained: {path} was trained on {tuple(other.size)} voxels "
                           f"at {tuple(other.spacing)} mm ({other.modality}), the recipe prepares "
                           f"{tuple(plan.size)} at {tuple(plan.spacing)} mm ({plan.modality})",
-                          "prepare like that model (same size, spacing and window) or train an autoencoder")
+                          f"prepare like that model (same size, spacing and window) or train its {network}")
     return path
 
 
@@ -371,21 +408,26 @@ def model_ema(recipe: dict) -> bool:
     return bool((recipe.get("model") or {}).get("ema", True))
 
 
+def _steps(meta: dict, stage: str) -> int:
+    """Training steps of a stage: a checkpoint's step, or what a model folder records for the stage."""
+    return int(meta["step"]) if "step" in meta else int(meta["steps"][stage])
+
+
 def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, dtype: torch.dtype | None = None,
                    controlnet: Path | None = None) -> Path:
     """One folder with the autoencoder, UNet [and ControlNet] (EMA weights unless the recipe says
     ``model: {ema: false}``) and what generation needs."""
     ema = model_ema(recipe)
     ae = load_checkpoint(autoencoder, use_ema=ema)
-    from_model = "step" not in ae.meta  # autoencoder.pretrained: a model folder, not a training checkpoint
     diff = load_checkpoint(diffusion, use_ema=ema)
     meta = {key: diff.meta[key] for key in ("scale_factor", "text_encoder", "latent_shape", "diffusion",
                                             "autoencoder_sha256")}
     meta.update(plan=ae.meta["plan"], dataset_sha256=ae.meta.get("dataset_sha256"), recipe=recipe.get("name"),
-                steps={"autoencoder": ae.meta["steps"]["autoencoder"] if from_model else ae.meta["step"],
-                       "diffusion": diff.meta["step"]}, **_sampling_meta(recipe))
-    if from_model:
-        meta["autoencoder_from"] = str(autoencoder)
+                steps={"autoencoder": _steps(ae.meta, "autoencoder"), "diffusion": _steps(diff.meta, "diffusion")},
+                **_sampling_meta(recipe))
+    # autoencoder.pretrained / diffusion.pretrained: model folders, not training checkpoints
+    meta.update({f"{name}_from": str(path) for name, path, checkpoint in
+                 (("autoencoder", autoencoder, ae), ("diffusion", diffusion, diff)) if "step" not in checkpoint.meta})
     configs = {"autoencoder": ae.config["networks"]["autoencoder"], "unet": diff.config["networks"]["unet"]}
     networks = {"autoencoder": ae.networks["autoencoder"], "unet": diff.networks["unet"]}
     if controlnet is not None:

@@ -1,0 +1,107 @@
+"""A ControlNet trained on another model's frozen UNet (``diffusion: {pretrained: MODEL}``) whose learned
+embedding reads the mask above the latent resolution (``controlnet.embedding_channels`` with more than one
+entry: each further entry is a stride-2 stage)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from volsynth.errors import ConfigError
+from volsynth.io import read_label
+from volsynth.models.checkpoint import load_checkpoint
+from volsynth.pipelines import SynthesisPipeline
+from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
+from volsynth.training.latents import load_latent_cache
+from volsynth.training.recipe import run_recipe
+
+
+def _recipe(root, raw, model, text_encoder="tiny:16", embedding=(4, 8), **blocks) -> object:
+    recipe = {"name": "reuse-test", "seed": 0, "data": {"dataset": str(raw)}, "prepare": {"size": 16},
+              "text_encoder": text_encoder, "diffusion": {"pretrained": str(model)},
+              "controlnet": {"embedding_channels": list(embedding),
+                             "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}}, **blocks}
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reuse_run(prepared_tiny, tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reuse")
+    model = run_recipe(_recipe(root, prepared_tiny.parent / "raw", tiny_model), root / "run", progress=False,
+                       log=lambda m: None)
+    return root / "run", model
+
+
+def test_recipe_trains_only_the_controlnet(reuse_run, tiny_model):
+    run, model = reuse_run
+    assert not (run / "autoencoder").exists() and not (run / "diffusion").exists()
+    ours, theirs = load_checkpoint(model).networks, load_checkpoint(tiny_model).networks
+    for name in ("autoencoder", "unet"):
+        mine, reference = ours[name].state_dict(), theirs[name].state_dict()
+        assert all(torch.equal(mine[k], reference[k]) for k in reference), name
+    meta, their_meta = (json.loads((p / "meta.json").read_text()) for p in (model, tiny_model))
+    assert meta["diffusion_from"] == meta["autoencoder_from"] == str(tiny_model)
+    assert meta["steps"] == {**their_meta["steps"], "controlnet": 2}
+    # the UNet sees latents scaled as in its own training
+    assert load_latent_cache(run / "latents").scale_factor == their_meta["scale_factor"] == meta["scale_factor"]
+
+
+def test_embedding_reads_the_mask_at_full_resolution(reuse_run, prepared_tiny):
+    pipe = SynthesisPipeline.from_pretrained(reuse_run[1])
+    latent_grid = pipe.latent_shape[1:]
+    assert pipe.controlnet.downsampling == 2 and pipe.mask_pooling == pipe.plan.size[0] // latent_grid[0] // 2
+    mask_path = sorted((prepared_tiny / "labelsTr").glob("*.nii.gz"))[0]
+    features = pipe.prepare_mask(mask_path)[2]
+    assert list(features.shape[2:]) == [s * 2 for s in latent_grid]
+    assert list(pipe.controlnet.embed(features).shape[2:]) == latent_grid
+    embedded = []
+    embed = pipe.controlnet.embed
+    pipe.controlnet.embed = lambda f: (embedded.append(f.shape), embed(f))[1]
+    result = pipe(prompt="liver", mask=mask_path, seed=0, steps=2, mask_guidance=2.0)
+    mask = read_label(mask_path)
+    assert result.image.shape == mask.shape
+    np.testing.assert_allclose(result.image.affine, mask.affine, atol=1e-5)
+    assert len(embedded) == 2  # the mask and the "no mask" input, each embedded once per sample
+    embedded.clear()
+    assert pipe(prompt="liver", seed=0, steps=2).label is None and len(embedded) == 1
+
+
+def test_stage_pools_label_maps_to_the_embedding_input(reuse_run, tiny_model):
+    cache = load_latent_cache(reuse_run[0] / "latents")
+    stage = ControlNetStage(cache, tiny_model, ControlNetSettings(embedding_channels=[4, 8]))
+    known = torch.ones(2, cache.occupancy.shape[1])
+    features = stage.mask_features([0, 1], known)
+    # pooled twice more, the full-resolution occupancy is the cached latent-grid occupancy
+    classes = cache.occupancy.shape[1]
+    pooled = torch.nn.functional.avg_pool3d(features[:, :classes], 2)
+    torch.testing.assert_close(pooled, cache.occupancy[[0, 1]].float())
+    with pytest.raises(ConfigError, match="downsample the mask"):
+        ControlNetStage(cache, tiny_model, ControlNetSettings(embedding_channels=[4, 8, 8]))
+
+
+def test_reuse_errors(prepared_tiny, tiny_model, tmp_path):
+    raw = prepared_tiny.parent / "raw"
+
+    def run(name, **kwargs):
+        folder = tmp_path / name
+        folder.mkdir()
+        run_recipe(_recipe(folder, raw, **kwargs), folder / "run", progress=False, log=lambda m: None)
+
+    with pytest.raises(ConfigError, match="holds no unet"):
+        run("no-unet", model=sorted((tiny_model.parent / "ae" / "checkpoints").iterdir())[-1])
+    with pytest.raises(ConfigError, match="trained with text encoder 'tiny:16'"):
+        run("encoder", model=tiny_model, text_encoder="tiny:32")
+    with pytest.raises(ConfigError, match="brings its model's autoencoder"):
+        run("autoencoder", model=tiny_model, autoencoder={"size": "tiny", "train": {"steps": 2}})
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    path = _recipe(folder, raw, tiny_model)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["diffusion"]["train"] = {"steps": 5}
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match="can hold nothing else"):
+        run_recipe(path, folder / "run", progress=False, log=lambda m: None)
