@@ -185,6 +185,14 @@ def test_train_seg_bad_config_exit_2(phantoms, tmp_path, capsys, text, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_train_seg_refuses_a_prepared_folder(prepared_tiny, tmp_path, capsys):
+    # prepared images are normalised to [-1, 1]: a CT window would silently flatten them
+    assert main(["train-seg", str(prepared_tiny), "--out", str(tmp_path / "out"), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {prepared_tiny}: ") and "a prepared folder" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluate_holdout_perfect_prediction(phantoms, trained, monkeypatch):
     segmentor = load_segmentor(trained)
     read = {}

@@ -17,7 +17,7 @@ import yaml
 from monai.losses import DiceCELoss
 
 from volsynth.data.dataset import load_dataset
-from volsynth.data.plan import Plan
+from volsynth.data.plan import PLAN_FILE, Plan
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class
 from volsynth.evaluation.segmentor import (
@@ -183,6 +183,11 @@ def train_segmentor_on_dataset(dataset: str | Path, out: str | Path, settings: S
     """``volsynth train-seg``: plan on the chosen labelled cases of a dataset and train; returns OUT/segmentor."""
     settings = settings or SegmentorSettings()
     settings.check()
+    if (Path(dataset) / PLAN_FILE).is_file():
+        # A segmentor plans its own grid and intensity window on scanner units; prepared images are already
+        # normalised to [-1, 1], so a CT window would flatten them without a word.
+        raise DatasetError(dataset, "a prepared folder: its images are normalised, not in scanner units",
+                           "train the segmentor on the dataset it was prepared from")
     data = load_dataset(dataset)
     cases = labelled_cases(data)
     if case_ids is not None:
