@@ -191,6 +191,13 @@ def test_train_seg_refuses_a_prepared_folder(prepared_tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {prepared_tiny}: ") and "a prepared folder" in err
     assert not (tmp_path / "out").exists()
+    # the augmentation study trains segmentors on its real dataset too
+    from volsynth.errors import DatasetError
+    from volsynth.evaluation.study import run_augmentation_study
+
+    with pytest.raises(DatasetError, match="a prepared folder"):
+        run_augmentation_study(prepared_tiny, tmp_path / "generated", tmp_path / "study", progress=False)
+    assert not (tmp_path / "study").exists()
 
 
 def test_evaluate_holdout_perfect_prediction(phantoms, trained, monkeypatch):

@@ -30,8 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from volsynth.data.dataset import Case, Dataset
-from volsynth.data.plan import Plan
+from volsynth.data.dataset import Case, Dataset, load_dataset
+from volsynth.data.plan import PLAN_FILE, Plan
 from volsynth.data.prepare import PrepareOptions, fingerprint_case, make_plan, parse_label_spec
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.io.formats import read_label, read_volume
@@ -177,6 +177,18 @@ class Segmentor:
 
 
 # -- preprocessing --------------------------------------------------------------------------------------------
+
+def load_segmentor_dataset(path: str | Path) -> Dataset:
+    """A dataset a segmentor may train or be scored on: images in scanner units, so not a prepared folder.
+
+    A segmentor plans its own grid and intensity window on scanner units; prepared images are already normalised
+    to [-1, 1], so a CT window would flatten them without a word.
+    """
+    if (Path(path) / PLAN_FILE).is_file():
+        raise DatasetError(path, "a prepared folder: its images are normalised, not in scanner units",
+                           "give the dataset it was prepared from")
+    return load_dataset(path)
+
 
 def labelled_cases(dataset: Dataset) -> list[Case]:
     """The dataset's cases that have a label file on disk."""

@@ -16,8 +16,7 @@ import torch
 import yaml
 from monai.losses import DiceCELoss
 
-from volsynth.data.dataset import load_dataset
-from volsynth.data.plan import PLAN_FILE, Plan
+from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class
 from volsynth.evaluation.segmentor import (
@@ -27,6 +26,7 @@ from volsynth.evaluation.segmentor import (
     case_on_grid,
     labelled_cases,
     load_segmentor,
+    load_segmentor_dataset,
     make_segmentor_plan,
     network_config,
     plan_label_ids,
@@ -183,12 +183,7 @@ def train_segmentor_on_dataset(dataset: str | Path, out: str | Path, settings: S
     """``volsynth train-seg``: plan on the chosen labelled cases of a dataset and train; returns OUT/segmentor."""
     settings = settings or SegmentorSettings()
     settings.check()
-    if (Path(dataset) / PLAN_FILE).is_file():
-        # A segmentor plans its own grid and intensity window on scanner units; prepared images are already
-        # normalised to [-1, 1], so a CT window would flatten them without a word.
-        raise DatasetError(dataset, "a prepared folder: its images are normalised, not in scanner units",
-                           "train the segmentor on the dataset it was prepared from")
-    data = load_dataset(dataset)
+    data = load_segmentor_dataset(dataset)
     cases = labelled_cases(data)
     if case_ids is not None:
         known = {c.case_id: c for c in cases}
@@ -211,7 +206,7 @@ def evaluate_holdout(segmentor_path: str | Path, dataset: str | Path, case_ids: 
     from volsynth.evaluation.evaluate import mean_per_class
 
     segmentor = load_segmentor(segmentor_path)
-    data = load_dataset(dataset)
+    data = load_segmentor_dataset(dataset)
     known = {c.case_id: c for c in labelled_cases(data)}
     missing = [c for c in case_ids if c not in known]
     if missing:

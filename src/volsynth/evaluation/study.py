@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from volsynth import __version__
-from volsynth.data.dataset import load_dataset
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class
 from volsynth.evaluation.report import to_json_ready
@@ -37,6 +36,7 @@ from volsynth.evaluation.segmentor import (
     SegmentorSettings,
     labelled_cases,
     load_segmentor,
+    load_segmentor_dataset,
     make_segmentor_plan,
     plan_label_ids,
     predict,
@@ -179,7 +179,7 @@ def run_augmentation_study(real: str | Path, generated: str | Path, out: str | P
     if not settings.seeds or not settings.architectures:
         raise ConfigError(None, "the study needs at least one seed and one architecture")
     out = Path(out)
-    dataset = load_dataset(real)
+    dataset = load_segmentor_dataset(real)
     cases = {c.case_id: c for c in labelled_cases(dataset)}
     train_ids, test_ids = split_cases(list(cases), settings)
     base = SegmentorSettings.from_dict(settings.segmentor)
