@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from monai.networks.nets import ControlNet
 from torch import nn
 
+from volsynth.errors import ConfigError
+
 
 def mask_features(labels: torch.Tensor, known: torch.Tensor, label_ids: list[int], factor: int) -> torch.Tensor:
     """[B, X, Y, Z] integer labels + [B, K] known flags -> [B, 2K, X/f, Y/f, Z/f] ControlNet input.
@@ -60,8 +62,9 @@ class MaskControlNet(nn.Module):
     def mask_pooling(self, factor: int) -> int:
         """Average-pooling factor of the mask features for an autoencoder that downsamples by ``factor``."""
         if factor % self.downsampling:
-            raise ValueError(f"the ControlNet embedding downsamples by {self.downsampling}, which does not divide "
-                             f"the autoencoder's factor {factor}")
+            raise ConfigError(None, f"controlnet.embedding_channels {self.config['embedding_channels']} downsample "
+                              f"the mask {self.downsampling}x, which does not divide the autoencoder's {factor}x",
+                              "give at most log2(factor) + 1 channel entries")
         return factor // self.downsampling
 
     def init_from_unet(self, unet: nn.Module) -> None:

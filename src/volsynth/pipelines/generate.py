@@ -185,7 +185,8 @@ class SynthesisPipeline:
 
     def _null_features(self) -> torch.Tensor:
         classes = len(self.plan.labels)
-        grid = [s // self.mask_pooling for s in self.plan.size]
+        pooling = self.mask_pooling
+        grid = [s // pooling for s in self.plan.size]
         return torch.zeros([1, 2 * classes, *grid], device=self.device)
 
 

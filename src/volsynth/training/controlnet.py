@@ -65,13 +65,11 @@ class ControlNetStage:
                                        "embedding_channels": settings.embedding_channels}}
         controlnet = build_network(self.configs["controlnet"])
         controlnet.init_from_unet(self.unet)
-        factor = int(cache.info["factor"])
-        if factor % controlnet.downsampling:
-            raise ConfigError(None, f"controlnet.embedding_channels {settings.embedding_channels} downsample the mask "
-                              f"{controlnet.downsampling}x, which does not divide the autoencoder's {factor}x",
-                              "give at most log2(factor) + 1 channel entries")
-        self.pooling = controlnet.mask_pooling(factor)
-        if self.pooling != factor and cache.labels is None:
+        # cached latent-grid occupancy serves an embedding that takes the mask on the latent grid; a finer one
+        # pools the cached label maps
+        self.pooling = controlnet.mask_pooling(int(cache.info["factor"]))
+        self.cached_occupancy = self.pooling == int(cache.info["factor"])
+        if not self.cached_occupancy and cache.labels is None:
             raise ConfigError(cache.path, "the latent cache holds no full-resolution label maps, which this "
                               "ControlNet embedding needs", "delete the latents folder so the recipe rebuilds it")
         self.networks = {"controlnet": controlnet}
@@ -102,7 +100,7 @@ class ControlNetStage:
 
     def mask_features(self, indices: list[int], known: torch.Tensor) -> torch.Tensor:
         """The ControlNet's input: cached latent-grid occupancy, or occupancy pooled from the label maps."""
-        if self.pooling == int(self.cache.info["factor"]):
+        if self.cached_occupancy:
             return combine_features(self.cache.occupancy[indices].float(), known)
         return mask_features(self.cache.labels[indices].long(), known, self.cache.info["label_ids"], self.pooling)
 
