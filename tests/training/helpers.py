@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
 from volsynth.training.data import load_prepared
 from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
 from volsynth.training.engine import TrainConfig, Trainer
 from volsynth.training.latents import build_latent_cache
+from volsynth.training.recipe import run_recipe
 
 TINY_AE = {"size": "tiny", "adv_weight": 0.05, "adv_warmup": 2}
 TINY_UNET = {"size": "tiny", "text_encoder": "tiny:16", "num_train_timesteps": 100}
@@ -40,3 +43,21 @@ def diffusion_stage(prepared: Path, autoencoder: Path, cache_dir: Path, **settin
     else:
         cache = build_latent_cache(autoencoder, load_prepared(prepared), merged.text_encoder, cache_dir, progress=False)
     return DiffusionStage(cache, merged, autoencoder=autoencoder)
+
+
+def tiny_recipe(raw: Path, **blocks) -> dict:
+    """A recipe on the prepared fixture's raw dataset at 16^3 with the tiny text encoder; ``blocks`` add or replace."""
+    return {"name": "tiny-test", "seed": 0, "data": {"dataset": str(raw)}, "prepare": {"size": 16},
+            "text_encoder": "tiny:16", **blocks}
+
+
+def write_recipe(folder: Path, recipe: dict) -> Path:
+    """``recipe`` as folder/recipe.yaml."""
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_quietly(recipe: dict, folder: Path) -> Path:
+    """Write ``recipe`` into ``folder`` and run it into folder/run, without progress bars or log; the model path."""
+    return run_recipe(write_recipe(folder, recipe), folder / "run", progress=False, log=lambda m: None)

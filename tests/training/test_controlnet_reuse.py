@@ -7,33 +7,26 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from tests.training.helpers import run_quietly, tiny_recipe
 from volsynth.errors import ConfigError
 from volsynth.io import read_label
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.pipelines import SynthesisPipeline
 from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
 from volsynth.training.latents import load_latent_cache
-from volsynth.training.recipe import run_recipe
 
 
-def _recipe(root, raw, model, text_encoder="tiny:16", embedding=(4, 8), **blocks) -> object:
-    recipe = {"name": "reuse-test", "seed": 0, "data": {"dataset": str(raw)}, "prepare": {"size": 16},
-              "text_encoder": text_encoder, "diffusion": {"pretrained": str(model)},
-              "controlnet": {"embedding_channels": list(embedding),
-                             "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}}, **blocks}
-    path = root / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+def _recipe(raw, model, text_encoder="tiny:16", embedding=(4, 8), **blocks) -> dict:
+    return tiny_recipe(raw, text_encoder=text_encoder, diffusion={"pretrained": str(model)},
+                       controlnet={"embedding_channels": list(embedding),
+                                   "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}}, **blocks)
 
 
 @pytest.fixture(scope="module")
 def reuse_run(prepared_tiny, tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("reuse")
-    model = run_recipe(_recipe(root, prepared_tiny.parent / "raw", tiny_model), root / "run", progress=False,
-                       log=lambda m: None)
-    return root / "run", model
+    return root / "run", run_quietly(_recipe(prepared_tiny.parent / "raw", tiny_model), root)
 
 
 def test_recipe_trains_only_the_controlnet(reuse_run, tiny_model):
@@ -89,7 +82,7 @@ def test_reuse_errors(prepared_tiny, tiny_model, tmp_path):
     def run(name, **kwargs):
         folder = tmp_path / name
         folder.mkdir()
-        run_recipe(_recipe(folder, raw, **kwargs), folder / "run", progress=False, log=lambda m: None)
+        run_quietly(_recipe(raw, **kwargs), folder)
 
     with pytest.raises(ConfigError, match="holds no unet"):
         run("no-unet", model=sorted((tiny_model.parent / "ae" / "checkpoints").iterdir())[-1])
@@ -99,9 +92,7 @@ def test_reuse_errors(prepared_tiny, tiny_model, tmp_path):
         run("autoencoder", model=tiny_model, autoencoder={"size": "tiny", "train": {"steps": 2}})
     folder = tmp_path / "extra"
     folder.mkdir()
-    path = _recipe(folder, raw, tiny_model)
-    recipe = yaml.safe_load(path.read_text())
+    recipe = _recipe(raw, tiny_model)
     recipe["diffusion"]["train"] = {"steps": 5}
-    path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(ConfigError, match="can hold nothing else"):
-        run_recipe(path, folder / "run", progress=False, log=lambda m: None)
+        run_quietly(recipe, folder)

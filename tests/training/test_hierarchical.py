@@ -3,6 +3,7 @@ import pytest
 import torch
 import yaml
 
+from tests.training.helpers import run_quietly
 from tests.training.test_recipe import ROOT
 from volsynth.cli import main
 from volsynth.errors import ConfigError
@@ -17,7 +18,6 @@ from volsynth.training.hierarchical import (
     random_patches,
     upsample,
 )
-from volsynth.training.recipe import run_recipe
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,7 @@ def model(tmp_path_factory):
         recipe[stage]["train"].update(steps=3, batch_size=2, checkpoint_every=3)
     recipe["superres"]["patch"] = [8, 8, 8]  # patches in training; the pipeline still makes the whole grid
     recipe["superres"]["residual_scale"] = 0.1  # as recipes/chest-hierarchical-64.yaml
-    path = root / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return run_recipe(path, root / "run", progress=False, log=lambda m: None)
+    return run_quietly(recipe, root)
 
 
 def test_joint_channels_and_resolution_helpers():

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from tests.training.helpers import run_quietly, tiny_recipe
 from volsynth.errors import ConfigError
 from volsynth.io import read_label
 from volsynth.models.checkpoint import load_checkpoint
@@ -15,25 +15,18 @@ from volsynth.pipelines import SynthesisPipeline
 from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
 from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
 from volsynth.training.engine import sample_generators
-from volsynth.training.recipe import run_recipe
 
 
-def _recipe(root, raw, autoencoder, **diffusion) -> object:
-    recipe = {"name": "concat-test", "seed": 0, "data": {"dataset": str(raw)}, "prepare": {"size": 16},
-              "text_encoder": "tiny:16", "autoencoder": {"pretrained": str(autoencoder)},
-              "diffusion": {"size": "tiny", "num_train_timesteps": 100, "mask_concat": True,
-                            "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}, **diffusion}}
-    path = root / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+def _recipe(raw, autoencoder, **diffusion) -> dict:
+    return tiny_recipe(raw, autoencoder={"pretrained": str(autoencoder)},
+                       diffusion={"size": "tiny", "num_train_timesteps": 100, "mask_concat": True,
+                                  "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}, **diffusion})
 
 
 @pytest.fixture(scope="module")
 def concat_run(prepared_tiny, tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("concat")
-    model = run_recipe(_recipe(root, prepared_tiny.parent / "raw", tiny_model), root / "run", progress=False,
-                       log=lambda m: None)
-    return root / "run", model
+    return root / "run", run_quietly(_recipe(prepared_tiny.parent / "raw", tiny_model), root)
 
 
 def test_recipe_reuses_the_pretrained_autoencoder(concat_run, tiny_model):
@@ -100,12 +93,10 @@ def test_settings_and_pretrained_errors(prepared_tiny, tiny_model, tmp_path):
         DiffusionSettings.from_dict({"mask_ablation": 1.5})
     raw = prepared_tiny.parent / "raw"
     with pytest.raises(ConfigError, match="not a model or checkpoint folder"):
-        run_recipe(_recipe(tmp_path, raw, tmp_path / "missing"), tmp_path / "a", progress=False, log=lambda m: None)
+        run_quietly(_recipe(raw, tmp_path / "missing"), tmp_path)
     other = tmp_path / "other"
     other.mkdir()
-    path = _recipe(other, raw, tiny_model)
-    recipe = yaml.safe_load(path.read_text())
+    recipe = _recipe(raw, tiny_model)
     recipe["prepare"]["size"] = 8  # the autoencoder was trained on a 16^3 grid
-    path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(ConfigError, match="was trained on"):
-        run_recipe(path, tmp_path / "b", progress=False, log=lambda m: None)
+        run_quietly(recipe, other)

@@ -3,31 +3,29 @@ import pytest
 import torch
 import yaml
 
+from tests.training.helpers import run_quietly
 from tests.training.test_recipe import ROOT
 from volsynth.errors import ConfigError
 from volsynth.io import read_label
 from volsynth.pipelines.segguided import SegGuidedPipeline, from_slices, load_pipeline, to_slices
 from volsynth.training.denoising import hide_classes
 from volsynth.training.engine import sample_generators
-from volsynth.training.recipe import run_recipe
 from volsynth.training.segguided import SegGuidedSettings
 
 
-def _quick_recipe(tmp_path, **segguided):
+def _quick_recipe(**segguided) -> dict:
     recipe = yaml.safe_load((ROOT / "recipes" / "tiny-sgd.yaml").read_text())
     recipe["data"]["phantom"] = [{**p, "cases": 3, "size": 24} for p in recipe["data"]["phantom"]]
     recipe["prepare"]["size"] = 16
     recipe["segguided"].update(segguided)
     recipe["segguided"]["train"].update(steps=4, batch_size=2, checkpoint_every=4)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return recipe
 
 
 @pytest.fixture(scope="module")
 def model_3d(tmp_path_factory):
     root = tmp_path_factory.mktemp("sgd3d")
-    return run_recipe(_quick_recipe(root), root / "run", progress=False, log=lambda m: None)
+    return run_quietly(_quick_recipe(), root)
 
 
 def test_ablation_drops_classes_at_the_configured_rate():
@@ -73,8 +71,7 @@ def test_any_class_subset_guides(model_3d):
 
 
 def test_2d_slice_model_restacks_with_the_right_geometry(tmp_path):
-    model = run_recipe(_quick_recipe(tmp_path, spatial_dims=2, slice_axis="coronal"), tmp_path / "run",
-                       progress=False, log=lambda m: None)
+    model = run_quietly(_quick_recipe(spatial_dims=2, slice_axis="coronal"), tmp_path)
     pipe = load_pipeline(model)
     assert pipe.settings["spatial_dims"] == 2
     mask = read_label(next((tmp_path / "run" / "data-0" / "labelsTr").glob("*.nii.gz")))
