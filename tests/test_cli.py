@@ -1,11 +1,14 @@
+import re
 import subprocess
 import sys
 
+import click
 import numpy as np
 import pytest
+import typer
 
 from tests.conftest import make_case, oblique_direction
-from volsynth.cli import main
+from volsynth.cli import app, main
 from volsynth.io import read_label, read_volume, write_volume
 
 
@@ -14,6 +17,23 @@ def test_help_lists_commands():
     assert result.returncode == 0
     for command in ("convert", "verify", "prepare", "phantom", "demo"):
         assert command in result.stdout
+
+
+def test_no_help_text_is_taken_for_rich_markup():
+    """Rich drops '[lowercase ...]' from help as a markup tag ('Sampling steps [model's, else 30].' printed as
+    'Sampling steps .'), so no command or option help may contain one."""
+    tag = re.compile(r"(?<!\\)\[[a-z#/@][^\[]*?\]")
+
+    def texts(command):
+        yield command.name, command.help or ""
+        for param in command.params:
+            yield f"{command.name} {param.name}", getattr(param, "help", None) or ""
+        if isinstance(command, click.Group):
+            for sub in command.commands.values():
+                yield from texts(sub)
+
+    found = [f"{where}: {text}" for where, text in texts(typer.main.get_command(app)) if tag.search(text)]
+    assert not found
 
 
 def test_convert_nifti_to_dicom_and_back(tmp_path, capsys):
