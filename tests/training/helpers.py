@@ -52,7 +52,8 @@ def tiny_recipe(raw: Path, **blocks) -> dict:
 
 
 def write_recipe(folder: Path, recipe: dict) -> Path:
-    """``recipe`` as folder/recipe.yaml."""
+    """``recipe`` as folder/recipe.yaml (the folder made if need be)."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

@@ -76,6 +76,24 @@ def test_stage_pools_label_maps_to_the_embedding_input(reuse_run, tiny_model):
         ControlNetStage(cache, tiny_model, ControlNetSettings(embedding_channels=[4, 8, 8]))
 
 
+def test_init_trains_on_from_a_models_networks(prepared_tiny, tiny_model, tmp_path):
+    """block: {init: MODEL} starts each stage from the model's networks: with a zero learning rate the new
+    model's autoencoder, UNet and ControlNet are exactly the model's (fresh ones would be random)."""
+    frozen = {"steps": 1, "batch_size": 2, "lr": 0.0, "checkpoint_every": 1}
+    recipe = tiny_recipe(prepared_tiny.parent / "raw", model={"ema": False},
+                         autoencoder={"size": "tiny", "adv_weight": 0.0, "init": str(tiny_model), "train": frozen},
+                         diffusion={"size": "tiny", "num_train_timesteps": 100, "init": str(tiny_model),
+                                    "train": frozen},
+                         controlnet={"init": str(tiny_model), "train": frozen})
+    model = run_quietly(recipe, tmp_path)
+    ours, theirs = load_checkpoint(model).networks, load_checkpoint(tiny_model).networks
+    for name in ("autoencoder", "unet", "controlnet"):
+        for key, value in theirs[name].state_dict().items():
+            torch.testing.assert_close(ours[name].state_dict()[key], value, msg=f"{name}.{key}")
+    assert json.loads((model / "meta.json").read_text())["initialised_from"] == {
+        "autoencoder": str(tiny_model), "diffusion": str(tiny_model), "controlnet": str(tiny_model)}
+
+
 def test_reuse_errors(prepared_tiny, tiny_model, tmp_path):
     raw = prepared_tiny.parent / "raw"
 
@@ -86,6 +104,15 @@ def test_reuse_errors(prepared_tiny, tiny_model, tmp_path):
 
     with pytest.raises(ConfigError, match="holds no unet"):
         run("no-unet", model=sorted((tiny_model.parent / "ae" / "checkpoints").iterdir())[-1])
+    init = tiny_recipe(raw, autoencoder={"size": "tiny", "init": str(tiny_model), "network": {"latent_channels": 2}})
+    with pytest.raises(ConfigError, match="autoencoder.init: the autoencoder of .* does not fit"):
+        run_quietly(init, tmp_path / "init-shape")
+    init["autoencoder"] = {"init": str(tmp_path / "missing")}
+    with pytest.raises(ConfigError, match="autoencoder.init: .* is not a model or checkpoint folder"):
+        run_quietly(init, tmp_path / "init-missing")
+    init["autoencoder"] = {"init": str(tiny_model), "pretrained": str(tiny_model)}
+    with pytest.raises(ConfigError, match="exclude each other"):
+        run_quietly(init, tmp_path / "init-pretrained")
     with pytest.raises(ConfigError, match="trained with text encoder 'tiny:16'"):
         run("encoder", model=tiny_model, text_encoder="tiny:32")
     with pytest.raises(ConfigError, match="brings its model's autoencoder"):

@@ -12,6 +12,10 @@ Stages and their folders under OUT::
     controlnet/   checkpoints/checkpoint-N (when the recipe has a controlnet block)
     model/        the final model: autoencoder + UNet [+ ControlNet] (EMA weights) + meta.json
     recipe.yaml   the recipe as first run, ``--set`` overrides applied (see ``pin_recipe``)
+
+A trained stage's block may say ``init: MODEL`` (a model or checkpoint folder): its networks start from that
+folder's networks of the same names and train on (fresh optimizer and step count), e.g. to sharpen a model's
+autoencoder and then adapt its UNet and ControlNet to the new latents at a fraction of the cost from scratch.
 """
 
 from __future__ import annotations
@@ -182,15 +186,13 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     reused = _reused_diffusion(recipe, ae_block, ae_train, diff_block, diff_train, text_encoder)
     if reused is not None:
         ae_block = {"pretrained": reused}
+    ae_init = _init_source(recipe, ae_block, "autoencoder", data.plan)
     if ae_block.get("pretrained") is not None:
         autoencoder = pretrained_model(ae_block["pretrained"], data.plan, recipe["_path"], "autoencoder")
     else:
-        ae_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **ae_train})
-        if not _finished(out / "autoencoder", ae_config.steps):
-            log("stage autoencoder")
-            stage = AutoencoderStage(data, AutoencoderSettings.from_dict(ae_block), seed=seed)
-            Trainer(stage, out / "autoencoder", ae_config).fit(resume=True)
-        autoencoder = latest_checkpoint(out / "autoencoder" / "checkpoints")
+        autoencoder = _train_stage(
+            recipe, "autoencoder", out, {"seed": seed, "progress": progress, **ae_train}, ae_init, log,
+            lambda: AutoencoderStage(data, AutoencoderSettings.from_dict(ae_block), seed=seed))
 
     # 4. latent cache (scaled as the reused diffusion model's were)
     latents = out / "latents"
@@ -204,24 +206,20 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     if reused is not None:
         diffusion = reused
     else:
-        diff_settings = DiffusionSettings.from_dict({"text_encoder": text_encoder, **diff_block})
-        diff_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **diff_train})
-        if not _finished(out / "diffusion", diff_config.steps):
-            log("stage diffusion")
-            stage = DiffusionStage(cache, diff_settings, seed=seed, autoencoder=autoencoder)
-            Trainer(stage, out / "diffusion", diff_config).fit(resume=True)
-        diffusion = latest_checkpoint(out / "diffusion" / "checkpoints")
+        diff_init = _init_source(recipe, diff_block, "diffusion")
+        diffusion = _train_stage(
+            recipe, "diffusion", out, {"seed": seed, "progress": progress, **diff_train}, diff_init, log,
+            lambda: DiffusionStage(cache, DiffusionSettings.from_dict({"text_encoder": text_encoder, **diff_block}),
+                                   seed=seed, autoencoder=autoencoder))
 
     # 6. ControlNet (when the recipe has one)
     controlnet = None
     if recipe.get("controlnet") is not None:
         cn_block, cn_train = _split(recipe.get("controlnet"))
-        cn_config = TrainConfig.from_dict({"seed": seed, "progress": progress, **cn_train})
-        if not _finished(out / "controlnet", cn_config.steps):
-            log("stage controlnet")
-            stage = ControlNetStage(cache, diffusion, ControlNetSettings.from_dict(cn_block), seed=seed)
-            Trainer(stage, out / "controlnet", cn_config).fit(resume=True)
-        controlnet = latest_checkpoint(out / "controlnet" / "checkpoints")
+        cn_init = _init_source(recipe, cn_block, "controlnet")
+        controlnet = _train_stage(
+            recipe, "controlnet", out, {"seed": seed, "progress": progress, **cn_train}, cn_init, log,
+            lambda: ControlNetStage(cache, diffusion, ControlNetSettings.from_dict(cn_block), seed=seed))
 
     # 7. final model
     model = out / "model"
@@ -229,6 +227,49 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     _once(rank, world, lambda: (model / "meta.json").is_file(),
           lambda: (log("stage model"), assemble_model(autoencoder, diffusion, model, recipe, dtype, controlnet)))
     return model
+
+
+def _train_stage(recipe: dict, name: str, out: Path, train: dict, init: Path | None, log: Callable[[str], None],
+                 make_stage: Callable[[], object]) -> Path:
+    """Train (or finish training) one stage into OUT/name; its last checkpoint. A fresh stage with ``init``
+    starts its trained networks from that folder's networks of the same names."""
+    config = TrainConfig.from_dict(train)
+    folder = out / name
+    if not _finished(folder, config.steps):
+        log(f"stage {name}")
+        stage = make_stage()
+        if init is not None and latest_checkpoint(folder / "checkpoints") is None:
+            initialise_networks(stage, init, recipe["_path"], name)
+        Trainer(stage, folder, config).fit(resume=True)
+    return latest_checkpoint(folder / "checkpoints")
+
+
+def _init_source(recipe: dict, block: dict, name: str, plan: Plan | None = None) -> Path | None:
+    """The folder of a stage block's ``init: MODEL`` (removed from the block; checked), or None."""
+    init = block.pop("init", None)
+    if init is None:
+        return None
+    if block.get("pretrained") is not None:
+        raise ConfigError(recipe["_path"], f"{name}.init and {name}.pretrained exclude each other",
+                          "pretrained reuses a network as it is; init trains on from it")
+    network = {"diffusion": "unet"}.get(name, name)
+    return pretrained_model(init, plan, recipe["_path"], network, name, key="init")
+
+
+def initialise_networks(stage, source: Path, recipe_path: str | Path, block: str) -> list[str]:
+    """Load a stage's trained networks from the same-named networks of a model or checkpoint folder
+    (``block: {init: MODEL}``): training goes on from them, with fresh optimizers and step count. Networks the
+    folder lacks (an autoencoder's discriminator in a model folder) keep their initial weights."""
+    networks = load_checkpoint(source).networks
+    names = [n for names in stage.param_groups().values() for n in names if n in networks]
+    for name in names:
+        try:
+            stage.networks[name].load_state_dict(networks[name].state_dict())
+        except RuntimeError as exc:
+            detail = (str(exc).splitlines()[1:] or [str(exc)])[0].strip()
+            raise ConfigError(recipe_path, f"{block}.init: the {name} of {source} does not fit the recipe's "
+                              f"({detail})", "give the block the network settings of that model") from exc
+    return names
 
 
 def _reused_diffusion(recipe: dict, ae_block: dict, ae_train: dict, diff_block: dict, diff_train: dict,
@@ -256,22 +297,22 @@ def _reused_diffusion(recipe: dict, ae_block: dict, ae_train: dict, diff_block: 
 
 
 def pretrained_model(path: str | Path, plan: Plan | None, recipe_path: str | Path, network: str,
-                     block: str = "autoencoder") -> Path:
-    """A model or checkpoint folder whose ``network`` the recipe's ``block.pretrained`` reuses; with a plan,
-    the folder's plan must be the recipe's grid."""
+                     block: str = "autoencoder", key: str = "pretrained") -> Path:
+    """A model or checkpoint folder whose ``network`` the recipe's ``block.pretrained`` reuses (or ``block.init``
+    trains on from); with a plan, the folder's plan must be the recipe's grid."""
     path = Path(path)
     meta = path / "meta.json"
     if not meta.is_file():
-        raise ConfigError(recipe_path, f"{block}.pretrained: {path} is not a model or checkpoint folder",
+        raise ConfigError(recipe_path, f"{block}.{key}: {path} is not a model or checkpoint folder",
                           "give a folder with meta.json, e.g. models/abdomen-ct-64")
     config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
     if network not in (config or {}).get("networks", {}):
-        raise ConfigError(recipe_path, f"{block}.pretrained: {path} holds no {network}")
+        raise ConfigError(recipe_path, f"{block}.{key}: {path} holds no {network}")
     if plan is None:
         return path
     other = Plan.from_dict(read_json(meta)["plan"], meta)
     if not other.same_grid(plan) or other.normalization != plan.normalization:
-        raise ConfigError(recipe_path, f"{block}.pretrained: {path} was trained on {tuple(other.size)} voxels "
+        raise ConfigError(recipe_path, f"{block}.{key}: {path} was trained on {tuple(other.size)} voxels "
                           f"at {tuple(other.spacing)} mm ({other.modality}), the recipe prepares "
                           f"{tuple(plan.size)} at {tuple(plan.spacing)} mm ({plan.modality})",
                           f"prepare like that model (same size, spacing and window) or train its {network}")
@@ -428,6 +469,10 @@ def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, 
     # autoencoder.pretrained / diffusion.pretrained: model folders, not training checkpoints
     meta.update({f"{name}_from": str(path) for name, path, checkpoint in
                  (("autoencoder", autoencoder, ae), ("diffusion", diffusion, diff)) if "step" not in checkpoint.meta})
+    init = {block: str(recipe[block]["init"]) for block in ("autoencoder", "diffusion", "controlnet")
+            if isinstance(recipe.get(block), dict) and recipe[block].get("init") is not None}
+    if init:  # block: {init: MODEL}: trained on from that model's networks
+        meta["initialised_from"] = init
     configs = {"autoencoder": ae.config["networks"]["autoencoder"], "unet": diff.config["networks"]["unet"]}
     networks = {"autoencoder": ae.networks["autoencoder"], "unet": diff.networks["unet"]}
     if controlnet is not None:
