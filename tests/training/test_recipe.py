@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from volsynth.errors import ConfigError
+from volsynth.evaluation.segmentor import SegmentorSettings, read_segmentor_settings
 from volsynth.pipelines import SynthesisPipeline
 from volsynth.training.recipe import load_recipe
 
@@ -58,6 +59,29 @@ def test_recipe_errors(tmp_path):
         load_recipe(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_reads(path):
+    if path.name.startswith("segmentor-"):
+        SegmentorSettings.from_dict(read_segmentor_settings(path)).check()
+    else:
+        assert load_recipe(path)["_path"] == str(path)
+
+
+def test_a_late_stage_typo_fails_when_the_recipe_is_read():
+    """Every stage block is parsed up front: a typo in the ControlNet block must not wait for the autoencoder and
+    UNet to train first."""
+    tiny = ROOT / "recipes" / "tiny.yaml"
+    for bad, message in (("controlnet.hide_clas=0.3", "controlnet: unknown controlnet setting.*hide_clas"),
+                         ("diffusion.train.stesp=3", "diffusion: unknown training setting.*stesp"),
+                         ("autoencoder=3", "autoencoder: must be a mapping")):
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(tiny, [bad])
+    with pytest.raises(ConfigError, match="superres: unknown"):
+        load_recipe(ROOT / "recipes" / "tiny-hierarchical.yaml", ["superres.factr=2"])
+    with pytest.raises(ConfigError, match="segguided: unknown"):
+        load_recipe(ROOT / "recipes" / "tiny-sgd.yaml", ["segguided.slice_axes=axial"])
 
 
 def test_overrides_set_nested_values_and_report_bad_ones(tmp_path):

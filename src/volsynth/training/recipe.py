@@ -50,6 +50,11 @@ RECIPE_FILE = "recipe.yaml"
 # silently mix two configurations in one run folder.
 RESUMABLE_KEYS = ("steps", "checkpoint_every", "preview_every", "progress", "tensorboard")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The settings of each trained stage's block, by recipe kind (checked when the recipe is read).
+STAGE_SETTINGS = {"latent": {"autoencoder": AutoencoderSettings, "diffusion": DiffusionSettings,
+                             "controlnet": ControlNetSettings},
+                  "segguided": {"segguided": SegGuidedSettings},
+                  "hierarchical": {"joint": HierarchicalSettings, "superres": HierarchicalSettings}}
 
 
 def apply_overrides(recipe: dict, overrides: list[str], path: str | Path) -> dict:
@@ -96,8 +101,28 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     if recipe.get("kind", "latent") not in ("latent", "segguided", "hierarchical"):
         raise ConfigError(path, f"unknown recipe kind '{recipe['kind']}'", "use latent, segguided or hierarchical")
     recipe["_path"] = str(path)
+    _check_stage_blocks(recipe)  # a typo in a late stage fails now, not after the earlier stages trained for hours
     model_sampling(recipe)  # a bad model.sampling fails now, not when the model is assembled hours later
     return recipe
+
+
+def _check_stage_blocks(recipe: dict) -> None:
+    """Parse every stage block of the recipe's kind (settings and ``train:``), raising ConfigError naming the file."""
+    for name, settings_class in STAGE_SETTINGS[recipe.get("kind", "latent")].items():
+        block = recipe.get(name)
+        if block is None:
+            continue
+        if not isinstance(block, dict):
+            raise ConfigError(recipe["_path"], f"{name}: must be a mapping of setting: value")
+        settings, train = _split(block)
+        settings.pop("init", None)
+        try:
+            TrainConfig.from_dict(train)
+            if settings.get("pretrained") is None:  # a reused network's block is checked where it is reused
+                settings_class.from_dict(settings)
+        except (ConfigError, TypeError, ValueError) as exc:
+            problem = exc.problem if isinstance(exc, ConfigError) else str(exc)
+            raise ConfigError(recipe["_path"], f"{name}: {problem}", getattr(exc, "hint", None)) from exc
 
 
 def _flatten(node, prefix: str = "") -> dict[str, object]:
