@@ -101,11 +101,12 @@ def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None 
                f"--out models/{choices[0][0]}" for role, choices in DEMO_MODELS.items() if chosen[role] is None]
     if abdomen is not None:
         prompt = "Two hypodense lesions in the right liver lobe, the largest 24 mm. Portal venous phase."
-        recommended = sampling_settings(chosen["abdomen"])  # the model's guidance scales (steps: the demo's)
+        # the model's guidance scales, for text alone and with a mask (steps: the demo's)
+        text_only = sampling_settings(chosen["abdomen"])["text_guidance"]
+        recommended = sampling_settings(chosen["abdomen"], masked=True)
         guidance = {k: recommended[k] for k in ("text_guidance", "mask_guidance", "controlnet_scale")}
         step("text -> CT (latent diffusion)", "generated/text_*",
-             lambda: _write(abdomen(prompt=prompt, seed=0, steps=steps, text_guidance=guidance["text_guidance"]),
-                            generated, "text"))
+             lambda: _write(abdomen(prompt=prompt, seed=0, steps=steps, text_guidance=text_only), generated, "text"))
         if abdomen.mask_guided:
             step("text + mask -> CT", "generated/mask_*",
                  lambda: _write(abdomen(prompt=prompt, mask=mask, seed=1, steps=steps, **guidance), generated, "mask"))

@@ -1,4 +1,5 @@
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -107,3 +108,23 @@ def test_cli_bad_masks_exit_2(tiny_model, mask, tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "mask.nii.gz" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_model_recommends_other_settings_when_a_mask_guides(tiny_model, mask, tmp_path):
+    """model.sampling.with_mask applies to the jobs with a mask only; the command line still wins."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "meta.json").read_text())
+    meta["sampling"] = {"steps": 2, "text_guidance": 3.0, "mask_guidance": 2.0, "with_mask": {"text_guidance": 1.0}}
+    (model / "meta.json").write_text(json.dumps(meta))
+    path = write_volume(mask, tmp_path / "mask.nii.gz")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "liver", "id": "plain"}) + "\n"
+                    + json.dumps({"prompt": "liver", "id": "masked", "mask": str(path)}) + "\n")
+    assert main(["generate", str(model), "--out", str(tmp_path / "a"), "--jobs", str(jobs), "--no-progress"]) == 0
+    plain, masked = (json.loads((tmp_path / "a" / f"{name}.json").read_text()) for name in ("plain", "masked"))
+    assert (plain["text_guidance"], masked["text_guidance"]) == (3.0, 1.0)
+    assert plain["steps"] == masked["steps"] == 2 and masked["mask_guidance"] == 2.0
+    assert main(["generate", str(model), "--out", str(tmp_path / "b"), "--jobs", str(jobs), "--text-guidance", "2",
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "b" / "masked.json").read_text())["text_guidance"] == 2.0

@@ -26,10 +26,19 @@ SAMPLING_DEFAULTS = {"steps": 30, "sampler": "ddim", "text_guidance": 3.0, "mask
                      "controlnet_scale": 1.0}
 
 
-def sampling_settings(model_path: str | Path | None, **given) -> dict:
-    """Each sampling setting from ``given`` (not None), else the model's recommendation, else SAMPLING_DEFAULTS."""
+# Key of a model's ``sampling`` recommendation that holds the settings recommended when a mask guides (e.g. a
+# lower text guidance: text guidance pulls samples away from the mask), over the model's plain recommendation.
+WITH_MASK = "with_mask"
+
+
+def sampling_settings(model_path: str | Path | None, masked: bool = False, **given) -> dict:
+    """Each sampling setting from ``given`` (not None), else the model's recommendation (with its ``with_mask``
+    settings over it when ``masked``), else SAMPLING_DEFAULTS."""
     meta = Path(model_path) / "meta.json" if model_path is not None else None
-    recommended = (read_json(meta).get("sampling") or {}) if meta is not None and meta.is_file() else {}
+    recommended = dict((read_json(meta).get("sampling") or {}) if meta is not None and meta.is_file() else {})
+    with_mask = recommended.pop(WITH_MASK, None) or {}
+    if masked:
+        recommended.update(with_mask)
     unknown = sorted(set(given) - set(SAMPLING_DEFAULTS))
     if unknown:
         raise ConfigError(None, f"unknown sampling setting(s) {unknown}")
@@ -143,14 +152,15 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = Non
 
     Sampling settings left None come from the model's recommendation, else ``SAMPLING_DEFAULTS``."""
     out = Path(out)
-    settings = sampling_settings(getattr(pipeline, "model_path", None), steps=steps, sampler=sampler,
-                                 text_guidance=text_guidance, mask_guidance=mask_guidance,
-                                 controlnet_scale=controlnet_scale)
-    steps, sampler = int(settings["steps"]), str(settings["sampler"])
-    text_guidance, mask_guidance = settings["text_guidance"], settings["mask_guidance"]
-    controlnet_scale = settings["controlnet_scale"]
-    if steps < 1:
-        raise ConfigError(None, f"steps must be >= 1, got {steps}")
+    given = {"steps": steps, "sampler": sampler, "text_guidance": text_guidance, "mask_guidance": mask_guidance,
+             "controlnet_scale": controlnet_scale}
+    # per job: with a mask or without (a model may recommend other settings for mask-guided sampling)
+    settings = {masked: sampling_settings(getattr(pipeline, "model_path", None), masked=masked, **given)
+                for masked in (False, True)}
+    for chosen in settings.values():
+        chosen["steps"], chosen["sampler"] = int(chosen["steps"]), str(chosen["sampler"])
+        if chosen["steps"] < 1:
+            raise ConfigError(None, f"steps must be >= 1, got {chosen['steps']}")
     if image_format not in ("nifti", "dicom"):
         raise ConfigError(None, f"unknown format '{image_format}'", "use nifti or dicom")
     if slice_noise is not None:
@@ -161,7 +171,8 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = Non
         check_slice_noise(slice_noise)
     options = {"slice_noise": slice_noise} if slice_noise is not None else {}
     items = expand(jobs)
-    pipeline.scheduler(sampler)  # a sampler the model cannot use fails before anything is written
+    for sampler in {chosen["sampler"] for chosen in settings.values()}:
+        pipeline.scheduler(sampler)  # a sampler the model cannot use fails before anything is written
     check_masks(pipeline, jobs, mask_labels)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     mine = items[rank::world]
@@ -170,10 +181,8 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = Non
     with progress_bar(progress and rank == 0) as bar:
         task = bar.add_task("generate", total=len(mine))
         for name, job, seed in mine:
-            result = pipeline(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=seed, steps=steps,
-                              sampler=sampler,
-                              text_guidance=text_guidance, mask_guidance=mask_guidance,
-                              controlnet_scale=controlnet_scale, mask_labels=mask_labels, **options)
+            result = pipeline(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=seed,
+                              mask_labels=mask_labels, **settings[bool(job.mask)], **options)
             suffix = ".nii.gz" if image_format == "nifti" else ""
             target = out / f"{name}_image{suffix}"
             write_volume(result.image, target, description=f"volsynth synthetic: {job.prompt}"[:64])

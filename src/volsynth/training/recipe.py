@@ -447,16 +447,23 @@ def run_hierarchical_recipe(recipe: dict, out: Path, progress: bool = True,
 
 def model_sampling(recipe: dict) -> dict:
     """The recommended sampling settings a recipe stores in its model (``model: {sampling: {...}}``): what
-    ``volsynth generate`` uses when the command line does not say (keys of ``jobs.SAMPLING_DEFAULTS``)."""
-    from volsynth.pipelines.jobs import SAMPLING_DEFAULTS
+    ``volsynth generate`` uses when the command line does not say (keys of ``jobs.SAMPLING_DEFAULTS``; under
+    ``with_mask:`` those that differ when a mask guides)."""
+    from volsynth.pipelines.jobs import SAMPLING_DEFAULTS, WITH_MASK
 
     sampling = (recipe.get("model") or {}).get("sampling") or {}
     if not isinstance(sampling, dict):
         raise ConfigError(recipe.get("_path"), "model.sampling must be a mapping, e.g. {mask_guidance: 2}")
-    unknown = sorted(set(sampling) - set(SAMPLING_DEFAULTS))
-    if unknown:
-        raise ConfigError(recipe.get("_path"), f"unknown model.sampling key(s): {', '.join(unknown)}",
-                          f"known: {', '.join(SAMPLING_DEFAULTS)}")
+    with_mask = sampling.get(WITH_MASK) or {}
+    if not isinstance(with_mask, dict):
+        raise ConfigError(recipe.get("_path"), f"model.sampling.{WITH_MASK} must be a mapping",
+                          "e.g. {text_guidance: 1}")
+    for where, keys in (("model.sampling", set(sampling) - {WITH_MASK}),
+                        (f"model.sampling.{WITH_MASK}", set(with_mask))):
+        unknown = sorted(keys - set(SAMPLING_DEFAULTS))
+        if unknown:
+            raise ConfigError(recipe.get("_path"), f"unknown {where} key(s): {', '.join(unknown)}",
+                              f"known: {', '.join(SAMPLING_DEFAULTS)}")
     return dict(sampling)
 
 
