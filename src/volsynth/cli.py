@@ -291,17 +291,17 @@ def generate(
 
 @app.command()
 def reconstruct(
-    model: Path = typer.Argument(..., help="Latent model folder (its autoencoder is used)."),
+    model: Path = typer.Argument(..., help="Latent model folder (its autoencoder is used), or an autoencoder "
+                                           "checkpoint (OUT/autoencoder/checkpoints/checkpoint-N)."),
     prepared: Path = typer.Argument(..., help="Dataset prepared like the model (prepare RAW OUT --like MODEL)."),
     out: Path = typer.Option(..., help="Output folder, laid out like volsynth generate's (evaluate reads it)."),
     limit: int = typer.Option(None, help="Only the first N cases."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Encode and decode real cases with the model's autoencoder: the ceiling of what its samples can show."""
-    from volsynth.pipelines.reconstruct import reconstruct_dataset
-    from volsynth.pipelines.segguided import load_pipeline
+    from volsynth.pipelines.reconstruct import load_for_reconstruction, reconstruct_dataset
 
-    written = reconstruct_dataset(load_pipeline(model), prepared, out, limit, progress)
+    written = reconstruct_dataset(load_for_reconstruction(model), prepared, out, limit, progress)
     console.print(f"wrote {len(written)} reconstruction(s) to {out}")
 
 

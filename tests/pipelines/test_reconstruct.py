@@ -68,3 +68,15 @@ def test_reconstruct_needs_a_latent_model(prepared_tiny, tmp_path, capsys):
     assert main(["reconstruct", str(pixel_model), str(prepared_tiny), "--out", str(tmp_path / "out"),
                  "--no-progress"]) == 2
     assert "no autoencoder" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_reconstruct_takes_an_autoencoder_checkpoint(tiny_model, prepared_tiny, tmp_path):
+    """An autoencoder stage's checkpoint (no UNet yet) reconstructs as the model built from it does."""
+    checkpoint = sorted((tiny_model.parent / "ae" / "checkpoints").iterdir())[-1]
+    for name, source in (("checkpoint", checkpoint), ("model", tiny_model)):
+        assert main(["reconstruct", str(source), str(prepared_tiny), "--out", str(tmp_path / name), "--limit", "1",
+                     "--no-progress"]) == 0
+    images = [read_volume(next((tmp_path / name).glob("*_image.nii.gz"))).array for name in ("checkpoint", "model")]
+    np.testing.assert_allclose(images[0], images[1], atol=1e-4)
+    sidecar = json.loads(next((tmp_path / "checkpoint").glob("*.json")).read_text())
+    assert sidecar["model"] == str(checkpoint) and len(sidecar["model_sha256"]) == 64

@@ -7,6 +7,7 @@ segmentor reaches on decoded real anatomy, against which the generated volumes' 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,34 @@ from volsynth.data.prepare import case_windows
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.io.formats import read_label, read_volume, write_volume
 from volsynth.io.jsonfile import write_json
+from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.tiled import decode
 from volsynth.parallel import progress_bar
+
+
+@dataclass
+class AutoencoderOnly:
+    """A folder with an autoencoder but no UNet (a checkpoint of a recipe's autoencoder stage), as reconstruction
+    needs it: so an autoencoder can be judged before a diffusion model is trained on its latents."""
+
+    autoencoder: torch.nn.Module
+    plan: Plan
+    model_path: Path
+    model_sha256: str | None
+    scale_factor: float = 1.0  # unused: reconstruction decodes the posterior mean as it is
+
+
+def load_for_reconstruction(path: str | Path):
+    """A latent model's pipeline, or an ``AutoencoderOnly`` for a folder that holds an autoencoder and no UNet."""
+    from volsynth.pipelines.segguided import load_pipeline
+
+    path = Path(path)
+    if (path / "meta.json").is_file() and (path / "config.yaml").is_file():
+        checkpoint = load_checkpoint(path, use_ema=True)
+        if "autoencoder" in checkpoint.networks and "unet" not in checkpoint.networks and "plan" in checkpoint.meta:
+            return AutoencoderOnly(checkpoint.networks["autoencoder"].eval(), Plan.from_dict(checkpoint.meta["plan"]),
+                                   path, checkpoint.meta["files"].get("model.safetensors"))
+    return load_pipeline(path)
 
 
 @torch.no_grad()
