@@ -107,6 +107,10 @@ def test_reuse_errors(prepared_tiny, tiny_model, tmp_path):
     init = tiny_recipe(raw, autoencoder={"size": "tiny", "init": str(tiny_model), "network": {"latent_channels": 2}})
     with pytest.raises(ConfigError, match="autoencoder.init: the autoencoder of .* does not fit"):
         run_quietly(init, tmp_path / "init-shape")
+    unet_init = tiny_recipe(raw, text_encoder="tiny:32", autoencoder={"pretrained": str(tiny_model)},
+                            diffusion={"size": "tiny", "init": str(tiny_model)})
+    with pytest.raises(ConfigError, match="diffusion.init: .* trained with text encoder 'tiny:16'"):
+        run_quietly(unet_init, tmp_path / "init-encoder")
     init["autoencoder"] = {"init": str(tmp_path / "missing")}
     with pytest.raises(ConfigError, match="autoencoder.init: .* is not a model or checkpoint folder"):
         run_quietly(init, tmp_path / "init-missing")

@@ -232,6 +232,8 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
         diffusion = reused
     else:
         diff_init = _init_source(recipe, diff_block, "diffusion")
+        if diff_init is not None:
+            _same_text_encoder(recipe, diff_init, text_encoder, "diffusion.init")
         diffusion = _train_stage(
             recipe, "diffusion", out, {"seed": seed, "progress": progress, **diff_train}, diff_init, log,
             lambda: DiffusionStage(cache, DiffusionSettings.from_dict({"text_encoder": text_encoder, **diff_block}),
@@ -314,11 +316,16 @@ def _reused_diffusion(recipe: dict, ae_block: dict, ae_train: dict, diff_block: 
     if ae_train or set(ae_block) - {"pretrained"} or ae_block.get("pretrained") not in (None, diff_block["pretrained"]):
         raise ConfigError(recipe["_path"], "diffusion.pretrained brings its model's autoencoder; the recipe's "
                           "autoencoder block asks for another", "drop the autoencoder block")
+    _same_text_encoder(recipe, path, text_encoder, "diffusion.pretrained")
+    return path
+
+
+def _same_text_encoder(recipe: dict, path: Path, text_encoder: str, where: str) -> None:
+    """Refuse a UNet trained with another text encoder (same width or not, its tokens mean other things)."""
     trained_with = read_json(path / "meta.json").get("text_encoder")
     if trained_with != text_encoder:
-        raise ConfigError(recipe["_path"], f"diffusion.pretrained: {path} was trained with text encoder "
+        raise ConfigError(recipe["_path"], f"{where}: {path} was trained with text encoder "
                           f"'{trained_with}', the recipe names '{text_encoder}'", f"set text_encoder: {trained_with}")
-    return path
 
 
 def pretrained_model(path: str | Path, plan: Plan | None, recipe_path: str | Path, network: str,
