@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from volsynth import __version__
 from volsynth.data.dataset import load_dataset
@@ -34,7 +35,6 @@ class AutoencoderOnly:
     plan: Plan
     model_path: Path
     model_sha256: str | None
-    scale_factor: float = 1.0  # unused: reconstruction decodes the posterior mean as it is
 
 
 def load_for_reconstruction(path: str | Path):
@@ -42,9 +42,11 @@ def load_for_reconstruction(path: str | Path):
     from volsynth.pipelines.segguided import load_pipeline
 
     path = Path(path)
-    if (path / "meta.json").is_file() and (path / "config.yaml").is_file():
+    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else None
+    networks = (config or {}).get("networks") or {}
+    if "autoencoder" in networks and "unet" not in networks:  # read the weights once, as the right kind
         checkpoint = load_checkpoint(path, use_ema=True)
-        if "autoencoder" in checkpoint.networks and "unet" not in checkpoint.networks and "plan" in checkpoint.meta:
+        if "plan" in checkpoint.meta:
             return AutoencoderOnly(checkpoint.networks["autoencoder"].eval(), Plan.from_dict(checkpoint.meta["plan"]),
                                    path, checkpoint.meta["files"].get("model.safetensors"))
     return load_pipeline(path)
@@ -74,7 +76,7 @@ def reconstruct_dataset(pipeline, prepared: str | Path, out: str | Path, limit: 
     prepared, out = Path(prepared), Path(out)
     if limit is not None and limit < 1:
         raise ConfigError(None, f"--limit must be >= 1, got {limit}")
-    if getattr(pipeline, "autoencoder", None) is None or not hasattr(pipeline, "scale_factor"):
+    if getattr(pipeline, "autoencoder", None) is None:
         raise ConfigError(getattr(pipeline, "model_path", None), "this model has no autoencoder to reconstruct with",
                           "reconstruction applies to latent models")
     if not (prepared / PLAN_FILE).is_file():
