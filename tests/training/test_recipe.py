@@ -82,6 +82,8 @@ def test_a_late_stage_typo_fails_when_the_recipe_is_read():
         load_recipe(ROOT / "recipes" / "tiny-hierarchical.yaml", ["superres.factr=2"])
     with pytest.raises(ConfigError, match="segguided: unknown"):
         load_recipe(ROOT / "recipes" / "tiny-sgd.yaml", ["segguided.slice_axes=axial"])
+    with pytest.raises(ConfigError, match="segguided: unknown .*init"):  # init: serves latent stages only
+        load_recipe(ROOT / "recipes" / "tiny-sgd.yaml", ["segguided.init=models/tiny-sgd"])
 
 
 def test_overrides_set_nested_values_and_report_bad_ones(tmp_path):

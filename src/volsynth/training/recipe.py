@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -115,7 +116,8 @@ def _check_stage_blocks(recipe: dict) -> None:
         if not isinstance(block, dict):
             raise ConfigError(recipe["_path"], f"{name}: must be a mapping of setting: value")
         settings, train = _split(block)
-        settings.pop("init", None)
+        if recipe.get("kind", "latent") == "latent":  # init: MODEL serves the latent stages only
+            settings.pop("init", None)
         try:
             TrainConfig.from_dict(train)
             if settings.get("pretrained") is None:  # a reused network's block is checked where it is reused
@@ -398,16 +400,13 @@ def run_segguided_recipe(recipe: dict, out: Path, progress: bool = True, log: Ca
         datasets.append(load_prepared(out / f"prepared-{index}"))
     block, train_block = _split(recipe.get("segguided"))
     settings = SegGuidedSettings.from_dict({"text_encoder": str(recipe.get("text_encoder", "minilm")), **block})
-    config = TrainConfig.from_dict({"seed": seed, "progress": progress, **train_block})
-    stage = SegGuidedStage(datasets, settings, seed=seed)
-    if not _finished(out / "segguided", config.steps):
-        log("stage segguided")
-        Trainer(stage, out / "segguided", config).fit(resume=True)
+    checkpoint = _train_stage(recipe, "segguided", out, {"seed": seed, "progress": progress, **train_block}, None, log,
+                              lambda: SegGuidedStage(datasets, settings, seed=seed))
     model = out / "model"
 
     def assemble() -> None:
         log("stage model")
-        trained = load_checkpoint(latest_checkpoint(out / "segguided" / "checkpoints"), use_ema=model_ema(recipe))
+        trained = load_checkpoint(checkpoint, use_ema=model_ema(recipe))
         meta = {**trained.meta, "recipe": recipe.get("name"), "steps": {"segguided": trained.meta["step"]},
                 **_sampling_meta(recipe)}
         save_checkpoint(model, trained.networks, trained.config["networks"], meta,
@@ -430,11 +429,9 @@ def run_hierarchical_recipe(recipe: dict, out: Path, progress: bool = True,
     for name, stage_class in (("joint", JointStage), ("superres", SuperResolutionStage)):
         block, train_block = _split(recipe.get(name))
         settings = HierarchicalSettings.from_dict({"text_encoder": text_encoder, **block})
-        config = TrainConfig.from_dict({"seed": seed, "progress": progress, **train_block})
-        if not _finished(out / name, config.steps):
-            log(f"stage {name}")
-            Trainer(stage_class(data, settings, seed=seed), out / name, config).fit(resume=True)
-        finals[name] = load_checkpoint(latest_checkpoint(out / name / "checkpoints"), use_ema=model_ema(recipe))
+        checkpoint = _train_stage(recipe, name, out, {"seed": seed, "progress": progress, **train_block}, None, log,
+                                  partial(stage_class, data, settings, seed=seed))
+        finals[name] = load_checkpoint(checkpoint, use_ema=model_ema(recipe))
     if finals["joint"].meta["factor"] != finals["superres"].meta["factor"]:
         raise ConfigError(recipe["_path"], "joint and superres need the same factor")
     model = out / "model"
