@@ -112,3 +112,14 @@ def test_streamed_decode_matches_full_decode(slab_elements, monkeypatch):
     assert streamed.shape == full.shape == (2, 1, 22, 18, 12)
     assert float((streamed - full).abs().max()) < 1e-4 * float(full.std())
     assert torch.equal(z, original)  # the input is left as it was
+
+
+def test_network_configs_reads_names_and_refuses_a_corrupt_config(tmp_path):
+    from volsynth.models.checkpoint import CheckpointError, network_configs
+
+    assert network_configs(tmp_path) == {}  # no config.yaml
+    (tmp_path / "config.yaml").write_text("networks:\n  autoencoder: {class: AutoencoderKL}\nsettings: {}\n")
+    assert list(network_configs(tmp_path)) == ["autoencoder"]
+    (tmp_path / "config.yaml").write_text("networks: [unclosed\n")
+    with pytest.raises(CheckpointError, match="config.yaml.*unreadable checkpoint config"):
+        network_configs(tmp_path)

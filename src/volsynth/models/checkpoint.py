@@ -114,6 +114,19 @@ def _verify(path: Path) -> dict:
     return meta
 
 
+def network_configs(path: str | Path) -> dict[str, dict]:
+    """The network configs in a checkpoint folder's ``config.yaml`` by name ({} when the folder has none)."""
+    file = Path(path) / "config.yaml"
+    if not file.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(file, f"unreadable checkpoint config ({exc})") from exc
+    networks = config.get("networks") if isinstance(config, dict) else None
+    return networks if isinstance(networks, dict) else {}
+
+
 def load_checkpoint(path: str | Path, verify: bool = True, use_ema: bool = False,
                     with_training_state: bool = False) -> Checkpoint:
     """Rebuild every network from ``config.yaml`` and load its weights (EMA weights if asked and present)."""

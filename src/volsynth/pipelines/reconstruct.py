@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from volsynth import __version__
 from volsynth.data.dataset import load_dataset
@@ -21,7 +20,7 @@ from volsynth.data.prepare import case_windows
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.io.formats import read_label, read_volume, write_volume
 from volsynth.io.jsonfile import write_json
-from volsynth.models.checkpoint import load_checkpoint
+from volsynth.models.checkpoint import load_checkpoint, network_configs
 from volsynth.models.tiled import decode
 from volsynth.parallel import progress_bar
 
@@ -42,8 +41,7 @@ def load_for_reconstruction(path: str | Path):
     from volsynth.pipelines.segguided import load_pipeline
 
     path = Path(path)
-    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else None
-    networks = (config or {}).get("networks") or {}
+    networks = network_configs(path)
     if "autoencoder" in networks and "unet" not in networks:  # read the weights once, as the right kind
         checkpoint = load_checkpoint(path, use_ema=True)
         if "plan" in checkpoint.meta:

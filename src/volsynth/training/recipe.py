@@ -34,7 +34,7 @@ from volsynth.data.prepare import PrepareOptions, prepare_dataset
 from volsynth.errors import ConfigError
 from volsynth.io.atomic import atomic_output
 from volsynth.io.jsonfile import read_json
-from volsynth.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from volsynth.models.checkpoint import latest_checkpoint, load_checkpoint, network_configs, save_checkpoint
 from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
 from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
 from volsynth.training.data import load_prepared
@@ -339,8 +339,7 @@ def pretrained_model(path: str | Path, plan: Plan | None, recipe_path: str | Pat
     if not meta.is_file():
         raise ConfigError(recipe_path, f"{block}.{key}: {path} is not a model or checkpoint folder",
                           "give a folder with meta.json, e.g. models/abdomen-ct-64")
-    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-    if network not in (config or {}).get("networks", {}):
+    if network not in network_configs(path):
         raise ConfigError(recipe_path, f"{block}.{key}: {path} holds no {network}")
     if plan is None:
         return path
