@@ -18,6 +18,7 @@ from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.controlnet import combine_features, mask_features
 from volsynth.models.tiled import decode
 from volsynth.pipelines.masks import class_flags, place_mask
+from volsynth.pipelines.refine import run_refiner
 from volsynth.sampling import build_scheduler, dual_guidance, sample
 from volsynth.sampling.samplers import scheduler_for
 from volsynth.text import get_text_encoder
@@ -37,9 +38,11 @@ class SynthesisPipeline:
 
     def __init__(self, autoencoder, unet, plan: Plan, scale_factor: float, text_encoder: str, latent_shape: list[int],
                  diffusion: dict, controlnet=None, model_path: Path | None = None,
-                 model_sha256: str | None = None) -> None:
+                 model_sha256: str | None = None, refiner=None, refiner_settings: dict | None = None) -> None:
         self.autoencoder, self.unet = autoencoder.eval().float(), unet.eval().float()
         self.controlnet = controlnet.eval().float() if controlnet is not None else None
+        self.refiner = refiner.eval().float() if refiner is not None else None
+        self.refiner_settings = dict(refiner_settings or {})
         self.latent_shape = list(latent_shape)
         self.plan, self.scale_factor, self.diffusion = plan, scale_factor, diffusion
         self.text_encoder_id = text_encoder
@@ -50,14 +53,15 @@ class SynthesisPipeline:
     def to(self, device: str | torch.device) -> SynthesisPipeline:
         """Move the networks to a device (noise is still drawn on the CPU, so seeds mean the same)."""
         self.device = torch.device(device)
-        for network in (self.autoencoder, self.unet, self.controlnet):
+        for network in (self.autoencoder, self.unet, self.controlnet, self.refiner):
             if network is not None:
                 network.to(self.device)
         return self
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> SynthesisPipeline:
-        """Load a model folder (``autoencoder`` + ``unet`` [+ ``controlnet``], EMA weights when present)."""
+        """Load a model folder (``autoencoder`` + ``unet`` [+ ``controlnet``] [+ ``refiner``], EMA weights when
+        present)."""
         checkpoint = load_checkpoint(path, use_ema=True)
         meta, networks = checkpoint.meta, checkpoint.networks
         missing = [n for n in ("autoencoder", "unet") if n not in networks]
@@ -65,7 +69,7 @@ class SynthesisPipeline:
             raise ConfigError(path, f"model folder lacks network(s) {missing}", "is this a complete model?")
         return cls(networks["autoencoder"], networks["unet"], Plan.from_dict(meta["plan"]), float(meta["scale_factor"]),
                    meta["text_encoder"], meta["latent_shape"], meta.get("diffusion", {}), networks.get("controlnet"),
-                   Path(path), meta["files"].get("model.safetensors"))
+                   Path(path), meta["files"].get("model.safetensors"), networks.get("refiner"), meta.get("refiner"))
 
     @property
     def text_encoder(self):
@@ -90,15 +94,21 @@ class SynthesisPipeline:
 
     def prepare_mask(self, mask: LabelMap | str | Path, mask_labels: dict | None = None,
                      known: list[str] | None = None, modality: str | None = None):
-        """Mask -> (mapped LabelMap on its own grid, plan-grid affine, ControlNet features, known names)."""
+        """Mask -> (mapped LabelMap on its own grid, plan-grid affine, ControlNet features, known names, source)."""
+        mapped, grid, on_grid, known, source = self._place_mask(mask, mask_labels, known, modality)
+        return mapped, grid, self._mask_features(on_grid, known, self.mask_pooling), known, source
+
+    def _place_mask(self, mask, mask_labels, known, modality=None):
         self._check_modality(modality)
         if not self.mask_guided:
             raise ConfigError(self.model_path, "this model has no mask guidance (no ControlNet, no mask input)",
                               "train a recipe with a controlnet stage or diffusion.mask_concat, or give text only")
-        mapped, grid, on_grid, known, source = place_mask(mask, self.plan, mask_labels, known)
+        return place_mask(mask, self.plan, mask_labels, known)
+
+    def _mask_features(self, on_grid: LabelMap, known: list[str], pooling: int) -> torch.Tensor:
         _, ids, flags = class_flags(self.plan, known)
         labels = torch.from_numpy(on_grid.array.astype(np.int64))[None]
-        return mapped, grid, mask_features(labels, flags, ids, self.mask_pooling), known, source
+        return mask_features(labels, flags, ids, pooling)
 
     @property
     def mask_pooling(self) -> int:
@@ -113,11 +123,11 @@ class SynthesisPipeline:
                  controlnet_scale: float = 1.0, mask_labels: dict | None = None,
                  known: list[str] | None = None, dtype: torch.dtype = torch.float32,
                  modality: str | None = None, latents: torch.Tensor | None = None,
-                 mask_condition: torch.Tensor | None = None) -> SynthesisResult:
+                 mask_condition: torch.Tensor | None = None, refine: bool = True) -> SynthesisResult:
         """1. encode prompt 2. prepare mask 3. prepare latents 4. denoise 5. decode 6. back to HU and geometry.
 
         ``latents`` replaces the seeded starting noise and ``mask_condition`` the mask's ControlNet input
-        (both used by latent interpolation).
+        (both used by latent interpolation). ``refine=False`` skips the model's refiner, when it has one.
         """
         start = time.perf_counter()
         self._check_modality(modality)
@@ -130,9 +140,15 @@ class SynthesisPipeline:
         mask_info: dict = {}
         null_features = self._null_features()
         features = null_features
+        refiner_features = self._null_features(1)
         if mask is not None:
-            mapped, grid, features, given, source = self.prepare_mask(mask, mask_labels, known)
-            features = (features if mask_condition is None else mask_condition).to(self.device)
+            mapped, grid, on_grid, given, source = self._place_mask(mask, mask_labels, known)
+            own = self._mask_features(on_grid, given, self.mask_pooling)
+            features = (own if mask_condition is None else mask_condition).to(self.device)
+            if self.refiner is not None and refine and (mask_condition is None or torch.equal(mask_condition, own)):
+                # the refiner reads the mask at full resolution; a blended condition (an interpolation's middle
+                # frames) has no full-resolution mask, so those frames are refined without one
+                refiner_features = self._mask_features(on_grid, given, 1).to(self.device)
             mask_info = {"mask": source, "mask_sha256": _sha256(source), "mask_classes": given,
                          "mask_guidance": mask_guidance,
                          **({"controlnet_scale": controlnet_scale} if self.controlnet is not None else {})}
@@ -161,6 +177,10 @@ class SynthesisPipeline:
             z = sample(denoiser, z, scheduler, steps, generator=generator)
             # 5. decode (tiled above the size threshold)
             image = decode(self.autoencoder, z.float() / self.scale_factor)
+            # 5b. refine at full resolution from the decoded volume and the mask (when the model has a refiner)
+            if self.refiner is not None and refine:
+                image = run_refiner(self.refiner, image.float().clamp(-1, 1), refiner_features, self.refiner_settings,
+                                    seed, self.model_path)
         # 6. back to HU / MR units; onto the mask's grid when a mask was given
         volume = Volume(image[0, 0].float().clamp(-1, 1).cpu().numpy().astype(np.float32),
                         grid if grid is not None else self.plan.default_affine(), modality=self.plan.modality)
@@ -171,6 +191,7 @@ class SynthesisPipeline:
                       "text_guidance": text_guidance, "dtype": str(dtype).removeprefix("torch."),
                       "device": self.device.type, "text_encoder": self.text_encoder_id,
                       "model": str(self.model_path), "model_sha256": self.model_sha256, **mask_info,
+                      **({"refined": bool(refine)} if self.refiner is not None else {}),
                       "seconds": round(time.perf_counter() - start, 3)}
         return SynthesisResult(volume, mapped, provenance)
 
@@ -183,9 +204,9 @@ class SynthesisPipeline:
             raise ConfigError(self.model_path, f"model generates {self.plan.modality}, not {modality}",
                               "use a segmentation-guided model for CT and MR from one mask")
 
-    def _null_features(self) -> torch.Tensor:
+    def _null_features(self, pooling: int | None = None) -> torch.Tensor:
         classes = len(self.plan.labels)
-        pooling = self.mask_pooling
+        pooling = self.mask_pooling if pooling is None else pooling
         grid = [s // pooling for s in self.plan.size]
         return torch.zeros([1, 2 * classes, *grid], device=self.device)
 

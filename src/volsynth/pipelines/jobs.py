@@ -147,8 +147,9 @@ def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None) -> None:
 def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = None, sampler: str | None = None,
              text_guidance: float | None = None, image_format: str = "nifti", progress: bool = True,
              mask_guidance: float | None = None, controlnet_scale: float | None = None,
-             mask_labels: dict | None = None, slice_noise: str | None = None) -> list[Path]:
-    """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote.
+             mask_labels: dict | None = None, slice_noise: str | None = None, refine: bool = True) -> list[Path]:
+    """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote. ``refine=False``
+    skips the model's refiner (an error for a model without one).
 
     Sampling settings left None come from the model's recommendation, else ``SAMPLING_DEFAULTS``."""
     out = Path(out)
@@ -170,6 +171,10 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = Non
             raise ConfigError(getattr(pipeline, "model_path", None), "--slice-noise applies to 2D slice models only")
         check_slice_noise(slice_noise)
     options = {"slice_noise": slice_noise} if slice_noise is not None else {}
+    if not refine:
+        if getattr(pipeline, "refiner", None) is None:
+            raise ConfigError(getattr(pipeline, "model_path", None), "--no-refine: this model has no refiner")
+        options["refine"] = False
     items = expand(jobs)
     for sampler in {chosen["sampler"] for chosen in settings.values()}:
         pipeline.scheduler(sampler)  # a sampler the model cannot use fails before anything is written

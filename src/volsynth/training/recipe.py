@@ -9,8 +9,12 @@ Stages and their folders under OUT::
     latents/      latent cache (posterior statistics, report embeddings, pooled masks)
     diffusion/    checkpoints/checkpoint-N, metrics.jsonl, previews/ (none with ``diffusion: {pretrained: MODEL}``,
                   which reuses that model's UNet and autoencoder as they are, e.g. to train only a ControlNet)
-    controlnet/   checkpoints/checkpoint-N (when the recipe has a controlnet block)
-    model/        the final model: autoencoder + UNet [+ ControlNet] (EMA weights) + meta.json
+    controlnet/   checkpoints/checkpoint-N (when the recipe has a controlnet block; none with
+                  ``controlnet: {pretrained: MODEL}``, which reuses the ControlNet of the model whose UNet
+                  ``diffusion: {pretrained: MODEL}`` reuses)
+    refiner/      checkpoints/checkpoint-N (when the recipe has a refiner block: a pixel-space stage that redraws
+                  the decoded volume from its degraded copy and the full-resolution mask; see training.refiner)
+    model/        the final model: autoencoder + UNet [+ ControlNet] [+ refiner] (EMA weights) + meta.json
     recipe.yaml   the recipe as first run, ``--set`` overrides applied (see ``pin_recipe``)
 
 A trained stage's block may say ``init: MODEL`` (a model or checkpoint folder): its networks start from that
@@ -42,10 +46,11 @@ from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
 from volsynth.training.engine import TrainConfig, Trainer, distributed_info
 from volsynth.training.hierarchical import HierarchicalSettings, JointStage, SuperResolutionStage
 from volsynth.training.latents import CACHE_INFO, build_latent_cache, load_latent_cache
+from volsynth.training.refiner import RefinerSettings, RefinerStage
 from volsynth.training.segguided import SegGuidedSettings, SegGuidedStage
 
 RECIPE_KEYS = {"name", "kind", "seed", "data", "prepare", "text_encoder", "autoencoder", "diffusion", "controlnet",
-               "segguided", "joint", "superres", "model"}
+               "segguided", "joint", "superres", "refiner", "model"}
 RECIPE_FILE = "recipe.yaml"
 # Settings a resumed run may change: how long stages train and how often they report. Anything else would
 # silently mix two configurations in one run folder.
@@ -53,7 +58,7 @@ RESUMABLE_KEYS = ("steps", "checkpoint_every", "preview_every", "progress", "ten
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # The settings of each trained stage's block, by recipe kind (checked when the recipe is read).
 STAGE_SETTINGS = {"latent": {"autoencoder": AutoencoderSettings, "diffusion": DiffusionSettings,
-                             "controlnet": ControlNetSettings},
+                             "controlnet": ControlNetSettings, "refiner": RefinerSettings},
                   "segguided": {"segguided": SegGuidedSettings},
                   "hierarchical": {"joint": HierarchicalSettings, "superres": HierarchicalSettings}}
 
@@ -103,6 +108,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
         raise ConfigError(path, f"unknown recipe kind '{recipe['kind']}'", "use latent, segguided or hierarchical")
     recipe["_path"] = str(path)
     _check_stage_blocks(recipe)  # a typo in a late stage fails now, not after the earlier stages trained for hours
+    _check_reused_controlnet(recipe)
     model_sampling(recipe)  # a bad model.sampling fails now, not when the model is assembled hours later
     return recipe
 
@@ -245,17 +251,46 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     controlnet = None
     if recipe.get("controlnet") is not None:
         cn_block, cn_train = _split(recipe.get("controlnet"))
-        cn_init = _init_source(recipe, cn_block, "controlnet")
-        controlnet = _train_stage(
-            recipe, "controlnet", out, {"seed": seed, "progress": progress, **cn_train}, cn_init, log,
-            lambda: ControlNetStage(cache, diffusion, ControlNetSettings.from_dict(cn_block), seed=seed))
+        if cn_block.get("pretrained") is not None:  # checked with the recipe (_check_reused_controlnet)
+            controlnet = pretrained_model(cn_block["pretrained"], None, recipe["_path"], "controlnet", "controlnet")
+        else:
+            cn_init = _init_source(recipe, cn_block, "controlnet")
+            controlnet = _train_stage(
+                recipe, "controlnet", out, {"seed": seed, "progress": progress, **cn_train}, cn_init, log,
+                lambda: ControlNetStage(cache, diffusion, ControlNetSettings.from_dict(cn_block), seed=seed))
 
-    # 7. final model
+    # 7. refiner (when the recipe has one): pixel space, on the prepared images and label maps
+    refiner = None
+    if recipe.get("refiner") is not None:
+        rf_block, rf_train = _split(recipe.get("refiner"))
+        rf_init = _init_source(recipe, rf_block, "refiner", data.plan)
+        refiner = _train_stage(
+            recipe, "refiner", out, {"seed": seed, "progress": progress, **rf_train}, rf_init, log,
+            lambda: RefinerStage(data, RefinerSettings.from_dict(rf_block), seed=seed))
+
+    # 8. final model
     model = out / "model"
     dtype = DTYPES.get(str((recipe.get("model") or {}).get("dtype", "float32")))
     _once(rank, world, lambda: (model / "meta.json").is_file(),
-          lambda: (log("stage model"), assemble_model(autoencoder, diffusion, model, recipe, dtype, controlnet)))
+          lambda: (log("stage model"), assemble_model(autoencoder, diffusion, model, recipe, dtype, controlnet,
+                                                      refiner)))
     return model
+
+
+def _check_reused_controlnet(recipe: dict) -> None:
+    """``controlnet: {pretrained: MODEL}`` reuses that ControlNet as it is, with the UNet it was trained for:
+    the block holds nothing else and MODEL must be the recipe's ``diffusion.pretrained`` (checked when read)."""
+    block, train = _split(recipe.get("controlnet") if isinstance(recipe.get("controlnet"), dict) else {})
+    if block.get("pretrained") is None:
+        return
+    if set(block) - {"pretrained"} or train:
+        raise ConfigError(recipe["_path"], "controlnet.pretrained reuses that model's ControlNet as it is, so the "
+                          "controlnet block can hold nothing else", "drop the other controlnet settings")
+    diffusion = recipe.get("diffusion") if isinstance(recipe.get("diffusion"), dict) else {}
+    if diffusion.get("pretrained") is None or Path(diffusion["pretrained"]).resolve() != Path(
+            block["pretrained"]).resolve():
+        raise ConfigError(recipe["_path"], f"controlnet.pretrained: {block['pretrained']}'s ControlNet steers that "
+                          "model's UNet only", f"add diffusion: {{pretrained: {block['pretrained']}}}")
 
 
 def _train_stage(recipe: dict, name: str, out: Path, train: dict, init: Path | None, log: Callable[[str], None],
@@ -490,8 +525,8 @@ def _steps(meta: dict, stage: str) -> int:
 
 
 def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, dtype: torch.dtype | None = None,
-                   controlnet: Path | None = None) -> Path:
-    """One folder with the autoencoder, UNet [and ControlNet] (EMA weights unless the recipe says
+                   controlnet: Path | None = None, refiner: Path | None = None) -> Path:
+    """One folder with the autoencoder, UNet [, ControlNet] [and refiner] (EMA weights unless the recipe says
     ``model: {ema: false}``) and what generation needs."""
     ema = model_ema(recipe)
     ae = load_checkpoint(autoencoder, use_ema=ema)
@@ -504,7 +539,7 @@ def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, 
     # autoencoder.pretrained / diffusion.pretrained: model folders, not training checkpoints
     meta.update({f"{name}_from": str(path) for name, path, checkpoint in
                  (("autoencoder", autoencoder, ae), ("diffusion", diffusion, diff)) if "step" not in checkpoint.meta})
-    init = {block: str(recipe[block]["init"]) for block in ("autoencoder", "diffusion", "controlnet")
+    init = {block: str(recipe[block]["init"]) for block in ("autoencoder", "diffusion", "controlnet", "refiner")
             if isinstance(recipe.get(block), dict) and recipe[block].get("init") is not None}
     if init:  # block: {init: MODEL}: trained on from that model's networks
         meta["initialised_from"] = init
@@ -514,7 +549,15 @@ def assemble_model(autoencoder: Path, diffusion: Path, out: Path, recipe: dict, 
         cn = load_checkpoint(controlnet, use_ema=ema)
         configs["controlnet"] = cn.config["networks"]["controlnet"]
         networks["controlnet"] = cn.networks["controlnet"]
-        meta["steps"]["controlnet"] = cn.meta["step"]
+        meta["steps"]["controlnet"] = _steps(cn.meta, "controlnet")
+        if "step" not in cn.meta:
+            meta["controlnet_from"] = str(controlnet)
+    if refiner is not None:
+        rf = load_checkpoint(refiner, use_ema=ema)
+        configs["refiner"] = rf.config["networks"]["refiner"]
+        networks["refiner"] = rf.networks["refiner"]
+        meta["steps"]["refiner"] = rf.meta["step"]
+        meta["refiner"] = rf.meta["refiner"]
     return save_checkpoint(out, networks, configs, meta, settings={"recipe": {k: v for k, v in recipe.items()
                                                                               if not k.startswith("_")}},
                            dtype=dtype)
