@@ -137,7 +137,7 @@ def test_stage_hides_classes_and_trains_on_patches(prepared_tiny):
 
 def test_refiner_errors(prepared_tiny, tiny_model, tmp_path):
     raw = prepared_tiny.parent / "raw"
-    for bad, match in (({"degrade_factor": 3}, "degrade_factor must be 1, 2 or 4"),
+    for bad, match in (({"degrade_factor": 3}, "degrade_factor must be 1, 2, 4 or 8"),
                        ({"hide_class": 1.5}, r"hide_class must be in \[0, 1\]"),
                        ({"noise_aug": -1}, "noise_aug must be >= 0"),
                        ({"colour": 1}, "colour")):

@@ -55,8 +55,8 @@ class RefinerSettings(DenoiserSettings):
     def from_dict(cls, data: dict | None) -> RefinerSettings:
         """Build from a dict, rejecting unknown keys and impossible values."""
         settings = settings_from_dict(cls, data, "refiner")
-        if settings.degrade_factor not in (1, 2, 4):
-            raise ConfigError(None, f"degrade_factor must be 1, 2 or 4, got {settings.degrade_factor}")
+        if settings.degrade_factor not in (1, 2, 4, 8):
+            raise ConfigError(None, f"degrade_factor must be 1, 2, 4 or 8, got {settings.degrade_factor}")
         for name in ("noise_aug", "class_jitter"):
             if getattr(settings, name) < 0:
                 raise ConfigError(None, f"{name} must be >= 0, got {getattr(settings, name)}")
