@@ -114,7 +114,8 @@ def interpolate(pipeline, mask_a, mask_b, frames: int = 5, seed_a: int = 0, seed
     results = []
     for index in range(frames):
         t = index / max(1, frames - 1)
-        condition = features_a if t == 0 else features_b if t == 1 else (1 - t) * features_a + t * features_b
+        # the endpoints are the masks' own generations: no condition given (it would equal the mask's own)
+        condition = None if t in (0, 1) else (1 - t) * features_a + t * features_b
         results.append(pipeline(mask=mask_a if t < 0.5 else mask_b, seed=seed_a if t < 0.5 else seed_b,
                                 latents=slerp(noise_a, noise_b, t), mask_condition=condition, **kwargs))
     return results

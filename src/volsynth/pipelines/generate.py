@@ -140,14 +140,14 @@ class SynthesisPipeline:
         mask_info: dict = {}
         null_features = self._null_features()
         features = null_features
-        refiner_features = self._null_features(1)
+        refiner_features = None  # the refiner's mask input at full resolution (None: the "no mask" input)
         if mask is not None:
             mapped, grid, on_grid, given, source = self._place_mask(mask, mask_labels, known)
             own = self._mask_features(on_grid, given, self.mask_pooling)
             features = (own if mask_condition is None else mask_condition).to(self.device)
-            if self.refiner is not None and refine and (mask_condition is None or torch.equal(mask_condition, own)):
-                # the refiner reads the mask at full resolution; a blended condition (an interpolation's middle
-                # frames) has no full-resolution mask, so those frames are refined without one
+            if self.refiner is not None and refine and mask_condition is None:
+                # the refiner reads the mask at full resolution; a given condition (an interpolation's blended
+                # middle frames) has no full-resolution mask, so those volumes are refined without one
                 refiner_features = self._mask_features(on_grid, given, 1).to(self.device)
             mask_info = {"mask": source, "mask_sha256": _sha256(source), "mask_classes": given,
                          "mask_guidance": mask_guidance,
@@ -179,6 +179,8 @@ class SynthesisPipeline:
             image = decode(self.autoencoder, z.float() / self.scale_factor)
             # 5b. refine at full resolution from the decoded volume and the mask (when the model has a refiner)
             if self.refiner is not None and refine:
+                if refiner_features is None:
+                    refiner_features = self._null_features(1)
                 image = run_refiner(self.refiner, image.float().clamp(-1, 1), refiner_features, self.refiner_settings,
                                     seed, self.model_path)
         # 6. back to HU / MR units; onto the mask's grid when a mask was given

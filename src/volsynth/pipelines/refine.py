@@ -8,23 +8,25 @@ import torch
 
 from volsynth.sampling import sample
 from volsynth.sampling.samplers import scheduler_for
-from volsynth.training.refiner import degrade
+from volsynth.training.refiner import RefinerSettings, degrade
 
 
 @torch.no_grad()
 def run_refiner(refiner, image: torch.Tensor, features: torch.Tensor, settings: dict, seed: int,
                 model_path: Path | None = None, steps: int | None = None) -> torch.Tensor:
     """Redraw ``image`` [1, C, ...] (normalised, on the plan grid) from its degraded copy and the mask features
-    [1, 2K, ...] at the same resolution (all zeros: no mask). Seeded; DDIM with the refiner's ``steps``."""
-    cond = degrade(image, int(settings.get("degrade_factor", 2)))
-    residual_scale = settings.get("residual_scale")
+    [1, 2K, ...] at the same resolution (all zeros: no mask). ``settings``: the model's ``meta["refiner"]``.
+    Seeded; DDIM with the refiner's ``steps`` unless ``steps`` is given."""
+    refiner_settings = RefinerSettings.from_dict(settings)
+    cond = degrade(image, refiner_settings.degrade_factor)
+    residual_scale = refiner_settings.residual_scale
     # a residual's clean estimate is not bounded by [-1, 1]: clip only when the refiner predicts the image itself
     scheduler = scheduler_for(settings, "ddim", int(image[0, 0].numel()), model_path,
                               pixel_space=residual_scale is None)
     generator = torch.Generator().manual_seed(seed + 1)  # another stream than the latent noise of the same seed
     x = torch.randn(image.shape, generator=generator).to(image)
     condition = torch.cat([cond, features.to(image)], dim=1)
-    x = sample(lambda x, t: refiner(x, t, cond=condition), x, scheduler, int(steps or settings.get("steps", 20)),
+    x = sample(lambda x, t: refiner(x, t, cond=condition), x, scheduler, int(steps or refiner_settings.steps),
                generator=generator)
     if residual_scale is not None:
         x = cond + residual_scale * x
