@@ -41,11 +41,23 @@ class HierarchicalSettings(DenoiserSettings):
         settings = settings_from_dict(cls, data, "hierarchical")
         if settings.factor not in (2, 4):
             raise ConfigError(None, f"factor must be 2 or 4, got {settings.factor}")
-        if settings.patch is not None and (len(settings.patch) != 3 or any(p < 1 for p in settings.patch)):
-            raise ConfigError(None, f"patch must be 3 positive sizes, got {settings.patch}")
-        if settings.residual_scale is not None and not settings.residual_scale > 0:
-            raise ConfigError(None, f"residual_scale must be > 0, got {settings.residual_scale}")
+        check_patch_settings(settings.patch, settings.residual_scale)
         return settings
+
+
+def check_patch_settings(patch: list[int] | None, residual_scale: float | None) -> None:
+    """The settings of a patch-trained residual stage (super-resolution, refiner): 3 positive patch sizes and a
+    positive residual scale, each when given."""
+    if patch is not None and (len(patch) != 3 or any(p < 1 for p in patch)):
+        raise ConfigError(None, f"patch must be 3 positive sizes, got {patch}")
+    if residual_scale is not None and not residual_scale > 0:
+        raise ConfigError(None, f"residual_scale must be > 0, got {residual_scale}")
+
+
+def check_patch_fits(root, patch: list[int] | None, grid: list[int], levels: int, name: str = "patch") -> None:
+    """A training patch (when given) must fit the grid and be divisible by the UNet's downsampling ``levels``."""
+    if patch is not None and any(p % levels or p > s for p, s in zip(patch, grid, strict=True)):
+        raise ConfigError(root, f"{name} {patch} must fit the grid {grid} and be divisible by {levels}")
 
 
 def joint_channels(images: torch.Tensor, labels: torch.Tensor, label_ids: list[int]) -> torch.Tensor:
@@ -88,11 +100,7 @@ class _HierarchicalStage:
         divisor = settings.factor * 2 ** (len(unet["channels"]) - 1)  # the low-resolution grid goes through the UNet
         if any(s % divisor for s in data.images.shape[2:]):
             raise ConfigError(data.root, f"grid {list(data.images.shape[2:])} must be divisible by {divisor}")
-        levels = 2 ** (len(unet["channels"]) - 1)
-        if settings.patch is not None and any(p % levels or p > s for p, s in zip(settings.patch,
-                                                                                  data.images.shape[2:], strict=True)):
-            raise ConfigError(data.root, f"patch {settings.patch} must fit the grid {list(data.images.shape[2:])} "
-                                         f"and be divisible by {levels}")
+        check_patch_fits(data.root, settings.patch, list(data.images.shape[2:]), 2 ** (len(unet["channels"]) - 1))
         self.data, self.settings = data, settings
         self.label_names = sorted(data.plan.labels, key=data.plan.labels.get)
         self.label_ids = [data.plan.labels[n] for n in self.label_names]

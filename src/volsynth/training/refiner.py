@@ -28,7 +28,7 @@ from volsynth.models.controlnet import mask_features
 from volsynth.models.registry import build_network, network_config
 from volsynth.training.data import PreparedData
 from volsynth.training.denoising import DenoiserSettings, denoising_loss, hide_classes, noised
-from volsynth.training.hierarchical import random_patches
+from volsynth.training.hierarchical import check_patch_fits, check_patch_settings, random_patches
 from volsynth.training.latents import known_classes
 
 CONTEXT_DIM = 8  # the refiner takes no text: its UNet always sees its learned null context of this width
@@ -63,10 +63,7 @@ class RefinerSettings(DenoiserSettings):
         for name in ("hide_class", "hide_all"):
             if not 0 <= getattr(settings, name) <= 1:
                 raise ConfigError(None, f"{name} must be in [0, 1], got {getattr(settings, name)}")
-        if settings.patch is not None and (len(settings.patch) != 3 or any(p < 1 for p in settings.patch)):
-            raise ConfigError(None, f"patch must be 3 positive sizes, got {settings.patch}")
-        if settings.residual_scale is not None and not settings.residual_scale > 0:
-            raise ConfigError(None, f"residual_scale must be > 0, got {settings.residual_scale}")
+        check_patch_settings(settings.patch, settings.residual_scale)
         if settings.steps < 1:
             raise ConfigError(None, f"steps must be >= 1, got {settings.steps}")
         return settings
@@ -113,9 +110,7 @@ class RefinerStage:
         if any(s % (levels * settings.degrade_factor) for s in grid):
             raise ConfigError(data.root, f"grid {grid} must be divisible by {levels * settings.degrade_factor}",
                               "choose a network with fewer levels or another degrade_factor")
-        if settings.patch is not None and any(p % levels or p > s for p, s in zip(settings.patch, grid, strict=True)):
-            raise ConfigError(data.root, f"refiner patch {settings.patch} must fit the grid {grid} and be "
-                                         f"divisible by {levels}")
+        check_patch_fits(data.root, settings.patch, grid, levels, "refiner patch")
         self.data, self.settings = data, settings
         self.label_names = sorted(data.plan.labels, key=data.plan.labels.get)
         self.label_ids = [data.plan.labels[n] for n in self.label_names]
