@@ -2,12 +2,13 @@
 
 Each held-out mask is generated once without a refiner (seed 0, the model's recommended sampling with a mask:
 text guidance 1, mask guidance 4; cached under --cache), then every checkpoint's refiner redraws the same
-volumes, so checkpoints and refiner settings are compared on identical inputs. Prints the mean and per-case
-liver Dice of the evaluation segmentor against the conditioning mask. Needs runs/heldout-abdomen-64 and
-runs/seg-abdomen-64 (README "Quality of the shipped models").
+volumes, so checkpoints and refiner settings (--steps, --iterations, --guidance: the refiner's mask guidance
+scales) are compared on identical inputs. --from-real refines the held-out real images instead (the refiner's
+ceiling). Prints the mean and per-case liver Dice of the evaluation segmentor against the conditioning mask. Needs
+runs/heldout-abdomen-64 and runs/seg-abdomen-64 (README "Quality of the shipped models").
 
     OMP_NUM_THREADS=1 .venv/bin/python docs/refiner_dice.py \
-        runs/abdomen-refined-64/refiner/checkpoints/checkpoint-0005000
+        runs/abdomen-refined-64/refiner/checkpoints/checkpoint-0005000 --guidance 1 4
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main() -> None:
 
     from volsynth.evaluation.overlap import compute_dice_per_class
     from volsynth.evaluation.segmentor import load_segmentor, predict
-    from volsynth.io import Volume, read_label
+    from volsynth.io import Volume, read_label, read_volume
     from volsynth.models.checkpoint import load_checkpoint
     from volsynth.pipelines.generate import SynthesisPipeline
     from volsynth.pipelines.refine import run_refiner
@@ -39,6 +40,10 @@ def main() -> None:
     parser.add_argument("--segmentor", default="runs/seg-abdomen-64")
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None, help="refiner steps (default: the checkpoint's)")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0],
+                        help="refiner mask guidance scales to compare (default: 1, none)")
+    parser.add_argument("--from-real", action="store_true",
+                        help="refine the held-out real images instead of samples (the refiner's ceiling)")
     parser.add_argument("--iterations", type=int, default=1, help="refine the refined volume again this often")
     parser.add_argument("--cache", default="runs/refiner-dice-cache")
     parser.add_argument("--liver-shift", type=float, default=None,
@@ -60,6 +65,10 @@ def main() -> None:
     for mask in masks:
         case = mask.name.removesuffix(".nii.gz")
         stored = cache / f"{case}.npy"
+        if args.from_real:
+            prepared = read_volume(Path(args.heldout, "imagesTr", f"{case}_0000.nii.gz"))  # normalised
+            plain.append(pipe.plan.denormalize(prepared).array)
+            continue
         if not stored.is_file():
             result = pipe(prompt=reports.get(case, ""), mask=mask, seed=0, text_guidance=1.0, mask_guidance=4.0,
                           refine=False)
@@ -77,21 +86,22 @@ def main() -> None:
     def show(name: str, values: list[float]) -> None:
         print(f"{name}: liver Dice {np.mean(values):.3f} ({' '.join(f'{v:.3f}' for v in values)})", flush=True)
 
-    show("unrefined", liver_dice(plain))
+    show("real images" if args.from_real else "unrefined", liver_dice(plain))
     low, high = window
     for path in args.checkpoints:
         checkpoint = load_checkpoint(path, use_ema=True)
         refiner, settings = checkpoint.networks["refiner"].eval().float(), checkpoint.meta["refiner"]
-        refined = []
-        for array, mask in zip(plain, masks, strict=True):
-            label = read_label(mask)
-            normalised = (np.clip(array, low, high) - low) / (high - low) * 2 - 1
-            x = torch.from_numpy(normalised.astype(np.float32))[None, None]
-            features = pipe._mask_features(label, sorted(pipe.plan.labels), 1)
-            for _ in range(args.iterations):
-                x = run_refiner(refiner, x, features, settings, 0, steps=args.steps)
-            refined.append((x[0, 0].numpy() + 1) / 2 * (high - low) + low)
-        show(path, liver_dice(refined))
+        for guidance in args.guidance:
+            refined = []
+            for array, mask in zip(plain, masks, strict=True):
+                label = read_label(mask)
+                normalised = (np.clip(array, low, high) - low) / (high - low) * 2 - 1
+                x = torch.from_numpy(normalised.astype(np.float32))[None, None]
+                features = pipe._mask_features(label, sorted(pipe.plan.labels), 1)
+                for _ in range(args.iterations):
+                    x = run_refiner(refiner, x, features, settings, 0, steps=args.steps, guidance=guidance)
+                refined.append((x[0, 0].numpy() + 1) / 2 * (high - low) + low)
+            show(f"{path}, guidance {guidance:g}", liver_dice(refined))
         if args.liver_shift is not None:  # is it the liver's brightness that costs Dice?
             liver_id = pipe.plan.labels["liver"]
             for array, mask in zip(refined, masks, strict=True):

@@ -257,6 +257,8 @@ def generate(
                                                "noise for all slices (fewer slice-to-slice stripes)."),
     image_format: str = typer.Option("nifti", "--format", help="nifti or dicom."),
     refine: bool = typer.Option(True, help="Run the model's refiner after decoding (models with a refiner stage)."),
+    refiner_guidance: float = typer.Option(None, help="The refiner's mask guidance scale (CFG) when a mask guides; "
+                                                      "default: the model's, else 1."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -286,7 +288,7 @@ def generate(
     written = run_jobs(pipeline, job_list, out, steps=steps, sampler=sampler, text_guidance=text_guidance,
                        image_format=image_format, progress=progress, mask_guidance=mask_guidance,
                        controlnet_scale=controlnet_scale, mask_labels=parse_mask_labels(mask_labels),
-                       slice_noise=slice_noise, refine=refine)
+                       slice_noise=slice_noise, refine=refine, refiner_guidance=refiner_guidance)
     console.print(f"wrote {len(written)} volume(s) to {out}")
 
 

@@ -104,7 +104,8 @@ def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None 
         # the model's guidance scales, for text alone and with a mask (steps: the demo's)
         text_only = sampling_settings(chosen["abdomen"])["text_guidance"]
         recommended = sampling_settings(chosen["abdomen"], masked=True)
-        guidance = {k: recommended[k] for k in ("text_guidance", "mask_guidance", "controlnet_scale")}
+        guidance = {k: recommended[k] for k in ("text_guidance", "mask_guidance", "controlnet_scale",
+                                                "refiner_guidance")}
         step("text -> CT (latent diffusion)", "generated/text_*",
              lambda: _write(abdomen(prompt=prompt, seed=0, steps=steps, text_guidance=text_only), generated, "text"))
         if abdomen.mask_guided:

@@ -174,3 +174,41 @@ def test_cli_generates_with_and_without_the_refiner(refined_model, tiny_model, p
     assert main(["generate", str(tiny_model), "--mask", str(mask), "--no-refine", "--steps", "2",
                  "--out", str(tmp_path / "plain"), "--no-progress"]) == 2
     assert "has no refiner" in capsys.readouterr().err and not (tmp_path / "plain").exists()
+
+
+def test_refiner_guidance_on_the_mask(refined_model, prepared_tiny):
+    pipe = SynthesisPipeline.from_pretrained(refined_model)
+    mask = sorted((prepared_tiny / "labelsTr").glob("*.nii.gz"))[0]
+    calls = []
+    refiner = pipe.refiner
+    pipe.refiner = lambda x, t, cond: (calls.append(bool(cond[:, 1:].any())), refiner(x, t, cond=cond))[1]
+    plain = pipe(prompt="liver", mask=mask, seed=0, steps=2)
+    assert calls == [True] * 3 and plain.provenance["refiner_guidance"] == 1.0  # scale 1: one call per step
+    calls.clear()
+    guided = pipe(prompt="liver", mask=mask, seed=0, steps=2, refiner_guidance=3.0)
+    assert sorted(calls) == [False] * 3 + [True] * 3  # with the mask and without it, each step
+    assert guided.provenance["refiner_guidance"] == 3.0
+    assert not np.allclose(guided.image.array, plain.image.array)
+    calls.clear()
+    # no mask: nothing to guide by, so the scale is not applied (one call per step) nor recorded
+    unguided = pipe(prompt="liver", seed=0, steps=2, refiner_guidance=3.0)
+    assert calls == [False] * 3 and "refiner_guidance" not in unguided.provenance
+    np.testing.assert_array_equal(unguided.image.array, pipe(prompt="liver", seed=0, steps=2).image.array)
+
+
+def test_model_recommends_a_refiner_guidance(refined_model, prepared_tiny, tmp_path):
+    import shutil
+
+    from volsynth.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(refined_model, model)
+    meta = json.loads((model / "meta.json").read_text())
+    meta["sampling"] = {"with_mask": {"refiner_guidance": 2.5}}
+    (model / "meta.json").write_text(json.dumps(meta))
+    mask = sorted((prepared_tiny / "labelsTr").glob("*.nii.gz"))[0]
+    for flags, scale in (([], 2.5), (["--refiner-guidance", "1.5"], 1.5)):
+        out = tmp_path / f"out{len(flags)}"
+        assert main(["generate", str(model), "--mask", str(mask), "--steps", "2", "--out", str(out),
+                     "--no-progress", *flags]) == 0
+        assert json.loads(next(out.glob("*.json")).read_text())["refiner_guidance"] == scale

@@ -17,7 +17,6 @@ where their argmax gives the label map (label ids are never interpolated).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,8 +25,6 @@ import torch
 import yaml
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import BasicUNet, SegResNet, UNet
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from volsynth.data.dataset import Case, Dataset, load_dataset
@@ -37,7 +34,7 @@ from volsynth.errors import ConfigError, DatasetError
 from volsynth.io.formats import read_label, read_volume
 from volsynth.io.resample import grid_affine, grid_centre, resample_array, resample_to
 from volsynth.io.volume import LabelMap, Volume
-from volsynth.models.checkpoint import CheckpointError, load_checkpoint, sha256_file
+from volsynth.models.checkpoint import CheckpointError, load_checkpoint
 from volsynth.models.registry import NETWORKS, build_network
 
 SEGMENTOR_FOLDER = "segmentor"
@@ -236,36 +233,6 @@ def read_case(case: Case, dataset_labels: dict[str, int] | None = None) -> tuple
 
 # -- loading and prediction -----------------------------------------------------------------------------------
 
-def _rebuild(path: Path):
-    """Networks, config and meta of a checkpoint folder (checksums verified)."""
-    configs = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else None
-    if configs and all(c.get("class") in NETWORKS for c in configs["networks"].values()):
-        checkpoint = load_checkpoint(path)
-        return checkpoint.networks, checkpoint.config, checkpoint.meta
-    meta_path = path / "meta.json"
-    if not meta_path.is_file() or configs is None:
-        raise CheckpointError(path, "incomplete checkpoint: meta.json or config.yaml is missing")
-    meta = json.loads(meta_path.read_text())
-    for name, digest in meta.get("files", {}).items():
-        if not (path / name).is_file() or sha256_file(path / name) != digest:
-            raise CheckpointError(path / name, "missing, truncated or modified checkpoint file")
-    try:
-        weights = load_file(str(path / "model.safetensors"))
-    except (OSError, SafetensorError) as exc:
-        raise CheckpointError(path, f"unreadable checkpoint ({exc})") from exc
-    networks = {}
-    for name, config in configs["networks"].items():
-        network = build_segmentation_network(config)
-        state = {k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")}
-        try:
-            network.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CheckpointError(path, f"weights do not match the config of '{name}' "
-                                        f"({str(exc).splitlines()[0]})") from exc
-        networks[name] = network.eval()
-    return networks, configs, meta
-
-
 def load_segmentor(path: str | Path) -> Segmentor:
     """A segmentor from its folder (``train-seg``'s OUT, OUT/segmentor or one checkpoint-N)."""
     path = Path(path)
@@ -273,11 +240,12 @@ def load_segmentor(path: str | Path) -> Segmentor:
         raise CheckpointError(path, "segmentor checkpoint not found", "train one with volsynth train-seg")
     if (path / SEGMENTOR_FOLDER / "meta.json").is_file():
         path = path / SEGMENTOR_FOLDER
-    networks, configs, meta = _rebuild(path)
-    if meta.get("kind") != "segmentor" or "segmentor" not in networks:
+    checkpoint = load_checkpoint(path, builder=build_segmentation_network)
+    meta = checkpoint.meta
+    if meta.get("kind") != "segmentor" or "segmentor" not in checkpoint.networks:
         raise CheckpointError(path, "not a segmentor checkpoint", "train one with volsynth train-seg")
-    return Segmentor(networks["segmentor"], configs["networks"]["segmentor"], Plan.from_dict(meta["plan"], path),
-                     SegmentorSettings.from_dict(meta["segmentor"]), meta, path)
+    return Segmentor(checkpoint.networks["segmentor"], checkpoint.config["networks"]["segmentor"],
+                     Plan.from_dict(meta["plan"], path), SegmentorSettings.from_dict(meta["segmentor"]), meta, path)
 
 
 def segmentor_input(segmentor: Segmentor, volume: Volume) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,8 +129,10 @@ def network_configs(path: str | Path) -> dict[str, dict]:
 
 
 def load_checkpoint(path: str | Path, verify: bool = True, use_ema: bool = False,
-                    with_training_state: bool = False) -> Checkpoint:
-    """Rebuild every network from ``config.yaml`` and load its weights (EMA weights if asked and present)."""
+                    with_training_state: bool = False,
+                    builder: Callable[[dict], nn.Module] = build_network) -> Checkpoint:
+    """Rebuild every network from ``config.yaml`` and load its weights (EMA weights if asked and present).
+    ``builder`` makes a network from its config (the model registry's by default)."""
     path = Path(path)
     meta = _verify(path) if verify else json.loads((path / "meta.json").read_text())
     try:
@@ -140,7 +143,7 @@ def load_checkpoint(path: str | Path, verify: bool = True, use_ema: bool = False
         raise CheckpointError(path, f"unreadable checkpoint ({exc})") from exc
     networks: dict[str, nn.Module] = {}
     for name, net_config in config["networks"].items():
-        network = build_network(net_config)
+        network = builder(net_config)
         state = ema.get(name) if use_ema and name in ema else weights.get(name)
         if state is None:
             raise CheckpointError(path / "model.safetensors", f"no weights for network '{name}'")

@@ -123,11 +123,13 @@ class SynthesisPipeline:
                  controlnet_scale: float = 1.0, mask_labels: dict | None = None,
                  known: list[str] | None = None, dtype: torch.dtype = torch.float32,
                  modality: str | None = None, latents: torch.Tensor | None = None,
-                 mask_condition: torch.Tensor | None = None, refine: bool = True) -> SynthesisResult:
+                 mask_condition: torch.Tensor | None = None, refine: bool = True,
+                 refiner_guidance: float = 1.0) -> SynthesisResult:
         """1. encode prompt 2. prepare mask 3. prepare latents 4. denoise 5. decode 6. back to HU and geometry.
 
         ``latents`` replaces the seeded starting noise and ``mask_condition`` the mask's ControlNet input
-        (both used by latent interpolation). ``refine=False`` skips the model's refiner, when it has one.
+        (both used by latent interpolation). ``refine=False`` skips the model's refiner, when it has one;
+        ``refiner_guidance`` is the refiner's classifier-free scale on the mask (1: none; no mask: unused).
         """
         start = time.perf_counter()
         self._check_modality(modality)
@@ -178,11 +180,15 @@ class SynthesisPipeline:
             # 5. decode (tiled above the size threshold)
             image = decode(self.autoencoder, z.float() / self.scale_factor)
             # 5b. refine at full resolution from the decoded volume and the mask (when the model has a refiner)
+            refine_info = {"refined": bool(refine)} if self.refiner is not None else {}
             if self.refiner is not None and refine:
+                guidance = 1.0  # refining without a mask: nothing to guide by
                 if refiner_features is None:
                     refiner_features = self._null_features(1)
+                else:
+                    guidance = refine_info["refiner_guidance"] = refiner_guidance
                 image = run_refiner(self.refiner, image.float().clamp(-1, 1), refiner_features, self.refiner_settings,
-                                    seed, self.model_path)
+                                    seed, self.model_path, guidance=guidance)
         # 6. back to HU / MR units; onto the mask's grid when a mask was given
         volume = Volume(image[0, 0].float().clamp(-1, 1).cpu().numpy().astype(np.float32),
                         grid if grid is not None else self.plan.default_affine(), modality=self.plan.modality)
@@ -193,7 +199,7 @@ class SynthesisPipeline:
                       "text_guidance": text_guidance, "dtype": str(dtype).removeprefix("torch."),
                       "device": self.device.type, "text_encoder": self.text_encoder_id,
                       "model": str(self.model_path), "model_sha256": self.model_sha256, **mask_info,
-                      **({"refined": bool(refine)} if self.refiner is not None else {}),
+                      **refine_info,
                       "seconds": round(time.perf_counter() - start, 3)}
         return SynthesisResult(volume, mapped, provenance)
 

@@ -23,7 +23,7 @@ from volsynth.parallel import progress_bar
 JOB_KEYS = {"prompt", "seed", "n", "id", "mask", "modality"}
 # Sampling settings when neither the command nor the model (``sampling`` in its meta.json) gives them.
 SAMPLING_DEFAULTS = {"steps": 30, "sampler": "ddim", "text_guidance": 3.0, "mask_guidance": 1.0,
-                     "controlnet_scale": 1.0}
+                     "controlnet_scale": 1.0, "refiner_guidance": 1.0}
 
 
 # Key of a model's ``sampling`` recommendation that holds the settings recommended when a mask guides (e.g. a
@@ -147,14 +147,15 @@ def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None) -> None:
 def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = None, sampler: str | None = None,
              text_guidance: float | None = None, image_format: str = "nifti", progress: bool = True,
              mask_guidance: float | None = None, controlnet_scale: float | None = None,
-             mask_labels: dict | None = None, slice_noise: str | None = None, refine: bool = True) -> list[Path]:
+             mask_labels: dict | None = None, slice_noise: str | None = None, refine: bool = True,
+             refiner_guidance: float | None = None) -> list[Path]:
     """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote. ``refine=False``
     skips the model's refiner (an error for a model without one).
 
     Sampling settings left None come from the model's recommendation, else ``SAMPLING_DEFAULTS``."""
     out = Path(out)
     given = {"steps": steps, "sampler": sampler, "text_guidance": text_guidance, "mask_guidance": mask_guidance,
-             "controlnet_scale": controlnet_scale}
+             "controlnet_scale": controlnet_scale, "refiner_guidance": refiner_guidance}
     # per job: with a mask or without (a model may recommend other settings for mask-guided sampling)
     settings = {masked: sampling_settings(getattr(pipeline, "model_path", None), masked=masked, **given)
                 for masked in (False, True)}

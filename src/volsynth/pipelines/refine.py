@@ -6,17 +6,18 @@ from pathlib import Path
 
 import torch
 
-from volsynth.sampling import sample
+from volsynth.sampling import classifier_free, sample
 from volsynth.sampling.samplers import scheduler_for
 from volsynth.training.refiner import RefinerSettings, degrade
 
 
 @torch.no_grad()
 def run_refiner(refiner, image: torch.Tensor, features: torch.Tensor, settings: dict, seed: int,
-                model_path: Path | None = None, steps: int | None = None) -> torch.Tensor:
+                model_path: Path | None = None, steps: int | None = None, guidance: float = 1.0) -> torch.Tensor:
     """Redraw ``image`` [1, C, ...] (normalised, on the plan grid) from its degraded copy and the mask features
     [1, 2K, ...] at the same resolution (all zeros: no mask). ``settings``: the model's ``meta["refiner"]``.
-    Seeded; DDIM with the refiner's ``steps`` unless ``steps`` is given."""
+    Seeded; DDIM with the refiner's ``steps`` unless ``steps`` is given. ``guidance``: classifier-free scale on
+    the mask (the refiner learnt to refine without one, ``hide_all``); 1 is the plain conditional refiner."""
     refiner_settings = RefinerSettings.from_dict(settings)
     cond = degrade(image, refiner_settings.degrade_factor)
     residual_scale = refiner_settings.residual_scale
@@ -25,9 +26,11 @@ def run_refiner(refiner, image: torch.Tensor, features: torch.Tensor, settings: 
                               pixel_space=residual_scale is None)
     generator = torch.Generator().manual_seed(seed + 1)  # another stream than the latent noise of the same seed
     x = torch.randn(image.shape, generator=generator).to(image)
-    condition = torch.cat([cond, features.to(image)], dim=1)
-    x = sample(lambda x, t: refiner(x, t, cond=condition), x, scheduler, int(steps or refiner_settings.steps),
-               generator=generator)
+    features = features.to(image)
+    with_mask, without_mask = torch.cat([cond, features], dim=1), torch.cat([cond, torch.zeros_like(features)], dim=1)
+    denoiser = classifier_free(lambda x, t: refiner(x, t, cond=with_mask),
+                               lambda x, t: refiner(x, t, cond=without_mask), guidance)
+    x = sample(denoiser, x, scheduler, int(steps or refiner_settings.steps), generator=generator)
     if residual_scale is not None:
         x = cond + residual_scale * x
     return x.clamp(-1, 1)
