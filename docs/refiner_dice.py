@@ -60,7 +60,6 @@ def main() -> None:
         reports = {entry["case"]: entry["report"] for entry in entries}
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    window = pipe.plan.normalization[0].window
     plain = []
     for mask in masks:
         case = mask.name.removesuffix(".nii.gz")
@@ -87,20 +86,20 @@ def main() -> None:
         print(f"{name}: liver Dice {np.mean(values):.3f} ({' '.join(f'{v:.3f}' for v in values)})", flush=True)
 
     show("real images" if args.from_real else "unrefined", liver_dice(plain))
-    low, high = window
+    norm = pipe.plan.normalization[0]
+    # the refiner's inputs, once: each volume normalised as the plan says and its mask's full-resolution features
+    inputs = [(torch.from_numpy(norm.forward(array, norm.window))[None, None],
+               pipe._mask_features(read_label(mask), sorted(pipe.plan.labels), 1))
+              for array, mask in zip(plain, masks, strict=True)]
     for path in args.checkpoints:
         checkpoint = load_checkpoint(path, use_ema=True)
         refiner, settings = checkpoint.networks["refiner"].eval().float(), checkpoint.meta["refiner"]
         for guidance in args.guidance:
             refined = []
-            for array, mask in zip(plain, masks, strict=True):
-                label = read_label(mask)
-                normalised = (np.clip(array, low, high) - low) / (high - low) * 2 - 1
-                x = torch.from_numpy(normalised.astype(np.float32))[None, None]
-                features = pipe._mask_features(label, sorted(pipe.plan.labels), 1)
+            for x, features in inputs:
                 for _ in range(args.iterations):
                     x = run_refiner(refiner, x, features, settings, 0, steps=args.steps, guidance=guidance)
-                refined.append((x[0, 0].numpy() + 1) / 2 * (high - low) + low)
+                refined.append(norm.inverse(x[0, 0].numpy()))
             show(f"{path}, guidance {guidance:g}", liver_dice(refined))
         if args.liver_shift is not None:  # is it the liver's brightness that costs Dice?
             liver_id = pipe.plan.labels["liver"]
@@ -108,7 +107,8 @@ def main() -> None:
                 liver = read_label(mask).array == liver_id
                 mean = array[liver].mean()
                 array[liver] = mean + args.liver_shift + (array[liver] - mean) * args.liver_spread
-            show(f"{path}, liver {args.liver_shift:+g} HU, spread x{args.liver_spread:g}", liver_dice(refined))
+            show(f"{path}, guidance {guidance:g}, liver {args.liver_shift:+g} HU, spread x{args.liver_spread:g}",
+                 liver_dice(refined))
 
 
 if __name__ == "__main__":

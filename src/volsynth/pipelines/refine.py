@@ -27,7 +27,9 @@ def run_refiner(refiner, image: torch.Tensor, features: torch.Tensor, settings: 
     generator = torch.Generator().manual_seed(seed + 1)  # another stream than the latent noise of the same seed
     x = torch.randn(image.shape, generator=generator).to(image)
     features = features.to(image)
-    with_mask, without_mask = torch.cat([cond, features], dim=1), torch.cat([cond, torch.zeros_like(features)], dim=1)
+    with_mask = torch.cat([cond, features], dim=1)
+    # the "no mask" condition exists only when guidance needs it (scale 1: one call a step, nothing more allocated)
+    without_mask = torch.cat([cond, torch.zeros_like(features)], dim=1) if guidance != 1.0 else None
     denoiser = classifier_free(lambda x, t: refiner(x, t, cond=with_mask),
                                lambda x, t: refiner(x, t, cond=without_mask), guidance)
     x = sample(denoiser, x, scheduler, int(steps or refiner_settings.steps), generator=generator)
