@@ -174,6 +174,10 @@ def test_cli_generates_with_and_without_the_refiner(refined_model, tiny_model, p
     assert main(["generate", str(tiny_model), "--mask", str(mask), "--no-refine", "--steps", "2",
                  "--out", str(tmp_path / "plain"), "--no-progress"]) == 2
     assert "has no refiner" in capsys.readouterr().err and not (tmp_path / "plain").exists()
+    assert main(["generate", str(tiny_model), "--mask", str(mask), "--refiner-guidance", "4", "--steps", "2",
+                 "--out", str(tmp_path / "plain"), "--no-progress"]) == 2
+    assert "--refiner-guidance: this model has no refiner" in capsys.readouterr().err
+    assert not (tmp_path / "plain").exists()
 
 
 def test_refiner_guidance_on_the_mask(refined_model, prepared_tiny):

@@ -150,7 +150,8 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = Non
              mask_labels: dict | None = None, slice_noise: str | None = None, refine: bool = True,
              refiner_guidance: float | None = None) -> list[Path]:
     """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote. ``refine=False``
-    skips the model's refiner (an error for a model without one).
+    skips the model's refiner and ``refiner_guidance`` sets its mask guidance (each an error for a model without
+    one).
 
     Sampling settings left None come from the model's recommendation, else ``SAMPLING_DEFAULTS``."""
     out = Path(out)
@@ -172,9 +173,11 @@ def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = Non
             raise ConfigError(getattr(pipeline, "model_path", None), "--slice-noise applies to 2D slice models only")
         check_slice_noise(slice_noise)
     options = {"slice_noise": slice_noise} if slice_noise is not None else {}
+    has_refiner = getattr(pipeline, "refiner", None) is not None
+    for flag, given_here in (("--no-refine", not refine), ("--refiner-guidance", refiner_guidance is not None)):
+        if given_here and not has_refiner:
+            raise ConfigError(getattr(pipeline, "model_path", None), f"{flag}: this model has no refiner")
     if not refine:
-        if getattr(pipeline, "refiner", None) is None:
-            raise ConfigError(getattr(pipeline, "model_path", None), "--no-refine: this model has no refiner")
         options["refine"] = False
     items = expand(jobs)
     for sampler in {chosen["sampler"] for chosen in settings.values()}:
