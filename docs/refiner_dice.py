@@ -1,8 +1,8 @@
 """Liver Dice of a mask-guided model's samples on held-out masks, unrefined and refined by refiner checkpoints.
 
-Each held-out mask is generated once without a refiner (seed 0, the model's recommended sampling with a mask:
-text guidance 1, mask guidance 4; cached under --cache), then every checkpoint's refiner redraws the same
-volumes, so checkpoints and refiner settings (--steps, --iterations, --guidance: the refiner's mask guidance
+Each held-out mask is generated once without a refiner (seed 0, the model's recommended sampling with a mask: text
+guidance 1, mask guidance 4 or --mask-guidance; cached under --cache), then every checkpoint's refiner redraws the
+same volumes, so checkpoints and refiner settings (--steps, --iterations, --guidance: the refiner's mask guidance
 scales) are compared on identical inputs. --from-real refines the held-out real images instead (the refiner's
 ceiling). Prints the mean and per-case liver Dice of the evaluation segmentor against the conditioning mask. Needs
 runs/heldout-abdomen-64 and runs/seg-abdomen-64 (README "Quality of the shipped models").
@@ -45,7 +45,10 @@ def main() -> None:
     parser.add_argument("--from-real", action="store_true",
                         help="refine the held-out real images instead of samples (the refiner's ceiling)")
     parser.add_argument("--iterations", type=int, default=1, help="refine the refined volume again this often")
-    parser.add_argument("--cache", default="runs/refiner-dice-cache")
+    parser.add_argument("--mask-guidance", type=float, default=4.0,
+                        help="the unrefined samples' mask guidance (default 4, the model's recommendation)")
+    parser.add_argument("--cache", default="runs/refiner-dice-cache",
+                        help="unrefined samples at mask guidance 4 (other scales: a subfolder per scale)")
     parser.add_argument("--liver-shift", type=float, default=None,
                         help="also score the refined volumes with the liver's mean moved by this many HU ...")
     parser.add_argument("--liver-spread", type=float, default=1.0, help="... and its spread around it scaled by this")
@@ -59,6 +62,8 @@ def main() -> None:
         entries = [json.loads(line) for line in reports_file.read_text().splitlines() if line.strip()]
         reports = {entry["case"]: entry["report"] for entry in entries}
     cache = Path(args.cache)
+    if args.mask_guidance != 4.0:
+        cache = cache / f"mask-guidance-{args.mask_guidance:g}"
     cache.mkdir(parents=True, exist_ok=True)
     plain = []
     for mask in masks:
@@ -69,7 +74,8 @@ def main() -> None:
             plain.append(pipe.plan.denormalize(prepared).array)
             continue
         if not stored.is_file():
-            result = pipe(prompt=reports.get(case, ""), mask=mask, seed=0, text_guidance=1.0, mask_guidance=4.0,
+            result = pipe(prompt=reports.get(case, ""), mask=mask, seed=0, text_guidance=1.0,
+                          mask_guidance=args.mask_guidance,
                           refine=False)
             np.save(stored, result.image.array)
         plain.append(np.load(stored))

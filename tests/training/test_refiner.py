@@ -14,7 +14,7 @@ from volsynth.io import LabelMap, read_label
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.pipelines import SynthesisPipeline
 from volsynth.training.data import load_prepared
-from volsynth.training.refiner import RefinerSettings, RefinerStage, augmented_condition, degrade
+from volsynth.training.refiner import RefinerSettings, RefinerStage, augmented_condition, degrade, smooth_warp
 
 REFINER = {"size": "tiny-pixel", "patch": [8, 8, 8], "steps": 3,
            "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}}
@@ -121,6 +121,34 @@ def test_training_condition_is_the_pooled_image_with_per_class_offsets(prepared_
     assert not torch.allclose(drawn, degrade(image, 2))
 
 
+def test_smooth_warp_moves_voxels_by_at_most_the_shift():
+    shape = (12, 16, 20)
+    for axis, size in enumerate(shape):  # a ramp along one axis turns into that axis's displacement field
+        view = [1, 1, 1]
+        view[axis] = size
+        ramp = torch.arange(size, dtype=torch.float32).view(*view).expand(*shape)[None].contiguous()
+        moved = smooth_warp(ramp, 2.5, torch.Generator().manual_seed(axis))
+        shift = (moved - ramp)[0, 3:-3, 3:-3, 3:-3]  # inside: no clamping at the edges
+        assert 0.05 < float(shift.abs().max()) <= 2.5 + 1e-4
+        # smooth: neighbouring voxels move alike (the field is upsampled from 4 control points per axis)
+        assert float(shift.diff(dim=axis).abs().max()) < 2.5 * 3 / (min(shape) / 3)
+    image = torch.randn(1, *shape)
+    torch.testing.assert_close(smooth_warp(image, 0.0, torch.Generator().manual_seed(0)), image)
+
+
+def test_shape_jitter_moves_the_condition_off_the_mask(prepared_tiny):
+    data = load_prepared(prepared_tiny)
+    image, labels = data.images[:2], data.labels[:2].long()
+    ids = sorted(data.plan.labels.values())
+    settings = {"noise_aug": 0.0, "class_jitter": 0.0, "degrade_factor": 1}
+    generators = [torch.Generator().manual_seed(n) for n in range(2)]
+    still = augmented_condition(image, labels, ids, RefinerSettings(**settings), generators)
+    torch.testing.assert_close(still, image)
+    warped = augmented_condition(image, labels, ids, RefinerSettings(**settings, shape_jitter=2.0), generators)
+    assert warped.shape == image.shape and not torch.allclose(warped, image)
+    assert float(warped.min()) >= float(image.min()) - 1e-5 and float(warped.max()) <= float(image.max()) + 1e-5
+
+
 def test_stage_hides_classes_and_trains_on_patches(prepared_tiny):
     data = load_prepared(prepared_tiny)
     stage = RefinerStage(data, RefinerSettings(patch=[8, 8, 8], hide_class=1.0))
@@ -140,6 +168,7 @@ def test_refiner_errors(prepared_tiny, tiny_model, tmp_path):
     for bad, match in (({"degrade_factor": 3}, "degrade_factor must be 1, 2, 4 or 8"),
                        ({"hide_class": 1.5}, r"hide_class must be in \[0, 1\]"),
                        ({"noise_aug": -1}, "noise_aug must be >= 0"),
+                       ({"shape_jitter": -0.5}, "shape_jitter must be >= 0"),
                        ({"colour": 1}, "colour")):
         with pytest.raises(ConfigError, match=match):
             run_quietly(_recipe(raw, tiny_model, **bad), tmp_path / str(len(list(tmp_path.iterdir()))))

@@ -44,6 +44,7 @@ class RefinerSettings(DenoiserSettings):
     degrade_factor: int = 2  # the condition keeps the volume average-pooled by this factor (1: no pooling)
     noise_aug: float = 0.1  # training: Gaussian noise of std U(0, noise_aug) at the pooled grid and at 2x its pooling
     class_jitter: float = 0.1  # training: each class's intensity moves by U(-class_jitter, class_jitter)
+    shape_jitter: float = 0.0  # training: the condition's image is warped by a smooth field of up to this many voxels
     hide_class: float = 0.3  # training: each known class is hidden with this probability (partial labels)
     hide_all: float = 0.1  # training: the whole mask is hidden with this probability (refining without a mask)
     residual_scale: float | None = 0.1  # learn (x0 - condition) / residual_scale
@@ -57,7 +58,7 @@ class RefinerSettings(DenoiserSettings):
         settings = settings_from_dict(cls, data, "refiner")
         if settings.degrade_factor not in (1, 2, 4, 8):
             raise ConfigError(None, f"degrade_factor must be 1, 2, 4 or 8, got {settings.degrade_factor}")
-        for name in ("noise_aug", "class_jitter"):
+        for name in ("noise_aug", "class_jitter", "shape_jitter"):
             if getattr(settings, name) < 0:
                 raise ConfigError(None, f"{name} must be >= 0, got {getattr(settings, name)}")
         for name in ("hide_class", "hide_all"):
@@ -77,14 +78,33 @@ def degrade(image: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(low, scale_factor=factor, mode="trilinear", align_corners=False)
 
 
+def smooth_warp(image: torch.Tensor, max_shift: float, generator: torch.Generator, nodes: int = 4) -> torch.Tensor:
+    """``image`` [C, ...] resampled through a smooth random displacement field (control points on a ``nodes``^3
+    grid, upsampled trilinearly) whose largest component is U(0, ``max_shift``) voxels; edges are clamped."""
+    shape = image.shape[1:]
+    coarse = torch.randn(1, 3, nodes, nodes, nodes, generator=generator)
+    field_ = F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0]
+    field_ = field_ * (torch.rand((), generator=generator) * max_shift / field_.abs().max().clamp_min(1e-6))
+    axes = [torch.linspace(-1, 1, n) for n in shape]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # [3, D, H, W] in (d, h, w) order
+    grid = grid + field_ * torch.tensor([2 / max(n - 1, 1) for n in shape]).view(3, 1, 1, 1)
+    grid = grid.flip(0).permute(1, 2, 3, 0)[None]  # grid_sample wants (x, y, z) = (w, h, d) last
+    return F.grid_sample(image[None].float(), grid.to(image.device), mode="bilinear", padding_mode="border",
+                         align_corners=True)[0].to(image.dtype)
+
+
 def augmented_condition(image: torch.Tensor, labels: torch.Tensor, label_ids: list[int],
                         settings: RefinerSettings, generators: list[torch.Generator]) -> torch.Tensor:
-    """Training condition: per-class intensity offsets, then pooling, then noise at two scales (per sample)."""
+    """Training condition: per-class intensity offsets, a smooth warp (the mask no longer agrees exactly with the
+    image, as it does not with a generated volume), then pooling, then noise at two scales (per sample)."""
     shifted = []
     for b, generator in enumerate(generators):
         offsets = (torch.rand(len(label_ids), generator=generator) * 2 - 1) * settings.class_jitter
         field_ = sum((labels[b] == i).float() * o for i, o in zip(label_ids, offsets.tolist(), strict=True))
-        shifted.append(image[b] + field_)
+        moved = image[b] + field_
+        if settings.shape_jitter > 0:
+            moved = smooth_warp(moved, settings.shape_jitter, generator)
+        shifted.append(moved)
     cond = degrade(torch.stack(shifted), settings.degrade_factor)
     if settings.noise_aug > 0:
         for scale in (settings.degrade_factor, 2 * settings.degrade_factor):
