@@ -75,8 +75,7 @@ def main() -> None:
             continue
         if not stored.is_file():
             result = pipe(prompt=reports.get(case, ""), mask=mask, seed=0, text_guidance=1.0,
-                          mask_guidance=args.mask_guidance,
-                          refine=False)
+                          mask_guidance=args.mask_guidance, refine=False)
             np.save(stored, result.image.array)
         plain.append(np.load(stored))
 
