@@ -8,9 +8,10 @@ import pytest
 from tests.conftest import make_case, oblique_direction
 from volsynth.cli import main
 from volsynth.errors import VolsynthError
-from volsynth.io import LabelMap, read_label, read_volume, write_volume
+from volsynth.io import LabelMap, Volume, make_affine, read_label, read_volume, write_volume
+from volsynth.io.resample import resample_to
 from volsynth.pipelines import SynthesisPipeline
-from volsynth.pipelines.masks import MaskWarning
+from volsynth.pipelines.masks import MaskWarning, place_mask
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,30 @@ def test_output_takes_the_mask_geometry(pipe, mask):
     np.testing.assert_allclose(result.image.affine, mask.affine, atol=1e-6)
     np.testing.assert_array_equal(result.label.array, mask.array)
     assert result.provenance["mask_classes"] == ["liver", "tumour"]
+
+
+@pytest.mark.parametrize("direction", [None, np.diag([-1.0, 1.0, 1.0])])
+@pytest.mark.parametrize(("extent", "extra"), [(10, 7), (11, 8)])
+def test_a_mask_on_the_model_spacing_is_not_interpolated(pipe, direction, extent, extra):
+    """Whatever the centre of the grid on it (the ROI box's or the mask's centre, on a voxel or between two), a
+    mask on the model's spacing reaches the model's grid by a whole-voxel shift, and a volume on that grid comes
+    back onto the mask's voxels exactly, not blurred by a sub-voxel linear interpolation."""
+    plan = pipe.plan
+    liver = plan.labels[plan.roi["labels"][0]] if plan.roi else plan.labels["liver"]
+    shape = tuple(int(n) + extra for n in plan.size)
+    array = np.zeros(shape, np.uint8)
+    start = [(n - extent) // 2 for n in shape]
+    array[start[0]:start[0] + extent, start[1]:start[1] + extent, start[2]:start[2] + extent] = liver
+    mask = LabelMap(array, make_affine(plan.spacing, (3.0, -7.0, 11.0), direction))
+    _, grid, on_grid, _, _ = place_mask(mask, plan)
+    mapping = np.linalg.solve(mask.affine, grid)  # grid voxel -> mask voxel
+    np.testing.assert_allclose(mapping[:3, 3], np.round(mapping[:3, 3]), atol=1e-6)
+    assert (on_grid.array == liver).sum() == extent ** 3
+    values = np.random.default_rng(0).normal(size=plan.size).astype(np.float32)
+    back = resample_to(Volume(values, grid), mask.affine, mask.shape, cval=np.nan).array
+    inside = ~np.isnan(back)
+    assert inside.sum() == values.size  # every voxel of the grid lands on one voxel of the mask
+    np.testing.assert_allclose(np.sort(back[inside]), np.sort(values.ravel()), atol=1e-5)
 
 
 @pytest.mark.parametrize("known", [[], ["liver"], ["tumour"], ["liver", "tumour"]])

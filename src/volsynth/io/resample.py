@@ -29,6 +29,8 @@ def resample_array(array: np.ndarray, src_affine: np.ndarray, dst_affine: np.nda
     """Values of ``array`` (on ``src_affine``) sampled on the grid ``dst_affine``/``dst_shape``."""
     dst_shape = tuple(int(s) for s in dst_shape)
     mapping = np.linalg.solve(src_affine, dst_affine)  # destination voxel -> source voxel
+    # snap float noise (a whole-voxel shift that came out as 14.9999999) so the edge voxels are not lost
+    mapping = np.where(np.abs(mapping - np.round(mapping)) < 1e-6, np.round(mapping), mapping)
     matrix, offset = mapping[:3, :3], mapping[:3, 3]
     if _is_identity_grid(matrix, offset, array.shape, dst_shape):
         return array.copy()

@@ -12,7 +12,7 @@ import torch
 from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.io.formats import read_label
-from volsynth.io.resample import grid_centre, resample_to
+from volsynth.io.resample import resample_to
 from volsynth.io.volume import LabelMap
 
 FOV_WARNING_RATIO = 1.5  # warn when the mask's field of view or spacing is this far from the plan's
@@ -76,14 +76,37 @@ def map_mask(mask: LabelMap, model_labels: dict[str, int], mask_labels: dict[str
 
 
 def grid_centre_for(mask: LabelMap, plan: Plan) -> np.ndarray:
-    """Centre of the model's grid on this mask: the plan's ROI classes if present, else the mask's centre."""
+    """Centre of the model's grid on this mask: the plan's ROI classes if present, else the mask's centre;
+    snapped onto the mask's voxel lattice (``snap_to_lattice``)."""
+    centre = (np.asarray(mask.shape, dtype=np.float64) - 1) / 2
     if plan.roi:
         ids = [plan.labels[n] for n in plan.roi["labels"] if n in plan.labels]
         voxels = np.argwhere(np.isin(mask.array, ids))
         if voxels.size:
             centre = (voxels.min(0) + voxels.max(0)) / 2
-            return (mask.affine @ np.append(centre, 1.0))[:3]
-    return grid_centre(mask.affine, mask.shape)
+    return (mask.affine @ np.append(snap_to_lattice(centre, mask.affine, plan), 1.0))[:3]
+
+
+def snap_to_lattice(centre: np.ndarray, affine: np.ndarray, plan: Plan) -> np.ndarray:
+    """Move a grid centre (mask voxel coordinates) by less than a voxel so that the plan grid's first voxel
+    lies on a voxel of the mask, along every mask axis that is parallel to a grid axis.
+
+    With the plan's spacing (a mask prepared ``--like`` the model) the plan grid's voxels then are the mask's:
+    the mask reaches the model and the volume comes back by whole-voxel shifts, which resampling does exactly.
+    Off the lattice, the generated image would come back linearly interpolated, blurred by up to half a voxel
+    along each axis, and the mask would move by up to half a voxel against it.
+    """
+    snapped = np.asarray(centre, dtype=np.float64).copy()
+    directions = affine[:3, :3]
+    for axis in range(3):
+        column = directions[:, axis]
+        world = int(np.argmax(np.abs(column)))
+        length = float(np.linalg.norm(column))
+        if length == 0 or abs(column[world]) < length * (1 - 1e-6):
+            continue  # oblique axis: no voxel lattice to share with the grid
+        half = (plan.size[world] - 1) / 2 * plan.spacing[world] / length  # grid centre to first voxel, in voxels
+        snapped[axis] = np.round(snapped[axis] - half) + half
+    return snapped
 
 
 def geometry_warnings(mask: LabelMap, plan: Plan, source: str | None = None) -> None:
