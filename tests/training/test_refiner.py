@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.helpers import run_quietly, tiny_recipe
+from tests.training.helpers import run_quietly, tiny_recipe, write_recipe
 from volsynth.errors import ConfigError
 from volsynth.io import LabelMap, read_label
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.pipelines import SynthesisPipeline
 from volsynth.training.data import load_prepared
+from volsynth.training.recipe import run_recipe
 from volsynth.training.refiner import RefinerSettings, RefinerStage, augmented_condition, degrade, smooth_warp
 
 REFINER = {"size": "tiny-pixel", "patch": [8, 8, 8], "steps": 3,
@@ -38,6 +39,25 @@ def test_recipe_adds_a_refiner_to_a_finished_model(refined_model, tiny_model):
     meta = json.loads((refined_model / "meta.json").read_text())
     assert meta["steps"]["refiner"] == 2 and meta["controlnet_from"] == str(tiny_model)
     assert meta["refiner"]["degrade_factor"] == 2 and meta["refiner"]["steps"] == 3
+
+
+def test_training_on_assembles_the_model_again(prepared_tiny, tiny_model, tmp_path):
+    """A finished run resumed with more steps trains on, and the model must then hold the new weights, not the
+    ones it was first assembled from."""
+    raw = prepared_tiny.parent / "raw"
+    model = run_quietly(_recipe(raw, tiny_model), tmp_path)
+    first = load_checkpoint(model).networks["refiner"].state_dict()
+    longer = write_recipe(tmp_path, _recipe(raw, tiny_model, train={**REFINER["train"], "steps": 4}))
+    log = []
+    assert run_recipe(longer, tmp_path / "run", progress=False, log=log.append) == model
+    assert json.loads((model / "meta.json").read_text())["steps"]["refiner"] == 4
+    assert any("refiner 2 -> 4 steps" in line for line in log), log
+    second = load_checkpoint(model).networks["refiner"].state_dict()
+    assert not all(torch.equal(first[k], second[k]) for k in first)
+    stamp = (model / "meta.json").stat().st_mtime_ns
+    log.clear()
+    run_recipe(longer, tmp_path / "run", progress=False, log=log.append)  # nothing new: the model stays
+    assert (model / "meta.json").stat().st_mtime_ns == stamp and "stage model" not in log, log
 
 
 def test_refiner_redraws_the_decoded_volume_from_the_mask(refined_model, prepared_tiny):

@@ -190,6 +190,25 @@ def _finished(folder: Path, steps: int) -> bool:
     return path is not None and int(json.loads((path / "meta.json").read_text())["step"]) >= steps
 
 
+def _model_current(model: Path, trained: dict[str, Path | None], log: Callable[[str], None]) -> bool:
+    """Whether ``OUT/model`` exists and was assembled from these checkpoints (stage -> checkpoint folder).
+
+    A stage trained on since (a resume with more ``train.steps``) makes the model stale: it is assembled again.
+    Stages taken from another model (``pretrained``) carry no step and are not compared.
+    """
+    if not (model / "meta.json").is_file():
+        return False
+    recorded = read_json(model / "meta.json").get("steps") or {}
+    stale = []
+    for stage, checkpoint in trained.items():
+        step = None if checkpoint is None else read_json(checkpoint / "meta.json").get("step")
+        if step is not None and recorded.get(stage) != int(step):
+            stale.append(f"{stage} {recorded.get(stage)} -> {int(step)} steps")
+    if stale:
+        log(f"model {model} was assembled from older checkpoints ({', '.join(stale)}): assembling it again")
+    return not stale
+
+
 def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
                log: Callable[[str], None] = print, overrides: list[str] | None = None) -> Path:
     """Run (or continue) every stage of a recipe; returns the final model folder."""
@@ -271,7 +290,8 @@ def run_recipe(recipe_path: str | Path, out: str | Path, progress: bool = True,
     # 8. final model
     model = out / "model"
     dtype = DTYPES.get(str((recipe.get("model") or {}).get("dtype", "float32")))
-    _once(rank, world, lambda: (model / "meta.json").is_file(),
+    trained = {"autoencoder": autoencoder, "diffusion": diffusion, "controlnet": controlnet, "refiner": refiner}
+    _once(rank, world, lambda: _model_current(model, trained, log),
           lambda: (log("stage model"), assemble_model(autoencoder, diffusion, model, recipe, dtype, controlnet,
                                                       refiner)))
     return model
@@ -446,7 +466,7 @@ def run_segguided_recipe(recipe: dict, out: Path, progress: bool = True, log: Ca
         save_checkpoint(model, trained.networks, trained.config["networks"], meta,
                         settings={"recipe": {k: v for k, v in recipe.items() if not k.startswith("_")}})
 
-    _once(rank, world, lambda: (model / "meta.json").is_file(), assemble)
+    _once(rank, world, lambda: _model_current(model, {"segguided": checkpoint}, log), assemble)
     return model
 
 
@@ -459,12 +479,13 @@ def run_hierarchical_recipe(recipe: dict, out: Path, progress: bool = True,
     _prepare_stage(recipe, dataset, out / "prepared", progress, log, rank, world)
     data = load_prepared(out / "prepared")
     text_encoder = str(recipe.get("text_encoder", "minilm"))
-    finals = {}
+    finals, checkpoints = {}, {}
     for name, stage_class in (("joint", JointStage), ("superres", SuperResolutionStage)):
         block, train_block = _split(recipe.get(name))
         settings = HierarchicalSettings.from_dict({"text_encoder": text_encoder, **block})
         checkpoint = _train_stage(recipe, name, out, {"seed": seed, "progress": progress, **train_block}, None, log,
                                   partial(stage_class, data, settings, seed=seed))
+        checkpoints[name] = checkpoint
         finals[name] = load_checkpoint(checkpoint, use_ema=model_ema(recipe))
     if finals["joint"].meta["factor"] != finals["superres"].meta["factor"]:
         raise ConfigError(recipe["_path"], "joint and superres need the same factor")
@@ -479,7 +500,7 @@ def run_hierarchical_recipe(recipe: dict, out: Path, progress: bool = True,
                         {n: c.config["networks"]["unet"] for n, c in finals.items()}, meta,
                         settings={"recipe": {k: v for k, v in recipe.items() if not k.startswith("_")}})
 
-    _once(rank, world, lambda: (model / "meta.json").is_file(), assemble)
+    _once(rank, world, lambda: _model_current(model, checkpoints, log), assemble)
     return model
 
 
