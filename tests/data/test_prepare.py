@@ -9,6 +9,7 @@ from volsynth.data.plan import Plan
 from volsynth.data.prepare import PrepareOptions, load_manifest, parse_label_spec, prepare_dataset
 from volsynth.errors import ConfigError, DatasetError, PlanError
 from volsynth.io import LabelMap, Volume, make_affine, read_label, read_volume, write_volume
+from volsynth.io.resample import resample_to
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -40,6 +41,28 @@ def test_round_trip_returns_original_geometry(tmp_path):
             assert _dice(reread_label.array == label_id, source_label.array == label_id) > 0.8
         inside = source_label.array > 0  # tissue inside the field of view comes back in HU
         assert np.median(np.abs(reread.array[inside] - source.array[inside])) < 15.0
+
+
+@pytest.mark.parametrize("roi", [None, ["liver"]])
+def test_a_grid_on_the_source_lattice_is_not_interpolated(tmp_path, roi):
+    """Prepared at the source's own spacing (or a whole multiple of it), whatever the grid's size and centre (the
+    image's or the ROI box's), the grid's voxels are the source's: no sub-voxel blur in the training data."""
+    root = write_nnunet(tmp_path / "ds", cases=2, shape=(24, 20, 12), spacing=(1.5, 1.6, 3.0))
+    for spacing, size in (([1.5, 1.6, 3.0], [15, 9, 7]), ([1.5, 3.2, 3.0], [16, 7, 6])):
+        out = tmp_path / f"prep-{spacing[1]}"
+        plan = prepare_dataset(root, out, PrepareOptions(spacing=spacing, size=size, roi=roi), progress=False)
+        for entry in load_manifest(out)["cases"]:
+            mapping = np.linalg.solve(np.asarray(entry["source_affine"]), np.asarray(entry["affine"]))
+            np.testing.assert_allclose(mapping[:3, 3], np.round(mapping[:3, 3]), atol=1e-6)  # on a source voxel
+            if spacing[1] != 1.6:
+                continue
+            source = read_volume(entry["source_images"][0])
+            prepared = read_volume(out / entry["images"][0])
+            back = resample_to(prepared, source.affine, source.shape, cval=np.nan).array
+            inside = ~np.isnan(back)
+            assert inside.sum() == prepared.array.size  # every prepared voxel is one source voxel...
+            expected = plan.normalization[0].forward(source.array, entry["windows"][0])
+            np.testing.assert_allclose(back[inside], expected[inside], atol=1e-5)  # ...with its value
 
 
 def test_plan_defaults_and_contents(nnunet_dataset, tmp_path):

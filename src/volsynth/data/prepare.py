@@ -23,7 +23,7 @@ from volsynth.errors import ConfigError, DatasetError
 from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import read_label, read_volume, write_volume
 from volsynth.io.jsonfile import read_json, write_json
-from volsynth.io.resample import grid_centre, resample_to
+from volsynth.io.resample import grid_centre, resample_to, snap_to_lattice
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.parallel import map_progress
 
@@ -234,7 +234,7 @@ def prepare_case(case: Case, plan: Plan, out: Path) -> dict:
             roi_found = box is not None
             if box is not None:
                 centre = (np.asarray(box[0]) + np.asarray(box[1])) / 2
-    target = plan.grid(centre)
+    target = plan.grid(snap_to_lattice(centre, images[0].affine, plan.size, plan.spacing))
     entry: dict = {"case": case.case_id, "source_images": [str(p) for p in case.images],
                    "source_label": str(case.label) if case.label else None,
                    "source_affine": images[0].affine.tolist(), "source_shape": list(images[0].shape),

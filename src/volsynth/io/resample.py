@@ -24,6 +24,31 @@ def grid_centre(affine: np.ndarray, shape) -> np.ndarray:
     return (affine @ np.append(centre, 1.0))[:3]
 
 
+def snap_to_lattice(centre, affine: np.ndarray, size, spacing) -> np.ndarray:
+    """A grid centre (RAS mm) moved by less than one voxel of an image on ``affine``, so that the RAS-aligned
+    grid of ``size`` voxels of ``spacing`` mm centred there has its voxels on the image's voxels.
+
+    Only along image axes parallel to a RAS axis whose grid spacing is a whole number of image voxels (the same
+    spacing, or 2x, 3x...); elsewhere there is no lattice to share and the centre stays. On the lattice, the image
+    reaches the grid (and a volume on the grid comes back) by whole-voxel steps; off it, every voxel would be
+    linearly interpolated, blurred by up to half a voxel along each axis.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    voxel = np.linalg.solve(affine, np.append(np.asarray(centre, dtype=np.float64), 1.0))
+    for axis in range(3):
+        column = affine[:3, axis]
+        world = int(np.argmax(np.abs(column)))
+        length = float(np.linalg.norm(column))
+        if length == 0 or abs(column[world]) < length * (1 - 1e-6):
+            continue  # oblique axis
+        ratio = float(spacing[world]) / length  # image voxels per grid voxel
+        if round(ratio) < 1 or abs(ratio - round(ratio)) > 1e-6:
+            continue
+        half = (int(size[world]) - 1) / 2 * round(ratio)  # grid centre to its first voxel, in image voxels
+        voxel[axis] = np.round(voxel[axis] - half) + half
+    return (affine @ voxel)[:3]
+
+
 def resample_array(array: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape,
                    order: int, cval: float = 0.0, antialias: bool = True) -> np.ndarray:
     """Values of ``array`` (on ``src_affine``) sampled on the grid ``dst_affine``/``dst_shape``."""

@@ -12,7 +12,7 @@ import torch
 from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.io.formats import read_label
-from volsynth.io.resample import resample_to
+from volsynth.io.resample import resample_to, snap_to_lattice
 from volsynth.io.volume import LabelMap
 
 FOV_WARNING_RATIO = 1.5  # warn when the mask's field of view or spacing is this far from the plan's
@@ -84,29 +84,7 @@ def grid_centre_for(mask: LabelMap, plan: Plan) -> np.ndarray:
         voxels = np.argwhere(np.isin(mask.array, ids))
         if voxels.size:
             centre = (voxels.min(0) + voxels.max(0)) / 2
-    return (mask.affine @ np.append(snap_to_lattice(centre, mask.affine, plan), 1.0))[:3]
-
-
-def snap_to_lattice(centre: np.ndarray, affine: np.ndarray, plan: Plan) -> np.ndarray:
-    """Move a grid centre (mask voxel coordinates) by less than a voxel so that the plan grid's first voxel
-    lies on a voxel of the mask, along every mask axis that is parallel to a grid axis.
-
-    With the plan's spacing (a mask prepared ``--like`` the model) the plan grid's voxels then are the mask's:
-    the mask reaches the model and the volume comes back by whole-voxel shifts, which resampling does exactly.
-    Off the lattice, the generated image would come back linearly interpolated, blurred by up to half a voxel
-    along each axis, and the mask would move by up to half a voxel against it.
-    """
-    snapped = np.asarray(centre, dtype=np.float64).copy()
-    directions = affine[:3, :3]
-    for axis in range(3):
-        column = directions[:, axis]
-        world = int(np.argmax(np.abs(column)))
-        length = float(np.linalg.norm(column))
-        if length == 0 or abs(column[world]) < length * (1 - 1e-6):
-            continue  # oblique axis: no voxel lattice to share with the grid
-        half = (plan.size[world] - 1) / 2 * plan.spacing[world] / length  # grid centre to first voxel, in voxels
-        snapped[axis] = np.round(snapped[axis] - half) + half
-    return snapped
+    return snap_to_lattice((mask.affine @ np.append(centre, 1.0))[:3], mask.affine, plan.size, plan.spacing)
 
 
 def geometry_warnings(mask: LabelMap, plan: Plan, source: str | None = None) -> None:
