@@ -265,3 +265,84 @@ def test_model_recommends_a_refiner_guidance(refined_model, prepared_tiny, tmp_p
         assert main(["generate", str(model), "--mask", str(mask), "--steps", "2", "--out", str(out),
                      "--no-progress", *flags]) == 0
         assert json.loads(next(out.glob("*.json")).read_text())["refiner_guidance"] == scale
+
+
+@pytest.fixture(scope="module")
+def unrefined_samples(refined_model, prepared_tiny, tmp_path_factory):
+    """Unrefined samples of the first two prepared masks, as ``generate --masks-from --no-refine`` writes them."""
+    from volsynth.cli import main
+
+    out = tmp_path_factory.mktemp("unrefined") / "gen"
+    assert main(["generate", str(refined_model), "--masks-from", str(prepared_tiny), "--limit", "2", "--no-refine",
+                 "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_generated_samples_replace_the_training_condition(unrefined_samples, prepared_tiny):
+    """``generated``: the refiner learns from the latent model's own samples of the training masks. Samples are
+    matched to their cases, normalised like the prepared images, and (at fraction 1) are the condition, pooled."""
+    from volsynth.io import read_volume
+    from volsynth.training.refiner import load_generated_conditions
+
+    data = load_prepared(prepared_tiny)
+    found = load_generated_conditions([unrefined_samples], data)
+    assert sorted(found) == [0, 1] and all(len(v) == 1 for v in found.values())
+    written = read_volume(unrefined_samples / f"{data.case_ids[1]}_image.nii.gz").array
+    expected = data.plan.normalization[0].forward(written, tuple(data.plan.normalization[0].window))
+    np.testing.assert_allclose(found[1][0][0].numpy(), expected)
+    plain = {"noise_aug": 0.0, "class_jitter": 0.0, "degrade_factor": 2, "patch": None}
+    for fraction, sources in ((1.0, "generated"), (0.0, "real")):
+        stage = RefinerStage(data, RefinerSettings(**plain, generated=str(unrefined_samples),
+                                                   generated_fraction=fraction))
+        seen = []
+        network = stage.networks["refiner"]
+        stage.networks["refiner"] = lambda x, t, cond, seen=seen, network=network: (
+            seen.append(cond), network(x, t, cond=cond))[1]
+        indices = [1, 3]  # case 3 has no sample: its condition stays the real image's
+        assert torch.isfinite(stage.losses(indices, [torch.Generator().manual_seed(n) for n in range(2)], 0)["refiner"])
+        cond = seen[0][:, :1]
+        first = found[1][0][None] if sources == "generated" else data.images[1:2]
+        torch.testing.assert_close(cond[:1], degrade(first, 2))
+        torch.testing.assert_close(cond[1:], degrade(data.images[3:4], 2))
+    # without generated samples the stage draws nothing extra: the same seeds give the same loss as before
+    losses = []
+    for settings in (RefinerSettings(**plain), RefinerSettings(**plain, generated=[], generated_fraction=0.9)):
+        torch.manual_seed(0)
+        stage = RefinerStage(data, settings, seed=0)
+        losses.append(stage.losses([0, 1], [torch.Generator().manual_seed(n) for n in range(2)], 0)["refiner"])
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_generated_samples_must_belong_to_the_training_masks(unrefined_samples, prepared_tiny, tmp_path):
+    import shutil
+
+    from volsynth.training.refiner import load_generated_conditions
+
+    data = load_prepared(prepared_tiny)
+    case = data.case_ids[0]
+
+    def broken(name, change):
+        folder = tmp_path / name
+        shutil.copytree(unrefined_samples, folder)
+        sidecar = folder / f"{case}.json"
+        sidecar.write_text(json.dumps(change(json.loads(sidecar.read_text()))))
+        return folder
+
+    for name, change, match in (
+            ("other-case", lambda s: {**s, "job": {**s["job"], "id": "not_a_case"}}, "'not_a_case', which"),
+            ("refined", lambda s: {**s, "refined": True}, "already refined"),
+            ("other-mask", lambda s: {**s, "mask_sha256": "0" * 64}, "generated from another mask")):
+        with pytest.raises(ConfigError, match=match) as caught:
+            load_generated_conditions([broken(name, change)], data)
+        assert f"{case}_image.nii.gz" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"generated_fraction must be in \[0, 1\]"):
+        RefinerSettings.from_dict({"generated_fraction": 1.5})
+    with pytest.raises(Exception, match="generated folder not found"):
+        load_generated_conditions([tmp_path / "missing"], data)
+
+
+def test_recipe_trains_the_refiner_on_generated_samples(unrefined_samples, prepared_tiny, tiny_model, tmp_path):
+    model = run_quietly(_recipe(prepared_tiny.parent / "raw", tiny_model, generated=[str(unrefined_samples)],
+                                generated_fraction=0.5), tmp_path)
+    meta = json.loads((model / "meta.json").read_text())
+    assert meta["refiner"]["generated"] == [str(unrefined_samples)] and meta["refiner"]["generated_fraction"] == 0.5

@@ -8,6 +8,10 @@ ControlNet's input format, so partial labels work the same way). Training degrad
 is randomised (noise at the pooled grid and at twice its pooling, a random intensity offset per class) so that
 the generated volumes' own flaws look like something the refiner has learnt to undo (cascaded diffusion's
 noise-conditioning augmentation; per-class offsets stand for the generated organs' wrong brightness).
+The refiner can also learn from the latent model's own flaws: ``generated`` names folders of unrefined samples
+of the training masks (``volsynth generate MODEL --masks-from PREPARED --no-refine``), and a share
+``generated_fraction`` of the training conditions is then such a sample, degraded, in place of the augmented
+real image (the target stays the real image of that mask).
 
 It is the hierarchical model's super-resolution stage at factor 1 with a mask: residual diffusion over the
 degraded condition (``residual_scale``), random patches in training, the whole grid at inference; it takes
@@ -16,14 +20,18 @@ no text. Same engine, schedulers and checkpoint format as every other stage.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from volsynth.config import settings_from_dict
+from volsynth.data.prepare import load_manifest
 from volsynth.errors import ConfigError
+from volsynth.io.formats import read_label, read_volume
 from volsynth.models.controlnet import mask_features
 from volsynth.models.registry import build_network, network_config
 from volsynth.training.data import PreparedData
@@ -51,6 +59,12 @@ class RefinerSettings(DenoiserSettings):
     patch: list[int] | None = field(default_factory=lambda: [32, 32, 32])  # training patches (inference: whole grid)
     steps: int = 20  # sampling steps at generation
     condition_dropout: float = 1.0  # no text
+    generated: list[str] | None = None  # folders of unrefined samples of the training masks (generate --no-refine)
+    generated_fraction: float = 0.5  # training: share of conditions drawn from those samples, where a case has one
+
+    def __post_init__(self) -> None:
+        if isinstance(self.generated, (str, Path)):  # one folder
+            self.generated = [str(self.generated)]
 
     @classmethod
     def from_dict(cls, data: dict | None) -> RefinerSettings:
@@ -61,7 +75,7 @@ class RefinerSettings(DenoiserSettings):
         for name in ("noise_aug", "class_jitter", "shape_jitter"):
             if getattr(settings, name) < 0:
                 raise ConfigError(None, f"{name} must be >= 0, got {getattr(settings, name)}")
-        for name in ("hide_class", "hide_all"):
+        for name in ("hide_class", "hide_all", "generated_fraction"):
             if not 0 <= getattr(settings, name) <= 1:
                 raise ConfigError(None, f"{name} must be in [0, 1], got {getattr(settings, name)}")
         check_patch_settings(settings.patch, settings.residual_scale)
@@ -94,11 +108,17 @@ def smooth_warp(image: torch.Tensor, max_shift: float, generator: torch.Generato
 
 
 def augmented_condition(image: torch.Tensor, labels: torch.Tensor, label_ids: list[int],
-                        settings: RefinerSettings, generators: list[torch.Generator]) -> torch.Tensor:
+                        settings: RefinerSettings, generators: list[torch.Generator],
+                        replacements: list[torch.Tensor | None] | None = None) -> torch.Tensor:
     """Training condition: per-class intensity offsets, a smooth warp (the mask no longer agrees exactly with the
-    image, as it does not with a generated volume), then pooling, then noise at two scales (per sample)."""
+    image, as it does not with a generated volume), then pooling, then noise at two scales (per sample).
+    ``replacements[b]``, where given, is a generated volume of sample b's mask: it is pooled and noised in place
+    of the shifted image (it has its own flaws)."""
     shifted = []
     for b, generator in enumerate(generators):
+        if replacements is not None and replacements[b] is not None:
+            shifted.append(replacements[b].to(image))
+            continue
         offsets = (torch.rand(len(label_ids), generator=generator) * 2 - 1) * settings.class_jitter
         field_ = sum((labels[b] == i).float() * o for i, o in zip(label_ids, offsets.tolist(), strict=True))
         moved = image[b] + field_
@@ -140,6 +160,7 @@ class RefinerStage:
         self.configs = {"refiner": refiner_config(channels, len(self.label_ids), unet)}
         self.networks = {"refiner": build_network(self.configs["refiner"])}
         self.scheduler = settings.scheduler()
+        self.generated = load_generated_conditions(settings.generated or [], data)
 
     def num_items(self) -> int:
         """Number of prepared cases."""
@@ -155,7 +176,8 @@ class RefinerStage:
         labels = self.data.labels[indices].long()
         known = hide_classes(self.known[indices], generators, self.settings.hide_class, self.settings.hide_all)
         features = mask_features(labels, known, self.label_ids, 1)
-        cond = augmented_condition(x0, labels, self.label_ids, self.settings, generators)
+        cond = augmented_condition(x0, labels, self.label_ids, self.settings, generators,
+                                   self._generated_conditions(indices, generators))
         if self.settings.patch is not None:  # pooling blocks stay aligned with the whole grid's
             x0, cond, features = random_patches([x0, cond, features], self.settings.patch, generators,
                                                 2 * self.settings.degrade_factor)
@@ -166,6 +188,18 @@ class RefinerStage:
         return {"refiner": denoising_loss(prediction, self.scheduler, self.settings.prediction_type, x0, noise,
                                           timesteps, self.settings.loss)}
 
+    def _generated_conditions(self, indices, generators) -> list[torch.Tensor | None] | None:
+        """Per sample: one of its case's generated volumes (with probability ``generated_fraction``), or None."""
+        if not self.generated:
+            return None  # no draw: recipes without generated samples keep their random streams
+        chosen = []
+        for index, generator in zip([int(i) for i in indices], generators, strict=True):
+            take = float(torch.rand((), generator=generator)) < self.settings.generated_fraction
+            pick = int(torch.randint(1 << 30, (), generator=generator))
+            samples = self.generated.get(index)
+            chosen.append(samples[pick % len(samples)] if take and samples else None)
+        return chosen
+
     def meta(self) -> dict:
         """What the pipeline needs to run the refiner."""
         return {"kind": "refiner", "plan": self.data.plan.to_dict(), "label_names": self.label_names,
@@ -174,6 +208,47 @@ class RefinerStage:
 
     def preview(self, step: int, path: Path) -> None:
         """No preview for this stage (generation with a mask shows it)."""
+
+
+def load_generated_conditions(folders: list[str | Path], data: PreparedData) -> dict[int, list[torch.Tensor]]:
+    """Unrefined generated volumes of ``data``'s masks, normalised like the prepared images: {case index: [C, ...]
+    tensors}. Each sample is matched to its case by the generation job's id and must sit on the plan grid and,
+    where its sidecar records the mask's checksum, come from that case's prepared label map."""
+    from volsynth.evaluation.inputs import read_generated_folder  # evaluation imports training: import late
+
+    if not folders:
+        return {}
+    if len(data.plan.normalization) != 1:
+        raise ConfigError(folders[0], "generated conditions need a one-channel plan",
+                          f"the plan has {len(data.plan.normalization)} channels")
+    norm = data.plan.normalization[0]
+    index = {case: i for i, case in enumerate(data.case_ids)}
+    label_files = {e["case"]: data.root / e["label"] for e in load_manifest(data.root)["cases"] if e.get("label")}
+    found: dict[int, list[torch.Tensor]] = {}
+    for folder in folders:
+        for entry in read_generated_folder(folder):
+            job = entry.sidecar.get("job") or {}
+            case = str(job.get("id") or entry.id)
+            if case not in index:
+                raise ConfigError(entry.image_path, f"generated for case {case!r}, which {data.root} lacks",
+                                  "generate with --masks-from the prepared training folder")
+            if entry.sidecar.get("refined"):
+                raise ConfigError(entry.image_path, "already refined", "generate the conditions with --no-refine")
+            digest = entry.sidecar.get("mask_sha256")
+            if digest and digest != hashlib.sha256(label_files[case].read_bytes()).hexdigest():
+                raise ConfigError(entry.image_path, f"generated from another mask than {label_files[case]}",
+                                  "generate with --masks-from the prepared training folder")
+            volume = read_volume(entry.image_path)
+            if list(volume.shape) != list(data.images.shape[2:]):
+                raise ConfigError(entry.image_path, f"shape {list(volume.shape)} is not the plan grid "
+                                  f"{list(data.images.shape[2:])}", "generate with --masks-from the prepared folder")
+            reference = read_label(label_files[case])
+            if not np.allclose(volume.affine, reference.affine, atol=1e-3):
+                raise ConfigError(entry.image_path, f"not on the grid of {label_files[case]}",
+                                  "generate with --masks-from the prepared training folder")
+            window = tuple(norm.window)  # generated volumes are written with the plan's window (MR: the median)
+            found.setdefault(index[case], []).append(torch.from_numpy(norm.forward(volume.array, window))[None])
+    return found
 
 
 def refiner_config(channels: int, num_classes: int, unet: dict) -> dict:
