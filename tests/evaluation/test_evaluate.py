@@ -96,6 +96,11 @@ def test_mask_faithfulness(evaluated):
     assert faith["gen"]["cases"] == ["job000", "job001", "job002", "job004"]  # job003 has no label map
     for key in ("orig", "gen"):
         assert 0 <= faith[key]["dice"]["liver"] <= 1 and 0 <= faith[key]["nsd"]["liver"] <= 1
+        liver = faith[key]["confusion"]["liver"]
+        assert liver["voxels"] > 0 and 0 <= liver["missed"] <= 1 and 0 <= liver["false"]
+        assert sum(liver["missed_as"].values()) <= liver["missed"] + 1e-9 and "liver" not in liver["missed_as"]
+        if faith[key]["dice"]["liver"] < 1.0:  # an imperfect liver has missed or false voxels in the counts
+            assert liver["missed"] + liver["false"] > 0
 
 
 def test_text_adherence(evaluated):
@@ -125,6 +130,7 @@ def test_report_html(evaluated):
         assert f">{title.replace('&', '&amp;')}</h2>" in text
     assert text.count("data:image/png;base64,") >= 5  # montages, FID, memorisation, intensities
     assert "Not computed: no study given" in text
+    assert ">Where the errors go</h3>" in text
     assert "src='http" not in text and "href='http" not in text  # self-contained
     assert metrics["anatomy_volumes"]["computed"] and "liver" in metrics["anatomy_volumes"]["real"]
     assert metrics["intensity"]["per_tissue"]["liver"]["wasserstein"] >= 0

@@ -83,3 +83,30 @@ def test_geometry_must_match():
         compute_nsd_per_class(LabelMap(pred.array[:10], pred.affine), ref)
     with pytest.raises(ConfigError, match="no NSD tolerance"):
         compute_nsd_per_class(pred, ref, tolerance_mm={"organ": 1.0})
+
+
+def test_confusion_counts_and_where_errors_go():
+    """A 4x4x4 organ (64 voxels): 8 of its voxels predicted as lesion, 4 as background; 6 background voxels
+    predicted as organ. Every count is known, and the shares follow from them."""
+    from volsynth.evaluation import confusion_counts, confusion_summary
+
+    affine = make_affine([1.0, 1.0, 1.0])
+    ref = np.zeros((8, 8, 8), dtype=np.uint8)
+    ref[2:6, 2:6, 2:6] = 1
+    pred = ref.copy()
+    pred[2:4, 2:4, 2:4] = 2  # 8 organ voxels as lesion
+    pred[5, 5, 2:6] = 0  # 4 organ voxels missed as background
+    pred[0, 0, :6] = 1  # 6 background voxels called organ
+    labels = {"background": 0, "organ": 1, "lesion": 2}
+    counts = confusion_counts(LabelMap(pred, affine, labels=labels), LabelMap(ref, affine, labels=labels), 3)
+    assert counts.sum() == 8**3
+    assert counts[1].tolist() == [4, 52, 8] and counts[0].tolist() == [8**3 - 64 - 6, 6, 0]
+    summary = confusion_summary(counts + counts, ["background", "organ", "lesion"])  # two cases, summed
+    organ = summary["organ"]
+    assert organ["voxels"] == 128 and organ["missed"] == pytest.approx(12 / 64)
+    assert list(organ["missed_as"]) == ["lesion", "background"]  # largest first
+    assert organ["missed_as"]["lesion"] == pytest.approx(8 / 64) and organ["false"] == pytest.approx(6 / 64)
+    assert organ["false_from"] == {"background": pytest.approx(6 / 64)}
+    assert set(summary) == {"organ"}  # background left out; the lesion has no mask voxels
+    with pytest.raises(ConfigError, match="ids outside 0..1"):
+        confusion_counts(LabelMap(pred, affine), LabelMap(ref, affine), 2)

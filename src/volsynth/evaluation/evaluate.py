@@ -37,7 +37,12 @@ from volsynth.evaluation.features import get_extractor
 from volsynth.evaluation.fid import FIDPerPlane, split_halves
 from volsynth.evaluation.inputs import Item, read_generated, read_real, to_shape
 from volsynth.evaluation.memorization import check_memorization
-from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class
+from volsynth.evaluation.overlap import (
+    compute_dice_per_class,
+    compute_nsd_per_class,
+    confusion_counts,
+    confusion_summary,
+)
 from volsynth.evaluation.similarity import MSSSIMDiversity
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.parallel import progress_bar
@@ -113,21 +118,29 @@ def mean_per_class(rows: list[dict[str, float]]) -> dict[str, float | None]:
 
 
 def mask_faithfulness(segmentor, real: list[Item], generated: list[Item], tolerance_mm: float) -> dict:
-    """Dice/NSD per class of the segmentor on generated volumes vs their masks, and on held-out real cases."""
+    """Dice/NSD per class of the segmentor on generated volumes vs their masks, and on held-out real cases; and,
+    summed over each set's cases, where each class's errors go (``confusion``: missed voxels by the class the
+    segmentor gave them, false voxels by the class the mask has there)."""
     from volsynth.evaluation.segmentor import plan_label_ids
 
     trained_on = set(segmentor.meta.get("training_cases") or [])
     held_out = [i for i in real if i.id not in trained_on and i.label is not None]
     real_rows = held_out if held_out else [i for i in real if i.label is not None]
     names = {n: i for n, i in segmentor.labels.items() if i != 0}
+    num_classes = max(segmentor.labels.values()) + 1
+    by_id = {i: n for n, i in segmentor.labels.items()}
+    id_names = [by_id.get(i, "background" if i == 0 else str(i)) for i in range(num_classes)]
     result: dict = {"computed": True, "held_out": bool(held_out), "tolerance_mm": tolerance_mm}
     for key, rows in (("orig", real_rows), ("gen", [i for i in generated if i.label is not None])):
         dice, nsd = [], []
+        counts = np.zeros((num_classes, num_classes), dtype=np.int64)
         for item in rows:
             reference = LabelMap(plan_label_ids(item.label, segmentor.plan), item.label.affine, labels=segmentor.labels)
             dice.append(compute_dice_per_class(item.prediction, reference, names, ignore_empty=True))
             nsd.append(compute_nsd_per_class(item.prediction, reference, tolerance_mm, names, ignore_empty=True))
+            counts += confusion_counts(item.prediction, reference, num_classes)
         result[key] = {"cases": [i.id for i in rows], "dice": mean_per_class(dice), "nsd": mean_per_class(nsd),
+                       "confusion": confusion_summary(counts, id_names),
                        "per_case": [{"id": i.id, "dice": d, "nsd": s} for i, d, s in zip(rows, dice, nsd, strict=True)]}
     if not result["gen"]["cases"]:
         result["note"] = "no generated volume has a label map (generate with --mask): Dice_gen not computed"

@@ -150,3 +150,39 @@ class SurfaceDicePerClass(_PerClassMean):
 
     def _compute(self, pred: LabelMap, ref: LabelMap) -> dict[str, float]:
         return compute_nsd_per_class(pred, ref, self.tolerance_mm, self.labels, self.ignore_empty)
+
+
+def confusion_counts(pred: LabelMap, ref: LabelMap, num_classes: int) -> np.ndarray:
+    """Voxel counts ``[reference id, predicted id]`` over ids ``0 .. num_classes - 1`` (same grid). Ids outside
+    that range are an error: a count matrix that silently dropped them would not add up to the volume."""
+    require_same_geometry(pred, ref, "label maps")
+    ref_ids, pred_ids = np.asarray(ref.array).astype(np.int64).ravel(), np.asarray(pred.array).astype(np.int64).ravel()
+    for name, ids in (("reference", ref_ids), ("prediction", pred_ids)):
+        if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+            raise ConfigError(None, f"{name} label map has ids outside 0..{num_classes - 1}")
+    return np.bincount(ref_ids * num_classes + pred_ids, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def confusion_summary(counts: np.ndarray | list, names: list[str], top: int = 3) -> dict[str, dict]:
+    """Where each foreground class's errors go, from a summed ``confusion_counts`` matrix (names by id).
+
+    Per class with reference voxels: ``voxels`` (in the reference), ``missed`` (share of them predicted as
+    another class) with ``missed_as`` (the ``top`` classes they went to, each as a share of the class's voxels),
+    and ``false`` (voxels predicted as the class that the reference gives another, as a share of the class's
+    voxels) with ``false_from`` (what the reference has there)."""
+    counts = np.asarray(counts, dtype=np.int64)
+
+    def shares(row: np.ndarray, voxels: int) -> dict[str, float]:
+        order = [i for i in np.argsort(-row, kind="stable")[:top] if row[i] > 0]
+        return {names[i]: float(row[i] / voxels) for i in order}
+
+    summary = {}
+    for index, name in enumerate(names):
+        voxels = int(counts[index].sum())
+        if index == 0 or voxels == 0:
+            continue
+        missed, false = counts[index].copy(), counts[:, index].copy()
+        missed[index] = false[index] = 0
+        summary[name] = {"voxels": voxels, "missed": float(missed.sum() / voxels), "missed_as": shares(missed, voxels),
+                         "false": float(false.sum() / voxels), "false_from": shares(false, voxels)}
+    return summary

@@ -175,7 +175,28 @@ def _mask(m: dict, figures: dict) -> str:
     return (f"<p>Dice_orig: segmentor on {len(f['orig']['cases'])} {held} against ground truth (an upper bound). "
             f"Dice_gen: segmentor on {len(f['gen']['cases'])} generated volumes against their conditioning masks. "
             f"NSD at {f['tolerance_mm']} mm. Cases lacking a class do not count for it.</p>" + note
-            + _table(["class", "Dice_orig", "Dice_gen", "NSD_orig", "NSD_gen"], rows))
+            + _table(["class", "Dice_orig", "Dice_gen", "NSD_orig", "NSD_gen"], rows) + _confusion(f))
+
+
+def _confusion(f: dict) -> str:
+    """Where each class's errors go, real beside generated: a mask class's voxels the segmentor gave another
+    class (missed), and voxels it gave the class that the mask calls something else (false)."""
+    def shares(parts: dict) -> str:
+        return ", ".join(f"{name} {share:.1%}" for name, share in parts.items()) or "–"
+
+    rows = []
+    for key, label in (("orig", "real"), ("gen", "generated")):
+        for name, c in (f[key].get("confusion") or {}).items():
+            rows.append([name, label, c["voxels"], f"{c['missed']:.1%}", shares(c["missed_as"]),
+                         f"{c['false']:.1%}", shares(c["false_from"])])
+    if not rows:
+        return ""
+    rows.sort(key=lambda r: r[0])  # a class's real and generated rows side by side
+    return ("<h3>Where the errors go</h3><p class='note'>Summed over each set's cases; shares are of the class's "
+            "voxels in the masks. Missed: mask voxels of the class the segmentor labels otherwise (as what). "
+            "False: voxels the segmentor labels as the class where the mask has another (what the mask has).</p>"
+            + _table(["class", "set", "mask voxels", "missed", "missed as", "false", "false where the mask has"],
+                     rows))
 
 
 def _adherence(m: dict, figures: dict) -> str:
