@@ -128,8 +128,8 @@ def mask_faithfulness(segmentor, real: list[Item], generated: list[Item], tolera
     real_rows = held_out if held_out else [i for i in real if i.label is not None]
     names = {n: i for n, i in segmentor.labels.items() if i != 0}
     num_classes = max(segmentor.labels.values()) + 1
-    by_id = {i: n for n, i in segmentor.labels.items()}
-    id_names = [by_id.get(i, "background" if i == 0 else str(i)) for i in range(num_classes)]
+    by_id = {i: n for n, i in segmentor.labels.items()}  # background (0) included
+    id_names = [by_id.get(i, str(i)) for i in range(num_classes)]
     result: dict = {"computed": True, "held_out": bool(held_out), "tolerance_mm": tolerance_mm}
     for key, rows in (("orig", real_rows), ("gen", [i for i in generated if i.label is not None])):
         dice, nsd = [], []
