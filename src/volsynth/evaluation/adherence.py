@@ -1,4 +1,4 @@
-"""Text adherence (seed 000: tumour size in the generated image against the prompt; seed 001: airway volume):
+"""Text adherence (dual-guided liver CT: tumour size in the generated image against the prompt; MedSyn: airway volume):
 what a prompt states (lesion count, diameters, organ volumes) against what a generated volume shows.
 
 What is stated, in order of preference:
@@ -199,7 +199,7 @@ def summarise(results: Sequence[dict]) -> dict:
 
 def volume_statistics(label_maps: Sequence[tuple[LabelMap, Mapping[str, int]]],
                       classes: Sequence[str] | None = None) -> dict[str, dict]:
-    """Mean, SD and n of each class's volume (ml) over label maps (e.g. airway volume, seed 001)."""
+    """Mean, SD and n of each class's volume (ml) over label maps (e.g. airway volume, MedSyn)."""
     collected: dict[str, list[float]] = {}
     for label, labels in label_maps:
         for name, value in measure(label, labels).volumes_ml.items():

@@ -12,7 +12,7 @@ Recipe (``run_evaluation``):
 4. with a segmentor: mask faithfulness, Dice/NSD of its predictions on generated volumes against their
    conditioning masks (Dice_gen) beside the same on held-out real cases against ground truth (Dice_orig);
 5. text adherence (stated vs measured lesion count, diameters, organ volumes) for generated volumes and,
-   as a floor, for the real cases; anatomy volumes (ml) per class, e.g. airway (seed 001);
+   as a floor, for the real cases; anatomy volumes (ml) per class, e.g. airway (MedSyn);
 6. memorisation: nearest training volume by SSIM and feature cosine, thresholds from real-vs-real pairs;
 7. intensity histograms per tissue; montages; write metrics.json and report.html (``figures.py``,
    ``report.py``).

@@ -235,7 +235,7 @@ def _anatomy(m: dict, figures: dict) -> str:
         return "–" if s is None else f"{s['mean_ml']:.1f} ± {s['sd_ml']:.1f} (n={s['n']})"
     names = list(dict.fromkeys([*a["real"], *a["generated"]]))
     return ("<p>Volume (ml) of every class in the real label maps and in the generated label maps (or the "
-            "segmentor's predictions), e.g. the airway volume of MedSyn (seed 001).</p>"
+            "segmentor's predictions), e.g. the airway volume MedSyn reports.</p>"
             + _table(["class", "real mean ± SD (ml)", "generated mean ± SD (ml)"],
                      [[n, cell(a["real"].get(n)), cell(a["generated"].get(n))] for n in names]))
 

@@ -1,4 +1,4 @@
-"""The auxiliary segmentor of the evaluation (seeds 002/003: Dice_orig vs Dice_gen; 000/004: tumour size
+"""The auxiliary segmentor of the evaluation (Dice_orig vs Dice_gen as in segmentation-guided diffusion; tumour size
 and the augmentation study): a MONAI SegResNet, UNet or BasicUNet, 3D or on 2D axial slices. This module holds
 its settings, networks, plan, case reading, loading and prediction; ``segtrain`` trains it.
 

@@ -1,4 +1,4 @@
-"""Downstream augmentation study (seeds 000 and 004): does adding synthetic image/label pairs to N real
+"""Downstream augmentation study (dual-guided liver CT; 3D-LLDM): does adding synthetic image/label pairs to N real
 training cases improve a segmentor on held-out real cases?
 
 Design (``volsynth study augment``):

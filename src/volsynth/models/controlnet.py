@@ -1,11 +1,11 @@
-"""Multi-label ControlNet with partial labels (seeds 000 and 004), on MONAI's ``ControlNet``.
+"""Multi-label ControlNet with partial labels (dual-guided liver CT; 3D-LLDM), on MONAI's ``ControlNet``.
 
 The mask input has two channels per class: the class's occupancy, and a constant "known" flag. So
 "absent" (known, empty) and "not given" (unknown) differ, and any subset of classes can guide
 generation. The learned conditioning embedding resizes the mask to the latent grid: with one entry
 in ``embedding_channels`` the occupancy is average-pooled onto the latent grid first; each further
 entry adds a stride-2 stage, so with ``[8, 16, 32]`` and a 4x autoencoder the embedding reads the
-mask at full image resolution (MAISI's layout, seed 000). The embedding is split out of MONAI's
+mask at full image resolution (MAISI's layout, dual-guided liver CT). The embedding is split out of MONAI's
 ControlNet so that it runs **once per sample**, not at every denoising step.
 """
 

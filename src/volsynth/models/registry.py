@@ -35,7 +35,7 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "BasicUNet": BasicUNet,
 }
 
-# Sizes measured in ../shared/NOTES.md: "small" autoencoder 1.35 M params (64^3 -> 16^3 x 4),
+# Sizes measured on a 2-core CPU: "small" autoencoder 1.35 M params (64^3 -> 16^3 x 4),
 # "small" UNet 3.8 M params. "tiny" ones are for tests and CI (a few thousand parameters).
 SIZES: dict[str, dict[str, dict]] = {
     "autoencoder": {

@@ -1,4 +1,4 @@
-"""Mask editing (seeds 000, 002): insert a lesion of a given diameter into an organ, remove lesions,
+"""Mask editing: insert a lesion of a given diameter into an organ, remove lesions,
 and interpolate between two masks' generations in latent space.
 
 Diameters follow the phantom convention (``volsynth.data.phantom.measure``): the maximum 3D extent
@@ -104,7 +104,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
 def interpolate(pipeline, mask_a, mask_b, frames: int = 5, seed_a: int = 0, seed_b: int | None = None,
                 **kwargs) -> list:
-    """Generations along a path between two masks (seed 002): the ControlNet conditions are blended
+    """Generations along a path between two masks (segmentation-guided diffusion): the ControlNet conditions are blended
     linearly and the starting noises spherically; the first and last frames are exactly the two
     masks' own generations (each on its mask's grid; middle frames use the nearer mask's grid)."""
     seed_b = seed_a if seed_b is None else seed_b

@@ -1,4 +1,4 @@
-"""Hierarchical generation (seed 001): text -> low-resolution image + anatomy -> super-resolution ->
+"""Hierarchical generation (MedSyn): text -> low-resolution image + anatomy -> super-resolution ->
 high-resolution image and label map on the plan's grid."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Segmentation-guided generation (seeds 002/003): mask in, CT or MR volume out, in pixel space;
+"""Segmentation-guided generation (also on AMOS): mask in, CT or MR volume out, in pixel space;
 2D models generate every slice along their axis in one batch and restack them into the volume."""
 
 from __future__ import annotations

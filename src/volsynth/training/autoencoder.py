@@ -1,4 +1,4 @@
-"""The autoencoder stage (seed 000): MONAI ``AutoencoderKL`` trained with L1 reconstruction + KL +
+"""The autoencoder stage (dual-guided liver CT): MONAI ``AutoencoderKL`` trained with L1 reconstruction + KL +
 patch adversarial loss (MONAI ``PatchDiscriminator``, warm-up of its weight) + an optional perceptual
 term from a local feature network. Perceptual is off by default: MONAI's PerceptualLoss downloads
 weights, which volsynth never does."""

@@ -1,5 +1,5 @@
 """The ControlNet stage: a multi-label ``MaskControlNet`` trained beside a frozen text-conditioned
-UNet (seeds 000, 004). Classes are hidden at random during training (partial labels), all of them
+UNet (dual-guided liver CT; 3D-LLDM). Classes are hidden at random during training (partial labels), all of them
 sometimes (so "no mask" is learned for mask guidance), and the text is dropped as in the diffusion
 stage. Same engine, schedulers, cache and checkpoint format as the other stages."""
 

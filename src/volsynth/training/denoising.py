@@ -44,7 +44,7 @@ def dropped(generators: list[torch.Generator], probability: float) -> torch.Tens
 def hide_classes(known: torch.Tensor, generators: list[torch.Generator], hide_class: float,
                  hide_all: float = 0.0) -> torch.Tensor:
     """Turn known classes [B, K] into "not given" at random, per sample from its own generator: each class with
-    ``hide_class`` (partial labels; seed 002's mask ablation), the whole mask with ``hide_all`` (mask guidance)."""
+    ``hide_class`` (partial labels; mask ablation), the whole mask with ``hide_all`` (mask guidance)."""
     rows = []
     for flags, generator in zip(known, generators, strict=True):
         keep = torch.rand(flags.shape, generator=generator) >= hide_class

@@ -1,8 +1,8 @@
-"""The text-conditioned latent diffusion stage (seed 000): ``ConditionedUNet`` on cached latents with
+"""The text-conditioned latent diffusion stage (dual-guided liver CT): ``ConditionedUNet`` on cached latents with
 cross-attention to the reports' token embeddings, condition dropout for classifier-free guidance,
 DDPM/DDIM (epsilon or v) or rectified-flow training, L1 (the seed's) or L2 loss.
 
-With ``mask_concat: true`` the stage is segmentation-guided diffusion in latent space (seed 002 applied to
+With ``mask_concat: true`` the stage is segmentation-guided diffusion in latent space (that paper's method applied to
 latents): the cache's pooled masks (occupancy + known flag per class, as the ControlNet gets them) are
 concatenated to the noisy latent, each class is dropped with ``mask_ablation`` per sample and the whole
 mask with ``mask_drop`` (so "no mask" is learned for mask guidance)."""
@@ -30,8 +30,8 @@ class DiffusionSettings(DenoiserSettings):
     network: dict = field(default_factory=dict)
     loss: str = "l1"  # the seed's
     preview_steps: int = 20
-    mask_concat: bool = False  # concatenate the pooled mask to the noisy latent (segmentation-guided, seed 002)
-    mask_ablation: float = 0.5  # mask_concat: each class dropped with this probability per sample (seed 002)
+    mask_concat: bool = False  # concatenate the pooled mask to the noisy latent (segmentation-guided diffusion)
+    mask_ablation: float = 0.5  # mask_concat: each class dropped with this probability per sample
     mask_drop: float = 0.1  # mask_concat: the whole mask dropped with this probability (mask guidance)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Hierarchical, anatomy-aware generation (seed 001, MedSyn): stage 1 generates from text a
+"""Hierarchical, anatomy-aware generation (MedSyn): stage 1 generates from text a
 low-resolution volume **jointly with its anatomy** (image channel + one channel per class, background
 included); stage 2 is a super-resolution diffusion model conditioned on the upsampled stage-1 channels
 that outputs the high-resolution image and refined label channels. Pixel space, same engine.

@@ -1,4 +1,4 @@
-"""Segmentation-guided diffusion (seeds 002 and 003): the mask is concatenated to the noisy image
+"""Segmentation-guided diffusion (also on AMOS, CT and MR): the mask is concatenated to the noisy image
 (pixel space), each class is dropped independently with probability ``ablation`` per sample (mask
 ablation: at inference any subset of classes guides generation), and a modality class embedding
 lets one mask give a CT or an MR. Works on 3D volumes, or on 2D slices along one axis
@@ -30,7 +30,7 @@ class SegGuidedSettings(DenoiserSettings):
     network: dict = field(default_factory=dict)
     spatial_dims: int = 3
     slice_axis: str = "axial"
-    ablation: float = 0.5  # each class dropped with this probability per sample (seed 002)
+    ablation: float = 0.5  # each class dropped with this probability per sample (segmentation-guided diffusion)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> SegGuidedSettings:
