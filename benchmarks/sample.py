@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from volsynth.io import read_label
-from volsynth.pipelines.segguided import load_pipeline
+from volsynth.pipelines import load_pipeline
 
 
 def peak_rss_gb() -> float:

@@ -7,6 +7,7 @@ code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -234,10 +235,12 @@ def train_diffusion(
 
 @app.command()
 def generate(
-    model: Path = typer.Argument(..., help="Model folder (volsynth train output: OUT/model)."),
-    out: Path = typer.Option(..., help="Output folder for volumes and their JSON sidecars."),
+    model: Path = typer.Argument(..., help="Model folder (e.g. models/abdomen-ct-64), or a run folder given to "
+                                           "train --out (its model/ is used)."),
+    out: Path = typer.Option(..., help="Output folder for volumes and their JSON sidecars (files already there are "
+                                       "never replaced unless --overwrite)."),
     prompt: str = typer.Option(None, help="Radiology-style report; empty for unconditional samples."),
-    jobs: Path = typer.Option(None, help="JSON-lines jobs file: {prompt, seed, n, id} per line."),
+    jobs: Path = typer.Option(None, help="JSON-lines jobs file: {prompt, seed, n, id, mask, modality} per line."),
     masks_from: Path = typer.Option(None, help="Dataset: one job per labelled case (its mask, its report as the "
                                                "prompt unless --prompt; seeds from --seed; ids = case ids)."),
     prompts_from: Path = typer.Option(None, help="Dataset: one text-only job per case with a report (its report "
@@ -248,24 +251,26 @@ def generate(
     steps: int = typer.Option(None, help="Sampling steps; default: the model's recommendation, else 30."),
     sampler: str = typer.Option(None, help="ddim, ddpm or rflow (for flow models); default: the model's, else ddim."),
     text_guidance: float = typer.Option(None, help="Text guidance scale (CFG); default: the model's, else 3."),
-    mask: Path = typer.Option(None, help="Label map guiding generation (needs a model with a ControlNet)."),
+    mask: Path = typer.Option(None, help="Label map guiding generation (models with mask guidance)."),
     mask_labels: str = typer.Option(None, help="Map your mask ids to model classes, e.g. 'liver=5,tumour=6'."),
     mask_guidance: float = typer.Option(None, help="Mask guidance scale (CFG); default: the model's, else 1."),
-    controlnet_scale: float = typer.Option(None, help="ControlNet residual scale; default: the model's, else 1."),
-    modality: str = typer.Option(None, help="CT or MR, for models that make both from one mask."),
-    slice_noise: str = typer.Option(None, help="2D slice models: 'independent' (default) or 'shared' starting "
-                                               "noise for all slices (fewer slice-to-slice stripes)."),
-    image_format: str = typer.Option("nifti", "--format", help="nifti or dicom."),
-    refine: bool = typer.Option(True, help="Run the model's refiner after decoding (models with a refiner stage)."),
-    refiner_guidance: float = typer.Option(None, help="The refiner's mask guidance scale (CFG) when a mask guides; "
+    controlnet_scale: float = typer.Option(None, help="ControlNet residual scale (models with a ControlNet); "
                                                       "default: the model's, else 1."),
+    modality: str = typer.Option(None, help="CT or MR, for models that make both from one mask."),
+    image_format: str = typer.Option("nifti", "--format", help="nifti or dicom."),
+    refine: bool = typer.Option(True, help="--no-refine skips the model's refiner (models with a refiner)."),
+    refiner_guidance: float = typer.Option(None, help="The refiner's mask guidance scale (CFG) when a mask guides "
+                                                      "(models with a refiner); default: the model's, else 1."),
+    overwrite: bool = typer.Option(False, help="Replace this run's files when they already exist in OUT."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Generate volumes from text and/or a mask; per volume an image, a label map (with a mask) and a sidecar."""
+    """Generate volumes from text and/or a mask; per volume an image, a label map (with a mask) and a sidecar.
+
+    An option the model does not take (e.g. --controlnet-scale for a model without a ControlNet) is an error."""
+    from volsynth.pipelines import load_pipeline
     from volsynth.pipelines.jobs import Job, jobs_from_dataset, read_jobs, resolve_device, run_jobs
     from volsynth.pipelines.masks import parse_mask_labels
-    from volsynth.pipelines.segguided import load_pipeline
 
     if jobs is not None and (prompt is not None or mask is not None or masks_from or prompts_from):
         raise ConfigError(None, "give either --jobs or --prompt/--mask/--masks-from/--prompts-from, not both")
@@ -285,10 +290,10 @@ def generate(
         job_list = [Job(prompt=prompt or "", seed=seed, n=n, mask=str(mask) if mask else None, modality=modality)]
     target = resolve_device(device)
     pipeline = load_pipeline(model).to(target)
-    written = run_jobs(pipeline, job_list, out, steps=steps, sampler=sampler, text_guidance=text_guidance,
-                       image_format=image_format, progress=progress, mask_guidance=mask_guidance,
+    written = run_jobs(pipeline, job_list, out, image_format=image_format, progress=progress, overwrite=overwrite,
+                       steps=steps, sampler=sampler, text_guidance=text_guidance, mask_guidance=mask_guidance,
                        controlnet_scale=controlnet_scale, mask_labels=parse_mask_labels(mask_labels),
-                       slice_noise=slice_noise, refine=refine, refiner_guidance=refiner_guidance)
+                       refine=None if refine else False, refiner_guidance=refiner_guidance)
     console.print(f"wrote {len(written)} volume(s) to {out}")
 
 
@@ -324,8 +329,8 @@ def sweep(
 ) -> None:
     """Show the effect of the guidance scales: one seed over a grid of text and mask scales, as a montage."""
     from volsynth.data.plan import CT_SCHEME
-    from volsynth.pipelines.segguided import load_pipeline
-    from volsynth.pipelines.sweep import guidance_sweep, save_sweep_montage
+    from volsynth.pipelines import load_pipeline
+    from volsynth.pipelines.sweep import guidance_sweep, save_sweep_montage, save_sweep_sidecar
     from volsynth.viz import PLANES
 
     if view not in PLANES:
@@ -340,7 +345,38 @@ def sweep(
     window = tuple(norm.window) if norm.scheme == CT_SCHEME else None
     title = f"{model.name}: \"{prompt}\"" + (f", mask {mask.name}" if mask else "") + f", seed {seed}"
     save_sweep_montage(out, grid, text_scales, mask_scales, view, window, title)
-    console.print(f"wrote {out}")
+    save_sweep_sidecar(out.with_suffix(".json"), grid, text_scales, mask_scales)
+    console.print(f"wrote {out} and {out.with_suffix('.json').name}")
+
+
+@app.command()
+def interpolate(
+    model: Path = typer.Argument(..., help="Latent model with mask guidance (or its training run folder)."),
+    mask_a: Path = typer.Argument(..., help="Label map of the first frame."),
+    mask_b: Path = typer.Argument(..., help="Label map of the last frame."),
+    out: Path = typer.Option(..., help="Output folder: frame_NN_image/_label.nii.gz and frame_NN.json sidecars."),
+    frames: int = typer.Option(5, help="Frames along the path, both masks' own generations included."),
+    prompt: str = typer.Option("", help="Radiology-style report for every frame."),
+    mask_labels: str = typer.Option(None, help="Map your mask ids to model classes, e.g. 'liver=5,tumour=6'."),
+    seed: int = typer.Option(0, help="Seed of the first mask's generation."),
+    seed_b: int = typer.Option(None, help="Seed of the last mask's generation; default: --seed."),
+    steps: int = typer.Option(None, help="Sampling steps; default: the model's recommendation, else 30."),
+    text_guidance: float = typer.Option(None, help="Text guidance scale; default: the model's."),
+    mask_guidance: float = typer.Option(None, help="Mask guidance scale; default: the model's."),
+) -> None:
+    """Latent interpolation between two masks: blended mask conditions and spherically blended noise."""
+    from volsynth.pipelines import load_pipeline
+    from volsynth.pipelines.interpolate import check_frames_free, write_frames
+    from volsynth.pipelines.interpolate import interpolate as interpolate_masks
+    from volsynth.pipelines.masks import parse_mask_labels
+
+    check_frames_free(out, max(frames, 0))
+    pipeline = load_pipeline(model)
+    results = interpolate_masks(pipeline, mask_a, mask_b, frames, seed, seed_b, prompt=prompt, steps=steps,
+                                text_guidance=text_guidance, mask_guidance=mask_guidance,
+                                mask_labels=parse_mask_labels(mask_labels))
+    written = write_frames(results, out)
+    console.print(f"wrote {len(written)} frame(s) to {out}")
 
 
 @app.command()
@@ -395,10 +431,17 @@ def demo(
 _register_evaluation()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr, like errors: ``warning: <message>`` (no source line of volsynth's)."""
+    err_console.print(f"warning: {' '.join(str(message).split())}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, map volsynth errors to one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if not debug:
+        warnings.showwarning = _show_warning
     try:
         app(args=argv, prog_name="volsynth")  # standalone: usage errors exit 2 through SystemExit
     except SystemExit as exc:

@@ -24,9 +24,10 @@ from volsynth.data.prepare import options_like, prepare_dataset
 from volsynth.data.verify import verify_dataset
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.io import read_label, write_volume
+from volsynth.pipelines import load_pipeline
 from volsynth.pipelines.edit import insert_lesion
-from volsynth.pipelines.jobs import sampling_settings
-from volsynth.pipelines.segguided import load_pipeline
+from volsynth.pipelines.jobs import output_paths
+from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 # role -> (model folder, recipe) in order of preference
@@ -42,6 +43,10 @@ SGD_STEPS = 10
 # The hierarchical chest model denoises 32^3 and then 64^3 in pixel space, two network calls per step (text
 # guidance): 10 steps keep its sample recognisable (body, lungs, lobes) in about 25 s on 2 cores.
 CHEST_STEPS = 10
+DEMO_MARKER = ".volsynth-demo"
+# Everything the demo writes in its folder (an earlier demo's are replaced, nothing else is touched).
+DEMO_OUTPUTS = ("phantoms", "phantoms-prepared", "generated", "generated-abdomen", "report", "edited_mask.nii.gz",
+                "montage.png", "summary.json")
 
 
 def pick_models(models: Path) -> dict[str, Path | None]:
@@ -52,11 +57,30 @@ def pick_models(models: Path) -> dict[str, Path | None]:
 
 def _write(result, out: Path, name: str) -> list[str]:
     """Image, label map (when there is one) and sidecar of one generated volume."""
-    files = [write_volume(result.image, out / f"{name}_image.nii.gz")]
-    if result.label is not None:
-        files.append(write_volume(result.label, out / f"{name}_label.nii.gz"))
-    (out / f"{name}.json").write_text(json.dumps(result.provenance, indent=2) + "\n")
-    return [f.name for f in files]
+    paths = output_paths(out, name, "nifti")
+    image = write_volume(result.image, paths["image"])
+    label = write_volume(result.label, paths["label"]) if result.label is not None else None
+    write_sidecar(paths["sidecar"], sidecar_record(result, name, image, label))
+    return [p.name for p in (image, label) if p is not None]
+
+
+def claim_output(out: Path) -> None:
+    """Make ``out`` the demo's folder: a new or empty folder, or one an earlier demo wrote (its own outputs are
+    replaced; anything else in it is left alone). Any other non-empty folder is refused."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(out, "demo output exists and is not a folder", "choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARKER).is_file():
+        raise ConfigError(out, "folder exists, is not empty and was not written by volsynth demo",
+                          "choose a new --out; the demo deletes nothing it did not create")
+    for name in DEMO_OUTPUTS:  # an earlier demo's outputs, by name
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by volsynth demo: a later demo replaces the outputs it lists\n"
+                                   + "".join(f"{name}\n" for name in DEMO_OUTPUTS))
 
 
 def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None = None,
@@ -67,8 +91,7 @@ def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None 
     chosen = pick_models(models)
     if not any(chosen.values()):
         raise ConfigError(models, "no shipped demo model found", "run from a volsynth checkout")
-    if out.exists():
-        shutil.rmtree(out)  # the demo folder is the demo's own scratch space
+    claim_output(out)
     generated = out / "generated"
     generated.mkdir(parents=True)
     steps_done: list[tuple[str, float, str]] = []
@@ -101,19 +124,15 @@ def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None 
                f"--out models/{choices[0][0]}" for role, choices in DEMO_MODELS.items() if chosen[role] is None]
     if abdomen is not None:
         prompt = "Two hypodense lesions in the right liver lobe, the largest 24 mm. Portal venous phase."
-        # the model's guidance scales, for text alone and with a mask (steps: the demo's)
-        text_only = sampling_settings(chosen["abdomen"])["text_guidance"]
-        recommended = sampling_settings(chosen["abdomen"], masked=True)
-        guidance = {k: recommended[k] for k in ("text_guidance", "mask_guidance", "controlnet_scale",
-                                                "refiner_guidance")}
+        # the model's recommended guidance scales, for text alone and with a mask (steps: the demo's)
         step("text -> CT (latent diffusion)", "generated/text_*",
-             lambda: _write(abdomen(prompt=prompt, seed=0, steps=steps, text_guidance=text_only), generated, "text"))
-        if abdomen.mask_guided:
+             lambda: _write(abdomen(prompt=prompt, seed=0, steps=steps), generated, "text"))
+        if "mask" in abdomen.options:
             step("text + mask -> CT", "generated/mask_*",
-                 lambda: _write(abdomen(prompt=prompt, mask=mask, seed=1, steps=steps, **guidance), generated, "mask"))
+                 lambda: _write(abdomen(prompt=prompt, mask=mask, seed=1, steps=steps), generated, "mask"))
             step(f"mask + inserted {facts['diameter_mm']:.0f} mm lesion -> CT", "generated/lesion_*",
-                 lambda: _write(abdomen(prompt="One hypodense lesion of 24 mm.", mask=edited, seed=2, steps=steps,
-                                        **guidance), generated, "lesion"))
+                 lambda: _write(abdomen(prompt="One hypodense lesion of 24 mm.", mask=edited, seed=2, steps=steps),
+                                generated, "lesion"))
     if chosen["sgd"]:
         sgd = load_pipeline(chosen["sgd"])
         for modality in ("CT", "MR"):

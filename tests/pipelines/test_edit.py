@@ -7,8 +7,9 @@ from volsynth.data.phantom import generate_case
 from volsynth.data.phantom.measure import max_extent_mm
 from volsynth.errors import VolsynthError
 from volsynth.io import LabelMap, make_affine, read_label, write_volume
-from volsynth.pipelines import SynthesisPipeline
-from volsynth.pipelines.edit import insert_lesion, interpolate, lesion_components, remove_lesions
+from volsynth.pipelines.edit import insert_lesion, lesion_components, remove_lesions
+from volsynth.pipelines.generate import SynthesisPipeline
+from volsynth.pipelines.interpolate import interpolate
 
 
 @pytest.fixture(scope="module")

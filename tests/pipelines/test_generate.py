@@ -10,7 +10,7 @@ import pytest
 from volsynth.cli import main
 from volsynth.data.plan import Plan
 from volsynth.io import read_volume
-from volsynth.pipelines import SynthesisPipeline
+from volsynth.pipelines.generate import SynthesisPipeline
 
 
 def _generate(model, out, *extra):
@@ -92,7 +92,7 @@ def test_prompts_from_a_dataset_text_only_jobs(tiny_model, nnunet_dataset, tmp_p
 
 
 def test_model_recommended_sampling_is_used_unless_the_command_says(tiny_model, tmp_path):
-    from volsynth.pipelines.jobs import SAMPLING_DEFAULTS, sampling_settings
+    from volsynth.pipelines.base import SAMPLING_DEFAULTS, resolve_sampling, sampling_recommendation
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
@@ -105,9 +105,9 @@ def test_model_recommended_sampling_is_used_unless_the_command_says(tiny_model, 
     assert _generate_plain(model, tmp_path / "b", "--prompt", "liver", "--steps", "3", "--text-guidance", "2") == 0
     sidecar = json.loads((tmp_path / "b" / "job000_00.json").read_text())
     assert sidecar["steps"] == 3 and sidecar["text_guidance"] == 2.0  # the command wins
-    assert sampling_settings(None) == SAMPLING_DEFAULTS
-    assert sampling_settings(model, mask_guidance=4.0)["mask_guidance"] == 4.0
-    assert sampling_settings(model)["steps"] == 2
+    assert resolve_sampling(sampling_recommendation(None)) == SAMPLING_DEFAULTS
+    assert resolve_sampling(sampling_recommendation(model), mask_guidance=4.0)["mask_guidance"] == 4.0
+    assert resolve_sampling(sampling_recommendation(model))["steps"] == 2
 
 
 def _generate_plain(model, out, *extra):
@@ -125,7 +125,7 @@ def test_bad_input_exit_2_and_out_untouched(tiny_model, tmp_path, capsys, case):
         model = tmp_path / "model"
         shutil.copytree(tiny_model, model)
         (model / "meta.json").unlink()
-        expected = "meta.json is missing"
+        expected = "not a model folder (no meta.json)"
     elif case == "cuda":
         extra += ["--device", "cuda"]
         expected = "no CUDA GPU"
@@ -191,7 +191,7 @@ def test_sharding_over_two_ranks_gives_the_same_files(tiny_model, tmp_path):
 def test_pixel_space_models_clip_the_clean_estimate_latent_models_do_not():
     from pathlib import Path
 
-    from volsynth.pipelines.segguided import load_pipeline
+    from volsynth.pipelines import load_pipeline
 
     models = Path(__file__).resolve().parents[2] / "models"
     for name, clipped in (("tiny-sgd", True), ("tiny-hierarchical", True), ("tiny-abdomen", False)):

@@ -10,7 +10,7 @@ from volsynth.cli import main
 from volsynth.errors import VolsynthError
 from volsynth.io import LabelMap, Volume, make_affine, read_label, read_volume, write_volume
 from volsynth.io.resample import resample_to
-from volsynth.pipelines import SynthesisPipeline
+from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.pipelines.masks import MaskWarning, place_mask
 
 
@@ -30,7 +30,7 @@ def test_output_takes_the_mask_geometry(pipe, mask):
     assert result.image.shape == mask.shape
     np.testing.assert_allclose(result.image.affine, mask.affine, atol=1e-6)
     np.testing.assert_array_equal(result.label.array, mask.array)
-    assert result.provenance["mask_classes"] == ["liver", "tumour"]
+    assert result.sidecar["mask_classes"] == ["liver", "tumour"]
 
 
 @pytest.mark.parametrize("direction", [None, np.diag([-1.0, 1.0, 1.0])])

@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import make_case
 from volsynth.cli import main
 from volsynth.io import write_volume
-from volsynth.pipelines import SynthesisPipeline
+from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.pipelines.sweep import guidance_sweep, save_sweep_montage
 
 
@@ -26,7 +26,7 @@ def test_each_cell_equals_the_plain_call_and_the_scales_matter(pipe, mask, tmp_p
     assert [len(row) for row in grid] == [2, 2]
     plain = pipe(**call, text_guidance=4.0, mask_guidance=3.0)
     np.testing.assert_array_equal(grid[1][1].image.array, plain.image.array)
-    assert grid[0][0].provenance["text_guidance"] == 1.0 and grid[1][1].provenance["mask_guidance"] == 3.0
+    assert grid[0][0].sidecar["text_guidance"] == 1.0 and grid[1][1].sidecar["mask_guidance"] == 3.0
     path = save_sweep_montage(tmp_path / "sweep.png", grid, [1.0, 4.0], [1.0, 3.0], window=(-200, 300))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

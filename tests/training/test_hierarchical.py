@@ -9,8 +9,8 @@ from volsynth.cli import main
 from volsynth.errors import ConfigError
 from volsynth.io import read_label, read_volume
 from volsynth.io.volume import Volume
+from volsynth.pipelines import load_pipeline
 from volsynth.pipelines.hierarchical import HierarchicalPipeline
-from volsynth.pipelines.segguided import load_pipeline
 from volsynth.training.hierarchical import (
     HierarchicalSettings,
     joint_channels,
@@ -51,7 +51,7 @@ def test_pipeline_returns_image_and_labels_at_the_plan_size_and_geometry(model):
     np.testing.assert_allclose(result.image.affine, pipe.plan.default_affine())
     np.testing.assert_allclose(result.label.affine, pipe.plan.default_affine())
     assert set(np.unique(result.label.array)) <= {0, 1, 2, 3}
-    assert result.provenance["low_resolution"] == [8, 8, 8]
+    assert result.sidecar["low_resolution"] == [8, 8, 8]
     again = pipe(prompt="Emphysema in both upper lobes.", seed=0, steps=2)
     np.testing.assert_array_equal(again.image.array, result.image.array)
 

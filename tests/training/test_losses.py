@@ -3,7 +3,7 @@ import torch
 
 from tests.training.helpers import autoencoder_stage, diffusion_stage, train, trained_autoencoder
 from volsynth.errors import ConfigError
-from volsynth.pipelines import SynthesisPipeline
+from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.training.engine import sample_generators
 from volsynth.training.losses import PerceptualLoss25D, discriminator_loss, generator_adversarial_loss, kl_loss
 from volsynth.training.recipe import assemble_model

@@ -11,7 +11,7 @@ from tests.training.helpers import run_quietly, tiny_recipe
 from volsynth.errors import ConfigError
 from volsynth.io import read_label
 from volsynth.models.checkpoint import load_checkpoint
-from volsynth.pipelines import SynthesisPipeline
+from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
 from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
 from volsynth.training.engine import sample_generators

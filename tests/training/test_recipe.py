@@ -9,7 +9,7 @@ import pytest
 
 from volsynth.errors import ConfigError
 from volsynth.evaluation.segmentor import SegmentorSettings, read_segmentor_settings
-from volsynth.pipelines import SynthesisPipeline
+from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.training.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from tests.training.helpers import run_quietly, tiny_recipe, write_recipe
 from volsynth.errors import ConfigError
 from volsynth.io import LabelMap, read_label
 from volsynth.models.checkpoint import load_checkpoint
-from volsynth.pipelines import SynthesisPipeline
+from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.training.data import load_prepared
 from volsynth.training.recipe import run_recipe
 from volsynth.training.refiner import RefinerSettings, RefinerStage, augmented_condition, degrade, smooth_warp
@@ -67,9 +67,9 @@ def test_refiner_redraws_the_decoded_volume_from_the_mask(refined_model, prepare
     refiner = pipe.refiner
     pipe.refiner = lambda x, t, cond: (calls.append(cond), refiner(x, t, cond=cond))[1]
     refined = pipe(prompt="liver", mask=masks[0], seed=0, steps=2)
-    assert len(calls) == 3 and refined.provenance["refined"] is True  # the refiner's own step count
+    assert len(calls) == 3 and refined.sidecar["refined"] is True  # the refiner's own step count
     plain = pipe(prompt="liver", mask=masks[0], seed=0, steps=2, refine=False)
-    assert len(calls) == 3 and plain.provenance["refined"] is False
+    assert len(calls) == 3 and plain.sidecar["refined"] is False
     assert refined.image.shape == plain.image.shape == read_label(masks[0]).shape
     assert not np.allclose(refined.image.array, plain.image.array)
     # its condition: the decoded volume pooled 2x and upsampled, then the mask's one-hot and known flags at 16^3
@@ -105,7 +105,7 @@ def test_partial_masks_and_no_mask(refined_model, prepared_tiny):
 
 
 def test_interpolation_refines_middle_frames_without_a_mask(refined_model, prepared_tiny):
-    from volsynth.pipelines.edit import interpolate
+    from volsynth.pipelines.interpolate import interpolate
 
     pipe = SynthesisPipeline.from_pretrained(refined_model)
     masks = sorted((prepared_tiny / "labelsTr").glob("*.nii.gz"))
@@ -222,10 +222,10 @@ def test_cli_generates_with_and_without_the_refiner(refined_model, tiny_model, p
         assert sidecar["refined"] is refined
     assert main(["generate", str(tiny_model), "--mask", str(mask), "--no-refine", "--steps", "2",
                  "--out", str(tmp_path / "plain"), "--no-progress"]) == 2
-    assert "has no refiner" in capsys.readouterr().err and not (tmp_path / "plain").exists()
+    assert "--no-refine: not an option of this latent model" in capsys.readouterr().err and not (tmp_path / "plain").exists()
     assert main(["generate", str(tiny_model), "--mask", str(mask), "--refiner-guidance", "4", "--steps", "2",
                  "--out", str(tmp_path / "plain"), "--no-progress"]) == 2
-    assert "--refiner-guidance: this model has no refiner" in capsys.readouterr().err
+    assert "--refiner-guidance: not an option of this latent model" in capsys.readouterr().err
     assert not (tmp_path / "plain").exists()
 
 
@@ -236,16 +236,16 @@ def test_refiner_guidance_on_the_mask(refined_model, prepared_tiny):
     refiner = pipe.refiner
     pipe.refiner = lambda x, t, cond: (calls.append(bool(cond[:, 1:].any())), refiner(x, t, cond=cond))[1]
     plain = pipe(prompt="liver", mask=mask, seed=0, steps=2)
-    assert calls == [True] * 3 and plain.provenance["refiner_guidance"] == 1.0  # scale 1: one call per step
+    assert calls == [True] * 3 and plain.sidecar["refiner_guidance"] == 1.0  # scale 1: one call per step
     calls.clear()
     guided = pipe(prompt="liver", mask=mask, seed=0, steps=2, refiner_guidance=3.0)
     assert sorted(calls) == [False] * 3 + [True] * 3  # with the mask and without it, each step
-    assert guided.provenance["refiner_guidance"] == 3.0
+    assert guided.sidecar["refiner_guidance"] == 3.0
     assert not np.allclose(guided.image.array, plain.image.array)
     calls.clear()
     # no mask: nothing to guide by, so the scale is not applied (one call per step) nor recorded
     unguided = pipe(prompt="liver", seed=0, steps=2, refiner_guidance=3.0)
-    assert calls == [False] * 3 and "refiner_guidance" not in unguided.provenance
+    assert calls == [False] * 3 and "refiner_guidance" not in unguided.sidecar
     np.testing.assert_array_equal(unguided.image.array, pipe(prompt="liver", seed=0, steps=2).image.array)
 
 

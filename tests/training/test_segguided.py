@@ -7,7 +7,8 @@ from tests.training.helpers import run_quietly
 from tests.training.test_recipe import ROOT
 from volsynth.errors import ConfigError
 from volsynth.io import read_label
-from volsynth.pipelines.segguided import SegGuidedPipeline, from_slices, load_pipeline, to_slices
+from volsynth.pipelines import load_pipeline
+from volsynth.pipelines.segguided import SegGuidedPipeline, from_slices, to_slices
 from volsynth.training.denoising import hide_classes
 from volsynth.training.engine import sample_generators
 from volsynth.training.segguided import SegGuidedSettings
@@ -81,26 +82,18 @@ def test_2d_slice_model_restacks_with_the_right_geometry(tmp_path):
     np.testing.assert_allclose(result.image.affine, mask.affine, atol=1e-6)
     _, grid, cond, _, _ = pipe.prepare_mask(mask, {"liver": 1}, modality="CT")
     assert cond.shape[0] == 16 and cond.shape[2:] == (16, 16)  # one condition per coronal slice
-    # shared starting noise: neighbouring coronal slices (axis 1) differ less than with independent noise
-    runs = {}
-    for mode in ("independent", "shared"):
-        with pytest.warns(UserWarning):
-            runs[mode] = pipe(mask=mask, modality="CT", seed=1, steps=2, mask_labels={"liver": 1}, slice_noise=mode)
-        assert runs[mode].provenance["slice_noise"] == mode
-    np.testing.assert_array_equal(runs["independent"].image.array, result.image.array)  # the default
-    jumps = {mode: np.abs(np.diff(r.image.array, axis=1)).mean() for mode, r in runs.items()}
-    assert jumps["shared"] < 0.5 * jumps["independent"], jumps
-    with pytest.raises(ConfigError, match="unknown slice noise"):
-        pipe(mask=mask, modality="CT", seed=1, steps=2, mask_labels={"liver": 1}, slice_noise="same")
 
 
-def test_slice_noise_is_refused_for_3d_models(model_3d, tmp_path, capsys):
+def test_options_a_model_does_not_take_are_refused_before_anything_is_written(model_3d, tmp_path, capsys):
     from volsynth.cli import main
 
     mask = next((model_3d.parent / "data-0" / "labelsTr").glob("*.nii.gz"))
-    assert main(["generate", str(model_3d), "--mask", str(mask), "--modality", "CT", "--slice-noise", "shared",
-                 "--out", str(tmp_path / "out"), "--steps", "2", "--no-progress"]) == 2
-    assert "2D slice models only" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    for option in (["--controlnet-scale", "2"], ["--refiner-guidance", "2"], ["--no-refine"]):
+        assert main(["generate", str(model_3d), "--mask", str(mask), "--modality", "CT", *option,
+                     "--out", str(tmp_path / "out"), "--steps", "2", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and option[0] in err and "not an option" in err, err
+        assert not (tmp_path / "out").exists()
 
 
 def test_settings_errors():

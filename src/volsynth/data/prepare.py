@@ -278,7 +278,8 @@ def prepare_dataset(root: str | Path, out: str | Path, options: PrepareOptions |
     fingerprints = list(map_progress(partial(fingerprint_case, label_sources=label_sources, roi=options.roi),
                                      dataset.cases, workers, "fingerprint", progress))
     plan = make_plan(dataset, fingerprints, options, label_sources)
-    with atomic_output(out, overwrite=overwrite) as tmp:
+    with atomic_output(out, overwrite=overwrite, replaceable=lambda folder: (folder / PLAN_FILE).is_file()
+                       and (folder / MANIFEST_FILE).is_file()) as tmp:
         tmp.mkdir()
         entries = list(map_progress(partial(prepare_case, plan=plan, out=tmp), dataset.cases, workers,
                                     "prepare", progress))

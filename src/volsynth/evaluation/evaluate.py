@@ -30,7 +30,7 @@ import numpy as np
 
 from volsynth import __version__
 from volsynth.data.plan import Plan
-from volsynth.errors import DatasetError
+from volsynth.errors import ConfigError, DatasetError
 from volsynth.evaluation import adherence
 from volsynth.evaluation.distribution import compute_mmd_volumes
 from volsynth.evaluation.features import get_extractor
@@ -232,6 +232,7 @@ def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, seg
 
     options = options or EvaluationOptions()
     start, out = time.perf_counter(), Path(out)
+    check_report_folder(out)
     study_data = None
     if study is not None:  # bad inputs fail before any work
         from volsynth.evaluation.study import load_study
@@ -287,6 +288,16 @@ def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, seg
     write_metrics(out / "metrics.json", metrics)
     write_report(out / "report.html", metrics, figures)
     return metrics
+
+
+def check_report_folder(out: Path) -> None:
+    """Refuse an output that is a file, or a non-empty folder that no evaluation wrote (evaluate replaces only
+    its own metrics.json and report.html)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(out, "output exists and is not a folder", "give a folder for --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "metrics.json").is_file():
+        raise ConfigError(out, "folder exists, is not empty and holds no earlier evaluation (metrics.json)",
+                          "choose a new --out; evaluate replaces only its own metrics.json and report.html")
 
 
 def provenance(real_info: dict, folder: str | Path, generated: list[Item], seg, options: EvaluationOptions, shape,

@@ -20,8 +20,7 @@ from volsynth.io.formats import read_label, read_volume
 from volsynth.io.resample import grid_affine, grid_centre, resample_to
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.parallel import progress_bar
-
-SIDECAR_IMAGE_KEY = "image"
+from volsynth.pipelines.sidecar import read_sidecar
 
 
 @dataclass
@@ -68,13 +67,10 @@ def read_generated_folder(folder: str | Path) -> list[GeneratedEntry]:
         raise ReadError(folder, "generated folder not found")
     entries, seen = [], set()
     for path in sorted(folder.glob("*.json")):
-        try:
-            sidecar = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ReadError(path, f"invalid sidecar JSON ({exc})") from exc
-        if not isinstance(sidecar, dict) or SIDECAR_IMAGE_KEY not in sidecar:
+        sidecar = read_sidecar(path)
+        if sidecar is None:
             continue  # not a sidecar (e.g. a metrics file)
-        image = folder / str(sidecar[SIDECAR_IMAGE_KEY])
+        image = folder / str(sidecar["image"])
         if not image.exists():
             raise ReadError(image, f"image named by sidecar {path.name} not found")
         label = folder / sidecar["label"] if sidecar.get("label") else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,17 +48,24 @@ def temporary_sibling(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_output(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+def atomic_output(path: str | Path, overwrite: bool = True,
+                  replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary path to write to; on success move it onto ``path`` atomically.
 
-    A folder target (a DICOM series, a checkpoint) may replace only an empty folder unless
-    ``overwrite``; on failure the temporary output is removed and ``path`` is untouched.
+    A folder target (a DICOM series, a checkpoint, a prepared dataset) replaces an existing non-empty folder only
+    with ``overwrite`` and only when ``replaceable(folder)`` says the folder is one volsynth wrote (a checkpoint's
+    meta.json, a series of volsynth's slice files): a folder of anything else is never deleted. On failure the
+    temporary output is removed and ``path`` is untouched.
     """
     path = Path(path)
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise WriteError(path, "output folder exists and is not empty", "choose a new path")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise WriteError(path, "output folder exists and is not empty", "choose a new path")
+        if replaceable is None or not replaceable(path):
+            raise WriteError(path, "output folder exists, is not empty and is not one this command wrote: "
+                             "it is left as it is", "choose a new path")
     if path.exists() and not overwrite and path.is_file():
         raise WriteError(path, "output file exists", "choose a new path or allow overwriting")
     tmp = temporary_sibling(path)

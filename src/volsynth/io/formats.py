@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from volsynth.errors import GeometryError, ReadError, VolsynthError, WriteError
 from volsynth.io.atomic import atomic_output
-from volsynth.io.dicom import arrays_to_sitk, read_dicom_series, sitk_to_arrays, write_dicom_series
+from volsynth.io.dicom import SERIES_SLICE, arrays_to_sitk, read_dicom_series, sitk_to_arrays, write_dicom_series
 from volsynth.io.volume import LabelMap, Volume
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -108,6 +108,11 @@ def read_label(path: str | Path, labels: dict[str, int] | None = None) -> LabelM
         raise type(exc)(path, exc.problem, exc.hint) from exc
 
 
+def is_volsynth_series(folder: Path) -> bool:
+    """Whether a folder holds only the slice files of a DICOM series volsynth wrote (it may then be replaced)."""
+    return all(child.is_file() and SERIES_SLICE.fullmatch(child.name) for child in folder.iterdir())
+
+
 def write_volume(obj: Volume | LabelMap, path: str | Path, overwrite: bool = True,
                  description: str = "", compression: str | None = None) -> Path:
     """Write a Volume or LabelMap by the path's format, atomically; returns the path.
@@ -119,7 +124,7 @@ def write_volume(obj: Volume | LabelMap, path: str | Path, overwrite: bool = Tru
     if obj.array.ndim != 3:
         raise WriteError(path, f"can only write 3D volumes, got shape {obj.shape}")
     try:
-        with atomic_output(path, overwrite=overwrite) as tmp:
+        with atomic_output(path, overwrite=overwrite, replaceable=is_volsynth_series) as tmp:
             if fmt == "nifti":
                 _write_nifti(obj, tmp)
             elif fmt == "dicom":

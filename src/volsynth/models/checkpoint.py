@@ -85,7 +85,7 @@ def save_checkpoint(path: str | Path, networks: dict[str, nn.Module], configs: d
     from volsynth import __version__
 
     path = Path(path)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, replaceable=is_checkpoint_folder) as tmp:
         tmp.mkdir()
         (tmp / "config.yaml").write_text(yaml.safe_dump({"networks": configs, "settings": settings or {}},
                                                          sort_keys=False))
@@ -98,6 +98,11 @@ def save_checkpoint(path: str | Path, networks: dict[str, nn.Module], configs: d
         full_meta = {**meta, "volsynth_version": __version__, "files": files}
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str) + "\n")
     return path
+
+
+def is_checkpoint_folder(path: Path) -> bool:
+    """Whether a folder is a checkpoint or model folder volsynth wrote (it may then be replaced whole)."""
+    return (path / "meta.json").is_file() and (path / "model.safetensors").is_file()
 
 
 def _verify(path: Path) -> dict:

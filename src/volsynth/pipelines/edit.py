@@ -1,5 +1,4 @@
-"""Mask editing: insert a lesion of a given diameter into an organ, remove lesions,
-and interpolate between two masks' generations in latent space.
+"""Mask editing: insert a lesion of a given diameter into an organ, or remove lesions.
 
 Diameters follow the phantom convention (``volsynth.data.phantom.measure``): the maximum 3D extent
 of the lesion's connected component, voxel centres plus one voxel.
@@ -8,7 +7,6 @@ of the lesion's connected component, voxel centres plus one voxel.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage as ndi
 
 from volsynth.data.phantom.measure import FULL_CONNECTIVITY, max_extent_mm
@@ -86,36 +84,3 @@ def remove_lesions(mask: LabelMap, which: list[int] | None = None, lesion_id: in
     array = mask.array.copy()
     array[np.isin(components, chosen)] = fill_id
     return mask.with_array(array)
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation between two Gaussian noise tensors (keeps their norm statistics)."""
-    if t <= 0:
-        return a.clone()
-    if t >= 1:
-        return b.clone()
-    a_flat, b_flat = a.flatten(), b.flatten()
-    cos = torch.clamp((a_flat @ b_flat) / (a_flat.norm() * b_flat.norm()), -1.0, 1.0)
-    angle = torch.arccos(cos)
-    if float(angle) < 1e-6:
-        return (1 - t) * a + t * b
-    return (torch.sin((1 - t) * angle) * a + torch.sin(t * angle) * b) / torch.sin(angle)
-
-
-def interpolate(pipeline, mask_a, mask_b, frames: int = 5, seed_a: int = 0, seed_b: int | None = None,
-                **kwargs) -> list:
-    """Generations along a path between two masks (segmentation-guided diffusion): the ControlNet conditions are blended
-    linearly and the starting noises spherically; the first and last frames are exactly the two
-    masks' own generations (each on its mask's grid; middle frames use the nearer mask's grid)."""
-    seed_b = seed_a if seed_b is None else seed_b
-    features_a = pipeline.prepare_mask(mask_a)[2]
-    features_b = pipeline.prepare_mask(mask_b)[2]
-    noise_a, noise_b = pipeline.initial_noise(seed_a), pipeline.initial_noise(seed_b)
-    results = []
-    for index in range(frames):
-        t = index / max(1, frames - 1)
-        # the endpoints are the masks' own generations: no condition given (it would equal the mask's own)
-        condition = None if t in (0, 1) else (1 - t) * features_a + t * features_b
-        results.append(pipeline(mask=mask_a if t < 0.5 else mask_b, seed=seed_a if t < 0.5 else seed_b,
-                                latents=slerp(noise_a, noise_b, t), mask_condition=condition, **kwargs))
-    return results

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.controlnet import combine_features, mask_features
 from volsynth.models.tiled import decode
+from volsynth.pipelines.base import GenerationResult, Pipeline, sampling_recommendation
 from volsynth.pipelines.masks import class_flags, place_mask
 from volsynth.pipelines.refine import run_refiner
 from volsynth.sampling import build_scheduler, dual_guidance, sample
@@ -24,17 +24,10 @@ from volsynth.sampling.samplers import scheduler_for
 from volsynth.text import get_text_encoder
 
 
-@dataclass
-class SynthesisResult:
-    """A generated volume (HU / MR units, with its affine), its label map when there is one, and provenance."""
+class SynthesisPipeline(Pipeline):
+    """Latent diffusion from text and/or a mask: ``SynthesisPipeline.from_pretrained(dir)(prompt=..., seed=...)``."""
 
-    image: Volume
-    label: LabelMap | None = None
-    provenance: dict = field(default_factory=dict)
-
-
-class SynthesisPipeline:
-    """``SynthesisPipeline.from_pretrained(model_dir)(prompt=..., mask=..., seed=...)``."""
+    kind = "latent"
 
     def __init__(self, autoencoder, unet, plan: Plan, scale_factor: float, text_encoder: str, latent_shape: list[int],
                  diffusion: dict, controlnet=None, model_path: Path | None = None,
@@ -48,6 +41,7 @@ class SynthesisPipeline:
         self.text_encoder_id = text_encoder
         self._text_encoder = None
         self.model_path, self.model_sha256 = model_path, model_sha256
+        self.recommended = sampling_recommendation(model_path)
         self.device = torch.device("cpu")
 
     def to(self, device: str | torch.device) -> SynthesisPipeline:
@@ -77,6 +71,25 @@ class SynthesisPipeline:
         if self._text_encoder is None:
             self._text_encoder = get_text_encoder(self.text_encoder_id)
         return self._text_encoder
+
+    @property
+    def options(self) -> frozenset[str]:
+        """Text, sampler and modality always; the mask's options with mask guidance; the ControlNet scale with a
+        ControlNet; the refiner's with a refiner."""
+        options = {"steps", "sampler", "text_guidance", "modality", "dtype"}
+        if self.mask_guided:
+            options |= {"mask", "mask_labels", "known", "mask_guidance"}
+        if self.controlnet is not None:
+            options.add("controlnet_scale")
+        if self.refiner is not None:
+            options |= {"refine", "refiner_guidance"}
+        return frozenset(options)
+
+    def refusal_hint(self, refused: list[str]) -> str:
+        """Why a latent model takes no mask, when that is what was refused."""
+        if "mask" in refused:
+            return "; this model has no mask guidance (no ControlNet, no mask input): give text only"
+        return ""
 
     @property
     def mask_concat(self) -> bool:
@@ -118,13 +131,13 @@ class SynthesisPipeline:
         return self.controlnet.mask_pooling(factor) if self.controlnet is not None else factor
 
     @torch.no_grad()
-    def __call__(self, prompt: str = "", mask: LabelMap | str | Path | None = None, seed: int = 0, steps: int = 30,
+    def generate(self, prompt: str = "", mask: LabelMap | str | Path | None = None, seed: int = 0, steps: int = 30,
                  sampler: str = "ddim", text_guidance: float = 3.0, mask_guidance: float = 1.0,
                  controlnet_scale: float = 1.0, mask_labels: dict | None = None,
-                 known: list[str] | None = None, dtype: torch.dtype = torch.float32,
+                 known: list[str] | None = None, dtype: torch.dtype | None = None,
                  modality: str | None = None, latents: torch.Tensor | None = None,
                  mask_condition: torch.Tensor | None = None, refine: bool = True,
-                 refiner_guidance: float = 1.0) -> SynthesisResult:
+                 refiner_guidance: float = 1.0) -> GenerationResult:
         """1. encode prompt 2. prepare mask 3. prepare latents 4. denoise 5. decode 6. back to HU and geometry.
 
         ``latents`` replaces the seeded starting noise and ``mask_condition`` the mask's ControlNet input
@@ -132,6 +145,7 @@ class SynthesisPipeline:
         ``refiner_guidance`` is the refiner's classifier-free scale on the mask (1: none; no mask: unused).
         """
         start = time.perf_counter()
+        dtype = torch.float32 if dtype is None else dtype
         self._check_modality(modality)
         # 1. encode the prompt (an empty prompt means the unconditional model)
         context = self.text_encoder.encode([prompt])[0].to(self.device) if prompt else None
@@ -201,7 +215,7 @@ class SynthesisPipeline:
                       "model": str(self.model_path), "model_sha256": self.model_sha256, **mask_info,
                       **refine_info,
                       "seconds": round(time.perf_counter() - start, 3)}
-        return SynthesisResult(volume, mapped, provenance)
+        return GenerationResult(volume, mapped, provenance)
 
     def initial_noise(self, seed: int) -> torch.Tensor:
         """The starting latent noise of a seed (drawn on the CPU)."""

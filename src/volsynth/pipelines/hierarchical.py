@@ -13,15 +13,18 @@ from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint
-from volsynth.pipelines.generate import SynthesisResult
+from volsynth.pipelines.base import GenerationResult, Pipeline, sampling_recommendation
 from volsynth.sampling import classifier_free, sample
 from volsynth.sampling.samplers import scheduler_for
 from volsynth.text import get_text_encoder
 from volsynth.training.hierarchical import upsample
 
 
-class HierarchicalPipeline:
+class HierarchicalPipeline(Pipeline):
     """``HierarchicalPipeline.from_pretrained(dir)(prompt=..., seed=...)`` -> image + label map."""
+
+    kind = "hierarchical"
+    options = frozenset({"steps", "sampler", "text_guidance", "modality"})
 
     def __init__(self, joint, superres, plan: Plan, meta: dict, model_path: Path | None = None) -> None:
         self.joint, self.superres = joint.eval().float(), superres.eval().float()
@@ -29,6 +32,7 @@ class HierarchicalPipeline:
         self.factor = int(meta["factor"])
         self.label_ids = list(meta["label_ids"])
         self._text_encoder = None
+        self.recommended = sampling_recommendation(model_path)
         self.device = torch.device("cpu")
 
     @classmethod
@@ -61,16 +65,21 @@ class HierarchicalPipeline:
             return self.meta.get("superres_diffusion", self.meta["diffusion"])
         return self.meta["diffusion"]
 
+    def refusal_hint(self, refused: list[str]) -> str:
+        """A hierarchical model draws its own anatomy."""
+        return "; a hierarchical model generates its own label map from the text" if "mask" in refused else ""
+
     def prepare_mask(self, *args, **kwargs):
         """Hierarchical models generate their own anatomy: a mask is an error."""
-        raise ConfigError(self.model_path, "a hierarchical model generates its own label map; do not pass --mask")
+        raise ConfigError(self.model_path, "--mask: not an option of this hierarchical model",
+                          "a hierarchical model generates its own label map from the text")
 
     @torch.no_grad()
-    def __call__(self, prompt: str = "", seed: int = 0, steps: int = 30, sampler: str = "ddim",
-                 text_guidance: float = 3.0, mask=None, modality: str | None = None, **unused) -> SynthesisResult:
+    def generate(self, prompt: str = "", seed: int = 0, steps: int = 30, sampler: str = "ddim",
+                 text_guidance: float = 3.0, modality: str | None = None) -> GenerationResult:
         """1. encode prompt 2. stage 1 (low resolution, joint) 3. upsample 4. stage 2 5. split image / labels."""
-        if mask is not None:
-            self.prepare_mask()
+        if modality is not None and modality.upper() != self.plan.modality:
+            raise ConfigError(self.model_path, f"model generates {self.plan.modality}, not {modality}")
         start = time.perf_counter()
         # 1. encode the prompt
         if self._text_encoder is None:
@@ -110,4 +119,4 @@ class HierarchicalPipeline:
                       "text_guidance": text_guidance, "low_resolution": low, "high_resolution": high,
                       "model": str(self.model_path), "model_sha256": self.meta["files"].get("model.safetensors"),
                       "seconds": round(time.perf_counter() - start, 3)}
-        return SynthesisResult(self.plan.denormalize(image), labels, provenance)
+        return GenerationResult(self.plan.denormalize(image), labels, provenance)

@@ -6,7 +6,6 @@ Every job is checked before anything is generated, so bad input leaves OUT untou
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -14,36 +13,15 @@ from pathlib import Path
 
 import torch
 
-from volsynth import __version__
+from volsynth.data.dataset import load_dataset
 from volsynth.errors import ConfigError
 from volsynth.io.formats import write_volume
-from volsynth.io.jsonfile import read_json, write_json
 from volsynth.parallel import progress_bar
+from volsynth.pipelines.base import SAMPLING_DEFAULTS, WITH_MASK, GenerationRequest, Pipeline
+from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
 
 JOB_KEYS = {"prompt", "seed", "n", "id", "mask", "modality"}
-# Sampling settings when neither the command nor the model (``sampling`` in its meta.json) gives them.
-SAMPLING_DEFAULTS = {"steps": 30, "sampler": "ddim", "text_guidance": 3.0, "mask_guidance": 1.0,
-                     "controlnet_scale": 1.0, "refiner_guidance": 1.0}
-
-
-# Key of a model's ``sampling`` recommendation that holds the settings recommended when a mask guides (e.g. a
-# lower text guidance: text guidance pulls samples away from the mask), over the model's plain recommendation.
-WITH_MASK = "with_mask"
-
-
-def sampling_settings(model_path: str | Path | None, masked: bool = False, **given) -> dict:
-    """Each sampling setting from ``given`` (not None), else the model's recommendation (with its ``with_mask``
-    settings over it when ``masked``), else SAMPLING_DEFAULTS."""
-    meta = Path(model_path) / "meta.json" if model_path is not None else None
-    recommended = dict((read_json(meta).get("sampling") or {}) if meta is not None and meta.is_file() else {})
-    with_mask = recommended.pop(WITH_MASK, None) or {}
-    if masked:
-        recommended.update(with_mask)
-    unknown = sorted(set(given) - set(SAMPLING_DEFAULTS))
-    if unknown:
-        raise ConfigError(None, f"unknown sampling setting(s) {unknown}")
-    return {key: given[key] if given.get(key) is not None else recommended.get(key, default)
-            for key, default in SAMPLING_DEFAULTS.items()}
+__all__ = ["SAMPLING_DEFAULTS", "WITH_MASK", "Job", "run_jobs"]  # the sampling names are defined in base
 
 
 @dataclass
@@ -97,8 +75,6 @@ def jobs_from_dataset(root: str | Path, prompt: str | None = None, seed: int = 0
     """One job per case of a dataset (the first ``limit``), the case id as the id, seeds ``seed``, ``seed + n``, ...
     in case order. With ``masks``: labelled cases, each with its label map as the mask. Without: text only,
     cases with a report. The prompt is the case's report, or ``prompt`` for all."""
-    from volsynth.data.dataset import load_dataset
-
     if limit is not None and limit < 1:
         raise ConfigError(None, f"--limit must be >= 1, got {limit}")
     dataset = load_dataset(root)
@@ -144,71 +120,55 @@ def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None) -> None:
             pipeline.prepare_mask(job.mask, mask_labels, modality=job.modality)
 
 
-def run_jobs(pipeline, jobs: list[Job], out: str | Path, steps: int | None = None, sampler: str | None = None,
-             text_guidance: float | None = None, image_format: str = "nifti", progress: bool = True,
-             mask_guidance: float | None = None, controlnet_scale: float | None = None,
-             mask_labels: dict | None = None, slice_noise: str | None = None, refine: bool = True,
-             refiner_guidance: float | None = None) -> list[Path]:
-    """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote. ``refine=False``
-    skips the model's refiner and ``refiner_guidance`` sets its mask guidance (each an error for a model without
-    one).
+def output_paths(out: Path, name: str, image_format: str) -> dict[str, Path]:
+    """The files one generated volume is written to."""
+    suffix = ".nii.gz" if image_format == "nifti" else ""
+    return {"image": out / f"{name}_image{suffix}", "label": out / f"{name}_label{suffix}",
+            "sidecar": out / f"{name}.json"}
 
-    Sampling settings left None come from the model's recommendation, else ``SAMPLING_DEFAULTS``."""
+
+def run_jobs(pipeline: Pipeline, jobs: list[Job], out: str | Path, image_format: str = "nifti",
+             progress: bool = True, overwrite: bool = False, **options) -> list[Path]:
+    """Generate every job's volumes into ``out``; returns the sidecar paths this rank wrote.
+
+    ``options`` are GenerationRequest fields shared by every job (steps, sampler, guidance scales, mask_labels,
+    refine, ...); unset sampling settings come from the model's recommendation. Every request is checked, every
+    mask read and every output name checked before anything is generated: a refused option, a bad mask or an
+    existing output (without ``overwrite``) leaves OUT untouched. Files already in OUT are never replaced unless
+    ``overwrite``; nothing else in OUT is touched."""
     out = Path(out)
-    given = {"steps": steps, "sampler": sampler, "text_guidance": text_guidance, "mask_guidance": mask_guidance,
-             "controlnet_scale": controlnet_scale, "refiner_guidance": refiner_guidance}
-    # per job: with a mask or without (a model may recommend other settings for mask-guided sampling)
-    settings = {masked: sampling_settings(getattr(pipeline, "model_path", None), masked=masked, **given)
-                for masked in (False, True)}
-    for chosen in settings.values():
-        chosen["steps"], chosen["sampler"] = int(chosen["steps"]), str(chosen["sampler"])
-        if chosen["steps"] < 1:
-            raise ConfigError(None, f"steps must be >= 1, got {chosen['steps']}")
     if image_format not in ("nifti", "dicom"):
         raise ConfigError(None, f"unknown format '{image_format}'", "use nifti or dicom")
-    if slice_noise is not None:
-        from volsynth.pipelines.segguided import check_slice_noise
-
-        if not getattr(pipeline, "slice_model", False):
-            raise ConfigError(getattr(pipeline, "model_path", None), "--slice-noise applies to 2D slice models only")
-        check_slice_noise(slice_noise)
-    options = {"slice_noise": slice_noise} if slice_noise is not None else {}
-    has_refiner = getattr(pipeline, "refiner", None) is not None
-    for flag, given_here in (("--no-refine", not refine), ("--refiner-guidance", refiner_guidance is not None)):
-        if given_here and not has_refiner:
-            raise ConfigError(getattr(pipeline, "model_path", None), f"{flag}: this model has no refiner")
-    if not refine:
-        options["refine"] = False
-    items = expand(jobs)
-    for sampler in {chosen["sampler"] for chosen in settings.values()}:
-        pipeline.scheduler(sampler)  # a sampler the model cannot use fails before anything is written
-    check_masks(pipeline, jobs, mask_labels)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(out, "output exists and is not a folder", "give a folder for --out")
+    items = []
+    for name, job, seed in expand(jobs):
+        try:
+            request = GenerationRequest(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=seed, **options)
+        except TypeError as exc:
+            raise ConfigError(None, f"bad generation option ({exc})") from exc
+        pipeline.check(request)
+        pipeline.scheduler(pipeline.resolve(request)["sampler"])  # a sampler the model cannot use fails now
+        items.append((name, job, request))
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    mine = items[rank::world]
+    mine = items[rank::world]  # each rank checks its own files: another rank may be writing its own already
+    existing = [p for name, _, _ in mine for p in output_paths(out, name, image_format).values() if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(existing[0], f"output exists ({len(existing)} file(s) of this run are already in {out})",
+                          "choose another --out, or give --overwrite to replace them")
+    check_masks(pipeline, jobs, options.get("mask_labels"))
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with progress_bar(progress and rank == 0) as bar:
         task = bar.add_task("generate", total=len(mine))
-        for name, job, seed in mine:
-            result = pipeline(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=seed,
-                              mask_labels=mask_labels, **settings[bool(job.mask)], **options)
-            suffix = ".nii.gz" if image_format == "nifti" else ""
-            target = out / f"{name}_image{suffix}"
-            write_volume(result.image, target, description=f"volsynth synthetic: {job.prompt}"[:64])
+        for name, job, request in mine:
+            result = pipeline(request)
+            paths = output_paths(out, name, image_format)
+            write_volume(result.image, paths["image"], description=f"volsynth synthetic: {job.prompt}"[:64])
             label = None
             if result.label is not None:
-                label = out / f"{name}_label{suffix}"
-                write_volume(result.label, label, description="volsynth synthetic label map")
-            sidecar = {**result.provenance, "id": name, "job": asdict(job), "image": target.name,
-                       "label": label.name if label else None,
-                       "volsynth_version": __version__, "format": image_format,
-                       "image_sha256": _sha256(target) if target.is_file() else None}
-            path = out / f"{name}.json"
-            write_json(path, sidecar)
-            written.append(path)
+                label = write_volume(result.label, paths["label"], description="volsynth synthetic label map")
+            written.append(write_sidecar(paths["sidecar"], sidecar_record(result, name, paths["image"], label,
+                                                                           image_format, job=asdict(job))))
             bar.advance(task)
     return written
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -13,16 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from volsynth import __version__
 from volsynth.data.dataset import load_dataset
 from volsynth.data.plan import PLAN_FILE, Plan
 from volsynth.data.prepare import case_windows
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.io.formats import read_label, read_volume, write_volume
-from volsynth.io.jsonfile import write_json
 from volsynth.models.checkpoint import load_checkpoint, network_configs
 from volsynth.models.tiled import decode
 from volsynth.parallel import progress_bar
+from volsynth.pipelines.auto import load_pipeline, resolve_model_folder
+from volsynth.pipelines.base import GenerationResult
+from volsynth.pipelines.jobs import output_paths
+from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
 
 
 @dataclass
@@ -38,9 +40,7 @@ class AutoencoderOnly:
 
 def load_for_reconstruction(path: str | Path):
     """A latent model's pipeline, or an ``AutoencoderOnly`` for a folder that holds an autoencoder and no UNet."""
-    from volsynth.pipelines.segguided import load_pipeline
-
-    path = Path(path)
+    path = resolve_model_folder(path)
     networks = network_configs(path)
     if "autoencoder" in networks and "unet" not in networks:  # read the weights once, as the right kind
         checkpoint = load_checkpoint(path, use_ema=True)
@@ -88,6 +88,9 @@ def reconstruct_dataset(pipeline, prepared: str | Path, out: str | Path, limit: 
     if not cases:
         raise DatasetError(prepared, "no cases to reconstruct")
     autoencoder = pipeline.autoencoder
+    existing = [p for case in cases for p in output_paths(out, case.case_id, "nifti").values() if p.exists()]
+    if existing:
+        raise ConfigError(existing[0], "output exists", "choose another --out: reconstruct replaces no file")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with progress_bar(progress) as bar:
@@ -104,12 +107,11 @@ def reconstruct_dataset(pipeline, prepared: str | Path, out: str | Path, limit: 
             if case.label is not None and case.label.exists():
                 label = out / f"{case.case_id}_label.nii.gz"
                 write_volume(read_label(case.label, labels=dataset.labels), label, description="volsynth label map")
-            sidecar = {"id": case.case_id, "image": target.name, "label": label.name if label else None,
-                       "labels": dataset.labels, "prompt": case.report or "", "facts": case.facts,
-                       "reconstruction_of": str(case.images[0]), "model": str(pipeline.model_path),
-                       "model_sha256": pipeline.model_sha256, "volsynth_version": __version__}
-            path = out / f"{case.case_id}.json"
-            write_json(path, sidecar)
-            written.append(path)
+            record = {"labels": dataset.labels, "prompt": case.report or "", "facts": case.facts,
+                      "reconstruction_of": str(case.images[0]), "model": str(pipeline.model_path),
+                      "model_sha256": pipeline.model_sha256}
+            written.append(write_sidecar(out / f"{case.case_id}.json",
+                                         sidecar_record(GenerationResult(recon, None, record), case.case_id, target,
+                                                        label)))
             bar.advance(task)
     return written

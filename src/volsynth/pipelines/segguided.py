@@ -15,7 +15,8 @@ from volsynth.io.resample import resample_to
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.controlnet import combine_features
-from volsynth.pipelines.generate import SynthesisResult, _sha256
+from volsynth.pipelines.base import GenerationResult, Pipeline, sampling_recommendation
+from volsynth.pipelines.generate import _sha256
 from volsynth.pipelines.masks import class_flags, place_mask
 from volsynth.sampling import dual_guidance, sample
 from volsynth.sampling.samplers import scheduler_for
@@ -33,18 +34,12 @@ def from_slices(slices: torch.Tensor, axis: int) -> torch.Tensor:
     return slices.movedim(0, 1 + axis)
 
 
-SLICE_NOISE = ("independent", "shared")
-
-
-def check_slice_noise(value: str) -> str:
-    """``value`` if it names a slice-noise mode (see ``SegGuidedPipeline.__call__``), else a ConfigError."""
-    if value not in SLICE_NOISE:
-        raise ConfigError(None, f"unknown slice noise '{value}'", f"use {' or '.join(SLICE_NOISE)}")
-    return value
-
-
-class SegGuidedPipeline:
+class SegGuidedPipeline(Pipeline):
     """``SegGuidedPipeline.from_pretrained(dir)(mask=..., modality="MR", seed=...)``."""
+
+    kind = "segmentation-guided"
+    options = frozenset({"mask", "mask_labels", "known", "modality", "steps", "sampler", "text_guidance",
+                         "mask_guidance"})
 
     def __init__(self, unet, plans: dict[str, Plan], settings: dict, text_encoder: str,
                  model_path: Path | None = None, model_sha256: str | None = None) -> None:
@@ -53,6 +48,7 @@ class SegGuidedPipeline:
         self.modalities = list(plans)
         self.model_path, self.model_sha256 = model_path, model_sha256
         self._text_encoder = None
+        self.recommended = sampling_recommendation(model_path)
         self.device = torch.device("cpu")
 
     @classmethod
@@ -99,17 +95,14 @@ class SegGuidedPipeline:
         return self.plans[modality]
 
     @torch.no_grad()
-    def __call__(self, mask: LabelMap | str | Path | None = None, modality: str | None = None, prompt: str = "",
+    def generate(self, mask: LabelMap | str | Path | None = None, modality: str | None = None, prompt: str = "",
                  seed: int = 0, steps: int = 30, sampler: str = "ddim", text_guidance: float = 1.0,
                  mask_guidance: float = 1.0, mask_labels: dict | None = None,
-                 known: list[str] | None = None, slice_noise: str = "independent", **unused) -> SynthesisResult:
+                 known: list[str] | None = None) -> GenerationResult:
         """1. encode prompt 2. prepare mask 3. noise 4. denoise 5. restack slices 6. back to units and geometry.
 
-        ``slice_noise`` (2D slice models): ``independent`` draws each slice's starting noise on its own;
-        ``shared`` starts every slice from the same noise, so that with the deterministic DDIM sampler
-        neighbouring slices with similar masks denoise alike (fewer slice-to-slice stripes).
+        2D slice models draw each slice's starting noise on its own.
         """
-        check_slice_noise(slice_noise)  # checked for 3D models too: a typo is an error everywhere
         if mask is None:
             raise ConfigError(self.model_path, "a segmentation-guided model needs --mask")
         start = time.perf_counter()
@@ -126,7 +119,7 @@ class SegGuidedPipeline:
         class_labels = torch.full((batch,), self.modalities.index(modality), device=self.device)
         # 3. noise from the seed
         generator = torch.Generator().manual_seed(seed)
-        shape = [1 if slice_noise == "shared" else batch, 1, *cond.shape[2:]]
+        shape = [batch, 1, *cond.shape[2:]]
         x = torch.randn(shape, generator=generator).expand(batch, -1, *[-1] * (len(shape) - 2)).contiguous()
         x = x.to(self.device)
 
@@ -147,20 +140,6 @@ class SegGuidedPipeline:
                              cval=float(plan.normalization[0].window[0]))
         provenance = {"prompt": prompt, "modality": modality, "seed": seed, "steps": steps, "sampler": sampler,
                       "text_guidance": text_guidance, "mask_guidance": mask_guidance, "mask": source,
-                      **({"slice_noise": slice_noise} if self.slice_model else {}),
                       "mask_sha256": _sha256(source), "mask_classes": given, "model": str(self.model_path),
                       "model_sha256": self.model_sha256, "seconds": round(time.perf_counter() - start, 3)}
-        return SynthesisResult(volume, mapped, provenance)
-
-
-def load_pipeline(path: str | Path):
-    """The right pipeline for a model folder (latent text/mask model or segmentation-guided model)."""
-    import json
-
-    from volsynth.pipelines.generate import SynthesisPipeline
-    from volsynth.pipelines.hierarchical import HierarchicalPipeline
-
-    meta_path = Path(path) / "meta.json"
-    kind = json.loads(meta_path.read_text()).get("kind", "latent") if meta_path.is_file() else "latent"
-    pipelines = {"segguided": SegGuidedPipeline, "hierarchical": HierarchicalPipeline}
-    return pipelines.get(kind, SynthesisPipeline).from_pretrained(path)
+        return GenerationResult(volume, mapped, provenance)

@@ -15,25 +15,45 @@ from pathlib import Path
 import numpy as np
 
 from volsynth.errors import ConfigError
+from volsynth.io.jsonfile import write_json
 from volsynth.parallel import progress_bar
+from volsynth.pipelines.base import GenerationRequest
+from volsynth.pipelines.sidecar import sidecar_record
 from volsynth.viz import default_centre, plane, save_figure
 
 
 def guidance_sweep(pipeline, text_scales: list[float], mask_scales: list[float], progress: bool = True,
                    **call) -> list[list]:
-    """Results ``[mask scale][text scale]`` of ``pipeline(**call, text_guidance=t, mask_guidance=m)``."""
+    """Results ``[mask scale][text scale]`` of ``pipeline(GenerationRequest(**call, text_guidance=t,
+    mask_guidance=m))`` (mask scales only for models with mask guidance)."""
     if not text_scales or not mask_scales:
         raise ConfigError(None, "a sweep needs at least one text scale and one mask scale")
+    mask_option = "mask_guidance" in pipeline.options
+    if not mask_option and list(mask_scales) != [1.0]:
+        raise ConfigError(pipeline.model_path, "--mask-guidance: this model has no mask guidance to sweep",
+                          "sweep --text-guidance only")
     grid: list[list] = []
     with progress_bar(progress) as bar:
         task = bar.add_task("sweep", total=len(text_scales) * len(mask_scales))
         for mask_scale in mask_scales:
             row = []
             for text_scale in text_scales:
-                row.append(pipeline(**call, text_guidance=text_scale, mask_guidance=mask_scale))
+                scales = {"text_guidance": text_scale, **({"mask_guidance": mask_scale} if mask_option else {})}
+                row.append(pipeline(GenerationRequest(**call, **scales)))
                 bar.advance(task)
             grid.append(row)
     return grid
+
+
+def save_sweep_sidecar(path: str | Path, grid: list[list], text_scales: list[float],
+                       mask_scales: list[float]) -> Path:
+    """The montage's JSON record: one sidecar record per cell (the generate sidecar schema), image = the PNG."""
+    path = Path(path)
+    cells = [sidecar_record(result, f"text{text_scale:g}-mask{mask_scale:g}", path.with_suffix(".png"), None,
+                            "png", text_scale=text_scale, mask_scale=mask_scale)
+             for mask_scale, row in zip(mask_scales, grid, strict=True)
+             for text_scale, result in zip(text_scales, row, strict=True)]
+    return write_json(path, {"montage": path.with_suffix(".png").name, "cells": cells})
 
 
 def save_sweep_montage(path: str | Path, grid: list[list], text_scales: list[float], mask_scales: list[float],

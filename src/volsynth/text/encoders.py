@@ -48,7 +48,12 @@ class HFTextEncoder:
 
     def __init__(self, path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, identifier: str | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
+        # transformers is imported here, not at the top: it takes seconds, and only models that use it need it
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar is not a step of volsynth's
+        hf_logging.set_verbosity_error()
 
         path = Path(path)
         if not (path / "config.json").is_file():
