@@ -7,10 +7,12 @@ from volsynth.io import read_volume
 from volsynth.pipelines.hierarchical import HierarchicalPipeline
 
 
-def test_demo_runs_every_path_on_the_shipped_models(tmp_path):
+def test_demo_runs_every_path_on_the_tiny_models(tmp_path):
     assert all((MODELS / name / "meta.json").is_file() for name in ("tiny-abdomen", "tiny-sgd", "tiny-hierarchical"))
-    summary = run_demo(tmp_path / "demo", cases=3, size=32, steps=2)
+    (tmp_path / "demo").mkdir()
+    summary = run_demo(tmp_path / "demo", cases=3, size=32, steps=2, tiny=True)
     assert summary["skipped"] == []
+    assert [Path(p).name for p in summary["models"].values()] == ["tiny-abdomen", "tiny-sgd", "tiny-hierarchical"]
     names = sorted(p.name for p in (tmp_path / "demo" / "generated").iterdir())
     for prefix in ("text", "mask", "lesion", "sgd_ct", "sgd_mr", "chest"):
         assert f"{prefix}_image.nii.gz" in names and f"{prefix}.json" in names
@@ -32,3 +34,13 @@ def test_shipped_hierarchical_model_samples_anatomy_not_noise():
     labels = pipe(prompt="", seed=0, steps=10).label.array
     background = float((labels == 0).mean())
     assert background > 0.6, f"background share {background:.2f}"
+
+
+def test_demo_again_replaces_only_its_own_outputs(tmp_path):
+    out = tmp_path / "demo"
+    run_demo(out, cases=2, size=32, steps=1, tiny=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "generated" / "stale.txt").write_text("from the first demo's generated folder")
+    run_demo(out, cases=2, size=32, steps=1, tiny=True)
+    assert (out / "notes.txt").read_text() == "mine"  # not the demo's: kept
+    assert not (out / "generated" / "stale.txt").exists()  # inside a folder the demo made: replaced with it

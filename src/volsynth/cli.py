@@ -421,11 +421,14 @@ def demo(
     cases: int = typer.Option(6, help="Phantom cases to make."),
     size: int = typer.Option(64, help="Phantom grid size (the masks are then prepared like the model's plan)."),
     steps: int = typer.Option(20, help="Sampling steps per volume."),
+    tiny: bool = typer.Option(False, help="Use the CI-sized tiny-* models (seconds; they show the workflow only)."),
 ) -> None:
-    """Generate with every shipped model, evaluate against fresh phantoms, and say where the results are."""
+    """Generate with every shipped model, evaluate against fresh phantoms, and say where the results are.
+
+    OUT must be new, empty, or an earlier demo's folder (whose own outputs are replaced; nothing else is touched)."""
     from volsynth.demo import run_demo
 
-    run_demo(out, cases=cases, size=size, console=console, steps=steps)
+    run_demo(out, cases=cases, size=size, console=console, steps=steps, tiny=tiny)
 
 
 _register_evaluation()

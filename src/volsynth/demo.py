@@ -23,11 +23,13 @@ from volsynth.data.phantom import write_phantom_dataset
 from volsynth.data.prepare import options_like, prepare_dataset
 from volsynth.data.verify import verify_dataset
 from volsynth.errors import ConfigError, VolsynthError
-from volsynth.io import read_label, write_volume
+from volsynth.evaluation.evaluate import EvaluationOptions, run_evaluation
+from volsynth.io import read_label, read_volume, write_volume
 from volsynth.pipelines import load_pipeline
 from volsynth.pipelines.edit import insert_lesion
 from volsynth.pipelines.jobs import output_paths
 from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
+from volsynth.viz import save_montage
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 # role -> (model folder, recipe) in order of preference
@@ -49,9 +51,10 @@ DEMO_OUTPUTS = ("phantoms", "phantoms-prepared", "generated", "generated-abdomen
                 "montage.png", "summary.json")
 
 
-def pick_models(models: Path) -> dict[str, Path | None]:
-    """The preferred shipped model of each role (None when none is shipped)."""
-    return {role: next((models / name for name, _ in choices if (models / name / "meta.json").is_file()), None)
+def pick_models(models: Path, tiny: bool = False) -> dict[str, Path | None]:
+    """The preferred shipped model of each role (None when none is shipped); ``tiny``: the CI-sized ones."""
+    return {role: next((models / name for name, _ in (choices[-1:] if tiny else choices)
+                        if (models / name / "meta.json").is_file()), None)
             for role, choices in DEMO_MODELS.items()}
 
 
@@ -84,11 +87,12 @@ def claim_output(out: Path) -> None:
 
 
 def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None = None,
-             models: Path = MODELS, steps: int = 20) -> dict:
-    """Run every step, print where the results are and how long each took; returns the summary."""
+             models: Path = MODELS, steps: int = 20, tiny: bool = False) -> dict:
+    """Run every step, print where the results are and how long each took; returns the summary.
+    ``tiny`` uses the CI-sized models (seconds; they show the workflow only)."""
     console = console or Console()
     out = Path(out)
-    chosen = pick_models(models)
+    chosen = pick_models(models, tiny)
     if not any(chosen.values()):
         raise ConfigError(models, "no shipped demo model found", "run from a volsynth checkout")
     claim_output(out)
@@ -168,9 +172,6 @@ def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None 
 
 def save_demo_montage(generated: Path, path: Path) -> Path:
     """Axial, coronal and sagittal planes of each generated volume with its label map, one row each."""
-    from volsynth.io import read_volume
-    from volsynth.viz import save_montage
-
     images, labels, titles, spacings = [], [], [], []
     for sidecar in sorted(generated.glob("*.json")):
         name = sidecar.stem
@@ -192,10 +193,6 @@ def save_demo_montage(generated: Path, path: Path) -> Path:
 
 def _evaluate(out: Path, phantoms: Path, generated: Path, step) -> str | None:
     """Evaluate the abdomen CT generations against the phantoms, when the evaluation suite is there."""
-    try:
-        from volsynth.evaluation.evaluate import EvaluationOptions, run_evaluation
-    except ImportError:
-        return None
     abdomen = out / "generated-abdomen"
     abdomen.mkdir()
     for path in generated.iterdir():

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from volsynth.io.atomic import atomic_output
+
 PLANES = ("axial", "coronal", "sagittal")
 
 
@@ -79,7 +81,6 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     """Write a matplotlib figure as a PNG atomically (a failure leaves no half-written file) and close it."""
     import matplotlib.pyplot as plt
 
-    from volsynth.io.atomic import atomic_output
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,9 @@ from volsynth.evaluation import (
     RandomConvExtractor,
     compute_fid_per_plane,
     frechet_distance,
-    get_extractor,
     real_vs_real_floor,
 )
-from volsynth.evaluation.pretrained import LocalWeightsExtractor, load_weights, read_state_dict
+from volsynth.evaluation.pretrained import LocalWeightsExtractor, get_extractor, load_weights, read_state_dict
 
 CT_WINDOW = (-1000.0, 200.0)
 

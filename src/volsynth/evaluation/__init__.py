@@ -11,13 +11,13 @@ import importlib
 
 _EXPORTS = {
     "distribution": ["GaussianMMD", "compute_mmd", "compute_mmd_volumes", "median_bandwidth", "volume_features"],
-    "features": ["FeatureExtractor", "InceptionExtractor", "RandomConvExtractor", "get_extractor",
+    "features": ["FeatureExtractor", "InceptionExtractor", "RandomConvExtractor",
                  "packaged_inception_path"],
     "fid": ["FIDPerPlane", "compute_fid_per_plane", "frechet_distance", "plane_features", "real_vs_real_floor"],
     "overlap": ["DicePerClass", "SurfaceDicePerClass", "compute_dice_per_class", "compute_nsd_per_class",
                 "confusion_counts", "confusion_summary"],
     "planes": ["PLANES", "extract_slices", "scale_intensity"],
-    "pretrained": ["LocalWeightsExtractor"],
+    "pretrained": ["EXTRACTORS", "LocalWeightsExtractor", "get_extractor"],
     "similarity": ["MSSSIMDiversity", "VolumePSNR", "VolumeSSIM", "compute_ms_ssim_diversity",
                    "compute_ms_ssim_volumes", "compute_psnr", "compute_ssim", "ms_ssim_settings"],
 }

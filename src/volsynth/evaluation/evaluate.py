@@ -33,8 +33,8 @@ from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError, DatasetError
 from volsynth.evaluation import adherence
 from volsynth.evaluation.distribution import compute_mmd_volumes
-from volsynth.evaluation.features import get_extractor
 from volsynth.evaluation.fid import FIDPerPlane, split_halves
+from volsynth.evaluation.figures import build_figures
 from volsynth.evaluation.inputs import Item, read_generated, read_real, to_shape
 from volsynth.evaluation.memorization import check_memorization
 from volsynth.evaluation.overlap import (
@@ -42,8 +42,13 @@ from volsynth.evaluation.overlap import (
     compute_nsd_per_class,
     confusion_counts,
     confusion_summary,
+    mean_per_class,
 )
+from volsynth.evaluation.pretrained import get_extractor
+from volsynth.evaluation.report import write_metrics, write_report
+from volsynth.evaluation.segmentor import load_segmentor, plan_label_ids, predict
 from volsynth.evaluation.similarity import MSSSIMDiversity
+from volsynth.evaluation.study import load_study
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.parallel import progress_bar
 
@@ -107,21 +112,10 @@ def distribution_metrics(real: list[Volume], generated: list[Volume], options: E
     return out
 
 
-def mean_per_class(rows: list[dict[str, float]]) -> dict[str, float | None]:
-    """Mean of each class over the rows, skipping missing, None and NaN values (None when none is left)."""
-    names = list(dict.fromkeys(n for r in rows for n in r))
-    result = {}
-    for name in names:
-        values = [r[name] for r in rows if name in r and r[name] is not None and np.isfinite(r[name])]
-        result[name] = float(np.mean(values)) if values else None
-    return result
-
-
 def mask_faithfulness(segmentor, real: list[Item], generated: list[Item], tolerance_mm: float) -> dict:
     """Dice/NSD per class of the segmentor on generated volumes vs their masks, and on held-out real cases; and,
     summed over each set's cases, where each class's errors go (``confusion``: missed voxels by the class the
     segmentor gave them, false voxels by the class the mask has there)."""
-    from volsynth.evaluation.segmentor import plan_label_ids
 
     trained_on = set(segmentor.meta.get("training_cases") or [])
     held_out = [i for i in real if i.id not in trained_on and i.label is not None]
@@ -227,16 +221,11 @@ def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, seg
 
     ``training``: the generator's training set, for the memorization check (default: the real set).
     """
-    from volsynth.evaluation.figures import build_figures
-    from volsynth.evaluation.report import write_metrics, write_report
-
     options = options or EvaluationOptions()
     start, out = time.perf_counter(), Path(out)
     check_report_folder(out)
     study_data = None
     if study is not None:  # bad inputs fail before any work
-        from volsynth.evaluation.study import load_study
-
         study_data = load_study(study)
     # 1. read both sets (and the segmentor)
     real_info, real_items, plan = read_real(real, options.max_real, options.progress)
@@ -245,8 +234,6 @@ def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, seg
     gen_items = read_generated(generated, real_info["labels"], options.max_generated, options.progress)
     seg = None
     if segmentor is not None:
-        from volsynth.evaluation.segmentor import load_segmentor, predict
-
         seg = load_segmentor(segmentor)
         with progress_bar(options.progress) as bar:
             task = bar.add_task("segment", total=len(real_items) + len(gen_items))

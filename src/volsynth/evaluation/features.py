@@ -182,22 +182,3 @@ class InceptionExtractor(TorchExtractor):
         """[-1, 1] grey -> 3-channel 299x299 in [-1, 0.9921875]."""
         x = resize_slices((slices.clamp(-1, 1) + 1) / 2, 299)
         return (x * (0.9921875 + 1.0) - 1.0).clamp(-1.0, 0.9921875).repeat(1, 3, 1, 1)
-
-
-EXTRACTORS = ("random-conv", "inception", "resnet18", "resnet34", "resnet50", "radimagenet-resnet50")
-
-
-def get_extractor(spec: str = "random-conv", seed: int = 0) -> FeatureExtractor:
-    """An extractor from a short spec: ``random-conv``, ``inception[:file]``, ``<network>:<weights file>``."""
-    name, _, path = spec.partition(":")
-    if name == "random-conv":
-        return RandomConvExtractor(seed=seed)
-    if name == "inception":
-        return InceptionExtractor(path or None)
-    if name in EXTRACTORS:
-        if not path:
-            raise ConfigError(None, f"extractor '{name}' needs a local weights file", f"use '{name}:/path/weights.pt'")
-        from volsynth.evaluation.pretrained import LocalWeightsExtractor
-
-        return LocalWeightsExtractor(path, network=name)
-    raise ConfigError(None, f"unknown feature extractor '{spec}'", f"choose from {', '.join(EXTRACTORS)}")

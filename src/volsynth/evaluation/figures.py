@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from volsynth.evaluation.report import METRIC_NAMES
+from volsynth.viz import save_montage
 
 
 def _pyplot():
@@ -34,7 +35,6 @@ def _png(fig) -> str:
 
 def montage_png(items: list, window, count: int) -> str | None:
     """Three planes of the first ``count`` items with their label map (or prediction) overlaid."""
-    from volsynth.viz import save_montage
 
     chosen = items[:count]
     if not chosen:

@@ -186,3 +186,13 @@ def confusion_summary(counts: np.ndarray | list, names: list[str], top: int = 3)
         summary[name] = {"voxels": voxels, "missed": float(missed.sum() / voxels), "missed_as": shares(missed, voxels),
                          "false": float(false.sum() / voxels), "false_from": shares(false, voxels)}
     return summary
+
+
+def mean_per_class(rows: list[dict[str, float]]) -> dict[str, float | None]:
+    """Mean of each class over the rows, skipping missing, None and NaN values (None when none is left)."""
+    names = list(dict.fromkeys(n for r in rows for n in r))
+    result = {}
+    for name in names:
+        values = [r[name] for r in rows if name in r and r[name] is not None and np.isfinite(r[name])]
+        result[name] = float(np.mean(values)) if values else None
+    return result

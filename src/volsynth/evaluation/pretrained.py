@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from volsynth.errors import ConfigError, ReadError
-from volsynth.evaluation.features import TorchExtractor, resize_slices
+from volsynth.evaluation.features import (
+    FeatureExtractor,
+    InceptionExtractor,
+    RandomConvExtractor,
+    TorchExtractor,
+    resize_slices,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -162,3 +168,20 @@ class LocalWeightsExtractor(TorchExtractor):
             return x - mean
         mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return (x - mean) / std
+
+
+EXTRACTORS = ("random-conv", "inception", "resnet18", "resnet34", "resnet50", "radimagenet-resnet50")
+
+
+def get_extractor(spec: str = "random-conv", seed: int = 0) -> FeatureExtractor:
+    """An extractor from a short spec: ``random-conv``, ``inception[:file]``, ``<network>:<weights file>``."""
+    name, _, path = spec.partition(":")
+    if name == "random-conv":
+        return RandomConvExtractor(seed=seed)
+    if name == "inception":
+        return InceptionExtractor(path or None)
+    if name in EXTRACTORS:
+        if not path:
+            raise ConfigError(None, f"extractor '{name}' needs a local weights file", f"use '{name}:/path/weights.pt'")
+        return LocalWeightsExtractor(path, network=name)
+    raise ConfigError(None, f"unknown feature extractor '{spec}'", f"choose from {', '.join(EXTRACTORS)}")

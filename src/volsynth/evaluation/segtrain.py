@@ -18,7 +18,7 @@ from monai.losses import DiceCELoss
 
 from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError, DatasetError
-from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class
+from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class, mean_per_class
 from volsynth.evaluation.segmentor import (
     SEGMENTOR_FOLDER,
     SegmentorSettings,
@@ -36,6 +36,7 @@ from volsynth.evaluation.segmentor import (
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import latest_checkpoint, save_checkpoint
 from volsynth.models.registry import NETWORKS
+from volsynth.training.engine import TrainConfig, Trainer
 
 
 def random_patch(image: torch.Tensor, target: torch.Tensor, patch: list[int], generator: torch.Generator,
@@ -150,7 +151,6 @@ def stack_cases(pairs: list[tuple[Volume, LabelMap]], plan: Plan) -> tuple[torch
 def train_segmentor(pairs: list[tuple[Volume, LabelMap]], plan: Plan, out: str | Path,
                     settings: SegmentorSettings, meta: dict | None = None, progress: bool = True) -> Path:
     """Train on (image, label) pairs; writes ``out``/checkpoints and the final ``out``/segmentor; returns the latter."""
-    from volsynth.training.engine import TrainConfig, Trainer
 
     if not pairs:
         raise ConfigError(None, "no cases to train the segmentor on")
@@ -203,7 +203,6 @@ def train_segmentor_on_dataset(dataset: str | Path, out: str | Path, settings: S
 def evaluate_holdout(segmentor_path: str | Path, dataset: str | Path, case_ids: list[str],
                      tolerance_mm: float = 2.0, command: str | None = None) -> dict:
     """Dice and NSD per class of a trained segmentor on labelled cases of a dataset, per case and their means."""
-    from volsynth.evaluation.evaluate import mean_per_class
 
     segmentor = load_segmentor(segmentor_path)
     data = load_segmentor_dataset(dataset)

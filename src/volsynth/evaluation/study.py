@@ -30,6 +30,7 @@ import numpy as np
 
 from volsynth import __version__
 from volsynth.errors import ConfigError, DatasetError
+from volsynth.evaluation.inputs import read_generated_folder
 from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class
 from volsynth.evaluation.report import to_json_ready
 from volsynth.evaluation.segmentor import (
@@ -106,7 +107,6 @@ def split_cases(case_ids: list[str], settings: StudySettings) -> tuple[list[str]
 
 def synthetic_pairs(generated: str | Path, count: int | None, fallback_labels: dict[str, int]) -> tuple[list, list]:
     """(image, label map with class names) pairs of the generated volumes that have a label map, and their ids."""
-    from volsynth.evaluation.inputs import read_generated_folder
 
     items = [item for item in read_generated_folder(generated) if item.label_path is not None]
     if not items:

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from volsynth import __version__
 from volsynth.errors import VolsynthError
 from volsynth.io.atomic import atomic_output
 from volsynth.io.jsonfile import read_json
@@ -82,8 +83,6 @@ def save_checkpoint(path: str | Path, networks: dict[str, nn.Module], configs: d
                     settings: dict | None = None, ema: dict[str, dict[str, torch.Tensor]] | None = None,
                     training_state: dict | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write a checkpoint folder atomically (an existing folder at ``path`` is replaced whole)."""
-    from volsynth import __version__
-
     path = Path(path)
     with atomic_output(path, replaceable=is_checkpoint_folder) as tmp:
         tmp.mkdir()

@@ -18,7 +18,9 @@ from volsynth.data.dataset import REPORTS_FILE, write_dataset_json, write_report
 from volsynth.data.phantom.generate import FIELD_OF_VIEW_MM, LABELS, PhantomCase, check_request, generate_case
 from volsynth.errors import ConfigError
 from volsynth.io import LabelMap, Volume, atomic_output, write_volume
+from volsynth.io.volume import spacing_of
 from volsynth.parallel import map_progress
+from volsynth.viz import save_montage
 
 PREVIEW_CASES = 4
 PREVIEW_WINDOWS = {"abdomen-ct": (-160.0, 240.0), "abdomen-mr": None, "chest-ct": (-1000.0, 200.0)}
@@ -73,8 +75,6 @@ def write_phantom_dataset(kind: str, out: Path, cases: int, size: int = 64, spac
 
 
 def _write_preview(path: Path, kind: str, results: list) -> None:
-    from volsynth.io.volume import spacing_of
-    from volsynth.viz import save_montage
 
     images, labels, centres, spacings = [], [], [], []
     for _, _, _, (image, label, affine) in results:
