@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/volsynth demo --out demo-output
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff check src tests benchmarks research docs
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

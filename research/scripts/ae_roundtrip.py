@@ -1,6 +1,6 @@
 """Round-trip error of autoencoders on prepared cases, in HU: mean over all voxels and over edge voxels.
 
-    python docs/ae_roundtrip.py runs/heldout-abdomen-64 models/abdomen-ct-64 \
+    python research/scripts/ae_roundtrip.py runs/heldout-abdomen-64 models/abdomen-ct-64 \
         runs/abdomen-sharp-64/autoencoder/checkpoints/checkpoint-0000700
 
 Each further argument is a model or checkpoint folder with an autoencoder (its EMA weights when it has them). Edge

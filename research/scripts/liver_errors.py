@@ -4,7 +4,7 @@ For each case, the segmentor's liver against the conditioning mask's, split by p
 vessels and tumours inside the liver or outside the organ, missed liver voxels at its edge (within 1.5 voxels of
 the outside) or deeper. Real cases are read as `evaluate` reads them (a prepared folder is mapped back to HU).
 
-    OMP_NUM_THREADS=1 .venv/bin/python docs/liver_errors.py runs/heldout-abdomen-64 runs/gen-refined-g4 \
+    OMP_NUM_THREADS=1 .venv/bin/python research/scripts/liver_errors.py runs/heldout-abdomen-64 runs/gen-refined-g4 \
         --segmentor runs/seg-abdomen-64 --cases abdomen_ct_0003 abdomen_ct_0006
 """
 

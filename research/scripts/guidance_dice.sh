@@ -3,9 +3,9 @@
 # ControlNet scale x text guidance x sampling steps, on the first LIMIT (8) held-out masks. Prints one line per
 # setting; keeps each report. Each list is a variable: MASK_GUIDANCE (1 2 4), CONTROLNET_SCALE (1 2),
 # TEXT_GUIDANCE (3) and STEPS (30).
-#   source .venv/bin/activate; MODEL=models/abdomen-ct-64 bash docs/guidance_dice.sh
-# A mask-concat model has no ControlNet: CONTROLNET_SCALE=1 MODEL=runs/abdomen-concat-64/model bash docs/guidance_dice.sh
-# Needs runs/heldout-abdomen-64 and runs/seg-abdomen-64 (README "Quality of the shipped models").
+#   source .venv/bin/activate; MODEL=models/abdomen-ct-64 bash research/scripts/guidance_dice.sh
+# A mask-concat model has no ControlNet: CONTROLNET_SCALE=1 MODEL=runs/abdomen-concat-64/model bash research/scripts/guidance_dice.sh
+# Needs runs/heldout-abdomen-64 and runs/seg-abdomen-64 (research/README.md, "Set-up").
 set -euo pipefail
 MODEL=${MODEL:-models/abdomen-ct-64}
 HELDOUT=${HELDOUT:-runs/heldout-abdomen-64}

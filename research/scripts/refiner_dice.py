@@ -5,9 +5,9 @@ guidance 1, mask guidance 4 or --mask-guidance; cached under --cache), then ever
 same volumes, so checkpoints and refiner settings (--steps, --iterations, --guidance: the refiner's mask guidance
 scales) are compared on identical inputs. --from-real refines the held-out real images instead (the refiner's
 ceiling). Prints the mean and per-case liver Dice of the evaluation segmentor against the conditioning mask. Needs
-runs/heldout-abdomen-64 and runs/seg-abdomen-64 (README "Quality of the shipped models").
+runs/heldout-abdomen-64 and runs/seg-abdomen-64 (research/README.md, "Set-up").
 
-    OMP_NUM_THREADS=1 .venv/bin/python docs/refiner_dice.py \
+    OMP_NUM_THREADS=1 .venv/bin/python research/scripts/refiner_dice.py \
         runs/abdomen-refined-64/refiner/checkpoints/checkpoint-0005000 --guidance 1 4
 """
 
