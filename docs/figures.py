@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from volsynth.data.dataset import load_dataset  # noqa: E402
 from volsynth.evaluation.inputs import read_real  # noqa: E402
-from volsynth.pipelines import SynthesisPipeline  # noqa: E402
+from volsynth.pipelines.generate import SynthesisPipeline  # noqa: E402
 from volsynth.viz import save_montage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
