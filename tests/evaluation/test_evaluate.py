@@ -174,7 +174,8 @@ def test_commands_through_typer(setup, tmp_path):
     study.command("augment")(study_augment)
     app.add_typer(study, name="study")
     runner = CliRunner()
-    result = runner.invoke(app, ["train", "segmentor", "--data", str(real), "--out", str(tmp_path / "seg"), "--architecture", "unet",
+    result = runner.invoke(app, ["train", "segmentor", "--data", str(real), "--out", str(tmp_path / "seg"),
+                                 "--architecture", "unet",
                                  "--size", "16", "--features", "4", "--steps", "2", "--labels", "liver=1",
                                  "--holdout", "2", "--no-progress"], prog_name="volsynth")
     assert result.exit_code == 0, result.output

@@ -104,7 +104,7 @@ def test_overrides_set_nested_values_and_report_bad_ones(tmp_path):
     assert recipe["model"] == {"dtype": "bfloat16"} and recipe["name"] == "x"
     for bad, message in (("segguided.ablation", "bad override"), ("name.x=1", "is not a block"),
                          ("segguided.ablation=[", "bad value"), ("model.sampling.guidance=2", "model.sampling key"),
-                         ("model.sampling=2", "must be a mapping"),
+                         ("model.sampling=2", "model.sampling: expected dict, got int"),
                          ("model.sampling.with_mask.guidance=2", "model.sampling.with_mask key"),
                          ("model.sampling.with_mask=2", "with_mask must be a mapping")):
         with pytest.raises(ConfigError, match=message):

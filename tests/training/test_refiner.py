@@ -160,7 +160,7 @@ def test_refiner_errors(prepared_tiny, tiny_model, tmp_path):
     for bad, match in (({"degrade_factor": 3}, "degrade_factor must be 1, 2, 4 or 8"),
                        ({"hide_class": 1.5}, r"hide_class must be in \[0, 1\]"),
                        ({"noise_aug": -1}, "noise_aug must be >= 0"),
-                       ({"shape_jitter": 0.5}, "shape_jitter was removed"),
+                       ({"shape_jitter": 0.5}, "unknown key refiner.shape_jitter"),
                        ({"colour": 1}, "colour")):
         with pytest.raises(ConfigError, match=match):
             run_quietly(_recipe(raw, tiny_model, **bad), tmp_path / str(len(list(tmp_path.iterdir()))))

@@ -64,7 +64,8 @@ def evaluate(
     real: Path = typer.Option(..., "--real", help="Real dataset (nnU-Net v2 / MSD layout, or a prepared folder)."),
     generated: Path = typer.Option(..., "--generated", help="Folder written by volsynth generate."),
     out: Path = typer.Option(..., "--out", help="Output folder for metrics.json and report.html."),
-    segmentor: Path = typer.Option(None, help="Segmentor folder (volsynth train segmentor output) for Dice_gen/Dice_orig."),
+    segmentor: Path = typer.Option(None, help="Segmentor folder (volsynth train segmentor output) for "
+                                              "Dice_gen/Dice_orig."),
     extractor: str = typer.Option("random-conv", help="FID features: random-conv, inception, or <network>:<weights>."),
     study: Path = typer.Option(None, help="study.json of volsynth study augment, to include in the report."),
     training: Path = typer.Option(None, help="The generator's training set, for the memorization check "

@@ -263,6 +263,9 @@ def check_stage_block(name: str, settings_class: type, block: object, kind: str,
     if name in REUSABLE:
         extra["pretrained"] = str | None
     settings, train = split_block(block)
+    if settings.get("pretrained") is not None and settings.get("init") is not None:
+        raise ConfigError(path, f"{name}.init and {name}.pretrained exclude each other",
+                          "pretrained reuses a network as it is; init trains on from it")
     if settings.get("pretrained") is not None:  # a reused network's block is checked where it is reused
         return
     check_fields(settings_class, settings, name, path, extra)
