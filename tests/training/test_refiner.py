@@ -247,3 +247,20 @@ def test_legacy_refiner_keys_of_shipped_models_are_ignored_at_their_inert_values
     for key, value in (("generated", ["runs/x"]), ("generated_fraction", 0.9)):
         with pytest.raises(ConfigError, match=f"{key} was removed"):
             RefinerSettings.from_dict({**legacy, key: value})
+
+
+def test_parent_recipe_runs_first_and_the_index_records_the_chain(prepared_tiny, tiny_model, tmp_path):
+    """``init: {recipe: PARENT}``: the parent recipe runs into OUT/parents/ and the stage trains on from its model;
+    model_index.json records both, the parent by sha256 and steps, and the steps in all."""
+    from volsynth.models.index import read_model_index
+
+    raw = prepared_tiny.parent / "raw"
+    write_recipe(tmp_path / "parent", _recipe(raw, tiny_model))
+    child = write_recipe(tmp_path / "child", _recipe(raw, tiny_model, init={"recipe": "../parent/recipe.yaml"}))
+    model = run_recipe(child, tmp_path / "run", progress=False, log=lambda m: None)
+    parent_model = tmp_path / "run" / "parents" / "recipe" / "model"
+    refiner = read_model_index(model).provenance.stages["refiner"]
+    assert (refiner.steps, refiner.init.steps, refiner.total_steps) == (2, 2, 4)
+    assert refiner.init.sha256 == json.loads((parent_model / "meta.json").read_text())["files"]["model.safetensors"]
+    assert refiner.init.recipe.endswith("parent/recipe.yaml")
+    assert read_model_index(model).provenance.stages["controlnet"].trained is False
