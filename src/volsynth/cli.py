@@ -16,6 +16,7 @@ from rich.table import Table
 
 from volsynth.config import parse_floats
 from volsynth.errors import ConfigError, VolsynthError
+from volsynth.training.commands import train_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Synthesise 3D CT/MR volumes with label maps: prepare data, train, generate, evaluate.")
@@ -140,97 +141,17 @@ def phantom(
 
 
 def _register_evaluation() -> None:
-    """evaluate, train-seg and study augment live in volsynth.evaluation.commands."""
+    """evaluate and study augment live in volsynth.evaluation.commands; so does ``train segmentor``."""
     from volsynth.evaluation import commands
 
     app.command("evaluate")(commands.evaluate)
-    app.command("train-seg")(commands.train_seg)
+    train_app.command("segmentor")(commands.train_seg)
     study_app = typer.Typer(no_args_is_help=True, help="Studies: downstream segmentation with synthetic data.")
     study_app.command("augment")(commands.study_augment)
     app.add_typer(study_app, name="study")
 
 
-train_app = typer.Typer(no_args_is_help=False, help="Train models: a whole recipe, or one stage.")
-app.add_typer(train_app, name="train")
-
-
-@train_app.callback(invoke_without_command=True)
-def train(
-    ctx: typer.Context,
-    recipe: Path = typer.Option(None, help="Recipe YAML: runs every stage in order, resuming where it stopped."),
-    out: Path = typer.Option(None, help="Output folder of the recipe run."),
-    override: list[str] = typer.Option(None, "--set", help="Change one recipe value: block.key=value (YAML value), "
-                                                           "e.g. --set segguided.ablation=0; repeatable."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
-) -> None:
-    """Run a recipe (data -> prepare -> autoencoder -> latents -> diffusion -> model)."""
-    if ctx.invoked_subcommand is not None:
-        return
-    if recipe is None or out is None:
-        raise ConfigError(None, "volsynth train needs --recipe and --out (or a stage subcommand)",
-                          "e.g. volsynth train --recipe recipes/tiny.yaml --out runs/tiny")
-    from volsynth.training.recipe import run_recipe
-
-    model = run_recipe(recipe, out, progress=progress, log=lambda m: console.print(f"[bold]{m}[/bold]"),
-                       overrides=override or [])
-    console.print(f"model ready: {model}")
-
-
-def _stage_blocks(config: Path | None, key: str) -> tuple[dict, dict, dict]:
-    from volsynth.training.recipe import load_recipe
-
-    if config is None:
-        return {}, {}, {}
-    recipe = load_recipe(config)
-    block = dict(recipe.get(key) or {})
-    return recipe, block, block.pop("train", {}) or {}
-
-
-@train_app.command("autoencoder")
-def train_autoencoder(
-    data: Path = typer.Option(..., help="Prepared folder (volsynth prepare output)."),
-    out: Path = typer.Option(..., help="Output folder (checkpoints, metrics, previews)."),
-    config: Path = typer.Option(None, help="Recipe YAML whose 'autoencoder' block to use."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-) -> None:
-    """Train the autoencoder stage alone (resumes from OUT's last checkpoint)."""
-    from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
-    from volsynth.training.data import load_prepared
-    from volsynth.training.engine import TrainConfig, Trainer
-
-    recipe, block, train_block = _stage_blocks(config, "autoencoder")
-    seed = int(recipe.get("seed", 0)) if recipe else 0
-    stage = AutoencoderStage(load_prepared(data), AutoencoderSettings.from_dict(block), seed=seed)
-    path = Trainer(stage, out, TrainConfig.from_dict({"seed": seed, "progress": progress, **train_block})).fit()
-    console.print(f"autoencoder checkpoint: {path}")
-
-
-@train_app.command("diffusion")
-def train_diffusion(
-    data: Path = typer.Option(..., help="Prepared folder (volsynth prepare output)."),
-    autoencoder: Path = typer.Option(..., help="Autoencoder checkpoint folder."),
-    out: Path = typer.Option(..., help="Output folder (latent cache, checkpoints, metrics)."),
-    config: Path = typer.Option(None, help="Recipe YAML whose 'diffusion' block to use."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-) -> None:
-    """Encode the latent cache (once) and train the text-conditioned diffusion stage."""
-    from volsynth.training.data import load_prepared
-    from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
-    from volsynth.training.engine import TrainConfig, Trainer
-    from volsynth.training.latents import CACHE_INFO, build_latent_cache, load_latent_cache
-
-    recipe, block, train_block = _stage_blocks(config, "diffusion")
-    seed = int(recipe.get("seed", 0)) if recipe else 0
-    settings = DiffusionSettings.from_dict({"text_encoder": recipe.get("text_encoder", "minilm") if recipe
-                                            else "minilm", **block})
-    cache_dir = out / "latents"
-    if (cache_dir / CACHE_INFO).is_file():
-        cache = load_latent_cache(cache_dir)
-    else:
-        cache = build_latent_cache(autoencoder, load_prepared(data), settings.text_encoder, cache_dir, progress)
-    stage = DiffusionStage(cache, settings, seed=seed, autoencoder=autoencoder)
-    path = Trainer(stage, out, TrainConfig.from_dict({"seed": seed, "progress": progress, **train_block})).fit()
-    console.print(f"diffusion checkpoint: {path}")
+app.add_typer(train_app, name="train")  # volsynth train [--recipe R --out OUT | --resume --out OUT | STAGE ...]
 
 
 @app.command()

@@ -167,17 +167,20 @@ def test_commands_through_typer(setup, tmp_path):
     root, real, generated = setup
     app = typer.Typer()
     app.command("evaluate")(evaluate)
-    app.command("train-seg")(train_seg)
+    train = typer.Typer()
+    train.command("segmentor")(train_seg)
+    app.add_typer(train, name="train")
     study = typer.Typer()
     study.command("augment")(study_augment)
     app.add_typer(study, name="study")
     runner = CliRunner()
-    result = runner.invoke(app, ["train-seg", str(real), "--out", str(tmp_path / "seg"), "--architecture", "unet",
+    result = runner.invoke(app, ["train", "segmentor", "--data", str(real), "--out", str(tmp_path / "seg"),
+                                 "--architecture", "unet",
                                  "--size", "16", "--features", "4", "--steps", "2", "--labels", "liver=1",
                                  "--holdout", "2", "--no-progress"], prog_name="volsynth")
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "seg" / "segmentor" / "meta.json").read_text())
-    assert meta["command"].startswith("volsynth train-seg ") and "--holdout 2" in meta["command"]
+    assert meta["command"].startswith("volsynth train segmentor --data ") and "--holdout 2" in meta["command"]
     assert len(meta["training_cases"]) == 6
     result = runner.invoke(app, ["evaluate", "--real", str(real), "--generated", str(generated), "--out",
                                  str(tmp_path / "report"), "--segmentor", str(tmp_path / "seg"), "--slices", "4",

@@ -1,5 +1,5 @@
 """The evaluation segmentor: learns on tiny phantoms (better than untrained), checkpoint round trip,
-predictions on the volume's own grid (oblique, anisotropic), 2D mode, bad settings; train-seg's --config
+predictions on the volume's own grid (oblique, anisotropic), 2D mode, bad settings; train segmentor's --config
 (file values, command-line overrides, bad files) and --holdout (held-out Dice/NSD in holdout.json)."""
 
 import json
@@ -147,14 +147,15 @@ def test_bad_settings(phantoms):
         make_segmentor_plan(dataset, dataset.cases, SegmentorSettings(labels="liver=lung"))
 
 
-# -- train-seg --config and --holdout ---------------------------------------------------------------------------
+# -- train segmentor --config and --holdout ---------------------------------------------------------------------------
 
 def test_train_seg_config_holdout(phantoms, tmp_path, capsys):
     config = tmp_path / "seg.yaml"
     config.write_text("architecture: unet\nsize: [16, 16, 16]\nfeatures: 4\nsteps: 50\nlr: 0.002\n"
                       "labels: liver=1,spleen=5\n")
     out = tmp_path / "out"
-    assert main(["train-seg", str(phantoms), "--out", str(out), "--config", str(config), "--steps", "2",
+    assert main(["train", "segmentor", "--data", str(phantoms), "--out", str(out), "--config", str(config),
+                 "--steps", "2",
                  "--holdout", "1", "--no-progress"]) == 0
     settings = json.loads((out / "segmentor" / "meta.json").read_text())["segmentor"]
     assert settings["architecture"] == "unet" and settings["features"] == 4 and settings["lr"] == 0.002
@@ -179,7 +180,8 @@ def test_train_seg_bad_config_exit_2(phantoms, tmp_path, capsys, text, message):
     config = tmp_path / "seg.yaml"
     if text is not None:
         config.write_text(text)
-    assert main(["train-seg", str(phantoms), "--out", str(tmp_path / "out"), "--config", str(config)]) == 2
+    assert main(["train", "segmentor", "--data", str(phantoms), "--out", str(tmp_path / "out"),
+                 "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {config}: ") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
@@ -187,7 +189,8 @@ def test_train_seg_bad_config_exit_2(phantoms, tmp_path, capsys, text, message):
 
 def test_train_seg_refuses_a_prepared_folder(prepared_tiny, tmp_path, capsys):
     # prepared images are normalised to [-1, 1]: a CT window would silently flatten them
-    assert main(["train-seg", str(prepared_tiny), "--out", str(tmp_path / "out"), "--steps", "2"]) == 2
+    assert main(["train", "segmentor", "--data", str(prepared_tiny), "--out", str(tmp_path / "out"),
+                 "--steps", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {prepared_tiny}: ") and "a prepared folder" in err
     assert not (tmp_path / "out").exists()

@@ -52,7 +52,7 @@ def test_tiny_recipe_survives_sigkill_and_resumes(tmp_path):
 def test_recipe_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndata: {phantom: {kind: abdomen-ct}}\nfoo: 1\n")
-    with pytest.raises(ConfigError, match="unknown recipe key"):
+    with pytest.raises(ConfigError, match="unknown key foo"):
         load_recipe(bad)
     bad.write_text("name: x\n")
     with pytest.raises(ConfigError, match="exactly one of 'phantom' or 'dataset'"):
@@ -61,28 +61,38 @@ def test_recipe_errors(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_reads(path):
-    if path.name.startswith("segmentor-"):
+    if path.parent.name == "segmentor":
         SegmentorSettings.from_dict(read_segmentor_settings(path)).check()
     else:
         assert load_recipe(path)["_path"] == str(path)
+
+
+def test_recipes_hold_only_shipped_and_ci_recipes():
+    """recipes/ holds the recipes of shipped models (and their chains and shared bases), the CI-sized tiny ones
+    and the evaluation segmentors; experiments live in research/recipes."""
+    for path in (ROOT / "recipes").glob("*.yaml"):
+        text = path.read_text()
+        assert "session" not in text.lower() and not any(f"seed 00{n}" in text for n in range(5)), path.name
 
 
 def test_a_late_stage_typo_fails_when_the_recipe_is_read():
     """Every stage block is parsed up front: a typo in the ControlNet block must not wait for the autoencoder and
     UNet to train first."""
     tiny = ROOT / "recipes" / "tiny.yaml"
-    for bad, message in (("controlnet.hide_clas=0.3", "controlnet: unknown controlnet setting.*hide_clas"),
-                         ("diffusion.train.stesp=3", "diffusion: unknown training setting.*stesp"),
+    for bad, message in (("controlnet.hide_clas=0.3", r"unknown key controlnet.hide_clas \(known: .*hide_class"),
+                         ("diffusion.train.stesp=3", r"unknown key diffusion.train.stesp \(known: steps, batch_size"),
+                         ("controlnet.train.steps=many", "controlnet.train.steps: expected int, got str"),
+                         ("diffusion.num_train_timesteps=[1]", "diffusion.num_train_timesteps: expected int"),
                          ("autoencoder=3", "autoencoder: must be a mapping")):
         with pytest.raises(ConfigError, match=message):
             load_recipe(tiny, [bad])
-    with pytest.raises(ConfigError, match="superres: unknown"):
+    with pytest.raises(ConfigError, match="unknown key superres.factr"):
         load_recipe(ROOT / "recipes" / "tiny-hierarchical.yaml", ["superres.factr=2"])
-    with pytest.raises(ConfigError, match="segguided: unknown"):
+    with pytest.raises(ConfigError, match="unknown key segguided.slice_axes"):
         load_recipe(ROOT / "recipes" / "tiny-sgd.yaml", ["segguided.slice_axes=axial"])
-    with pytest.raises(ConfigError, match="segguided: unknown .*init"):  # init: serves latent stages only
+    with pytest.raises(ConfigError, match="unknown key segguided.init"):  # init: serves latent stages only
         load_recipe(ROOT / "recipes" / "tiny-sgd.yaml", ["segguided.init=models/tiny-sgd"])
 
 
@@ -94,7 +104,7 @@ def test_overrides_set_nested_values_and_report_bad_ones(tmp_path):
     assert recipe["model"] == {"dtype": "bfloat16"} and recipe["name"] == "x"
     for bad, message in (("segguided.ablation", "bad override"), ("name.x=1", "is not a block"),
                          ("segguided.ablation=[", "bad value"), ("model.sampling.guidance=2", "model.sampling key"),
-                         ("model.sampling=2", "must be a mapping"),
+                         ("model.sampling=2", "model.sampling: expected dict, got int"),
                          ("model.sampling.with_mask.guidance=2", "model.sampling.with_mask key"),
                          ("model.sampling.with_mask=2", "with_mask must be a mapping")):
         with pytest.raises(ConfigError, match=message):
@@ -130,6 +140,53 @@ def test_resume_with_other_settings_is_refused_but_longer_training_is_allowed(tm
 
     assert main(["train", "--recipe", str(path), "--out", str(out), "--no-progress"]) == 2
     assert sorted(p.name for p in out.iterdir()) == ["model", RECIPE_FILE]  # nothing trained, nothing lost
+
+
+def test_base_inheritance_merges_deeply_and_refuses_cycles(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("name: a\nseed: 3\ndata: {phantom: {kind: abdomen-ct, cases: 4}}\n"
+                                     "prepare: {size: 32, margin_mm: 15}\ntext_encoder: 'tiny:32'\n")
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nname: b\nprepare: {size: 16}\n")
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\nname: c\ndiffusion: {size: tiny, train: {steps: 5}}\n")
+    recipe = load_recipe(tmp_path / "c.yaml", ["diffusion.train.lr=0.01"])
+    assert recipe["name"] == "c" and recipe["seed"] == 3 and "base" not in recipe
+    assert recipe["prepare"] == {"size": 16, "margin_mm": 15}  # the child wins key by key
+    assert recipe["diffusion"]["train"] == {"steps": 5, "lr": 0.01}
+    (tmp_path / "a.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_recipe(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: recipe not found"):
+        load_recipe(tmp_path / "d.yaml")
+
+
+def test_train_refuses_a_non_empty_folder_it_did_not_make(tmp_path, capsys):
+    from volsynth.cli import main
+
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(["train", "--recipe", str(ROOT / "recipes" / "tiny.yaml"), "--out", str(out), "--no-progress"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing deleted, nothing written
+
+
+def test_resume_needs_a_run_and_reads_the_pinned_recipe(tmp_path, capsys):
+    from volsynth.cli import main
+    from volsynth.training.recipe import pin_recipe, pinned_recipe
+
+    assert main(["train", "--resume", "--out", str(tmp_path / "none")]) == 2
+    assert "no run here" in capsys.readouterr().err
+    out = tmp_path / "run"
+    out.mkdir()
+    pin_recipe(load_recipe(ROOT / "recipes" / "tiny-sgd.yaml", ["segguided.ablation=0"]), out)
+    recipe = pinned_recipe(out, ["segguided.train.steps=9"])
+    assert recipe["segguided"]["ablation"] == 0 and recipe["segguided"]["train"]["steps"] == 9
+    assert recipe["_source"].endswith("recipes/tiny-sgd.yaml")  # the index names the recipe file, not the pin
+    assert main(["train", "--resume", "--out", str(out), "--set", "segguided.ablation=1"]) == 2
+    assert "segguided.ablation" in capsys.readouterr().err
+    assert "--resume" in __import__("subprocess").run(
+        [sys.executable, "-m", "volsynth.cli", "train", "--help"], capture_output=True, text=True).stdout
 
 
 def yaml_load(path: Path) -> dict:

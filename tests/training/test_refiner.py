@@ -15,7 +15,7 @@ from volsynth.models.checkpoint import load_checkpoint
 from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.training.data import load_prepared
 from volsynth.training.recipe import run_recipe
-from volsynth.training.refiner import RefinerSettings, RefinerStage, augmented_condition, degrade, smooth_warp
+from volsynth.training.refiner import RefinerSettings, RefinerStage, augmented_condition, degrade
 
 REFINER = {"size": "tiny-pixel", "patch": [8, 8, 8], "steps": 3,
            "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}}
@@ -141,34 +141,6 @@ def test_training_condition_is_the_pooled_image_with_per_class_offsets(prepared_
     assert not torch.allclose(drawn, degrade(image, 2))
 
 
-def test_smooth_warp_moves_voxels_by_at_most_the_shift():
-    shape = (12, 16, 20)
-    for axis, size in enumerate(shape):  # a ramp along one axis turns into that axis's displacement field
-        view = [1, 1, 1]
-        view[axis] = size
-        ramp = torch.arange(size, dtype=torch.float32).view(*view).expand(*shape)[None].contiguous()
-        moved = smooth_warp(ramp, 2.5, torch.Generator().manual_seed(axis))
-        shift = (moved - ramp)[0, 3:-3, 3:-3, 3:-3]  # inside: no clamping at the edges
-        assert 0.05 < float(shift.abs().max()) <= 2.5 + 1e-4
-        # smooth: neighbouring voxels move alike (the field is upsampled from 4 control points per axis)
-        assert float(shift.diff(dim=axis).abs().max()) < 2.5 * 3 / (min(shape) / 3)
-    image = torch.randn(1, *shape)
-    torch.testing.assert_close(smooth_warp(image, 0.0, torch.Generator().manual_seed(0)), image)
-
-
-def test_shape_jitter_moves_the_condition_off_the_mask(prepared_tiny):
-    data = load_prepared(prepared_tiny)
-    image, labels = data.images[:2], data.labels[:2].long()
-    ids = sorted(data.plan.labels.values())
-    settings = {"noise_aug": 0.0, "class_jitter": 0.0, "degrade_factor": 1}
-    generators = [torch.Generator().manual_seed(n) for n in range(2)]
-    still = augmented_condition(image, labels, ids, RefinerSettings(**settings), generators)
-    torch.testing.assert_close(still, image)
-    warped = augmented_condition(image, labels, ids, RefinerSettings(**settings, shape_jitter=2.0), generators)
-    assert warped.shape == image.shape and not torch.allclose(warped, image)
-    assert float(warped.min()) >= float(image.min()) - 1e-5 and float(warped.max()) <= float(image.max()) + 1e-5
-
-
 def test_stage_hides_classes_and_trains_on_patches(prepared_tiny):
     data = load_prepared(prepared_tiny)
     stage = RefinerStage(data, RefinerSettings(patch=[8, 8, 8], hide_class=1.0))
@@ -188,7 +160,7 @@ def test_refiner_errors(prepared_tiny, tiny_model, tmp_path):
     for bad, match in (({"degrade_factor": 3}, "degrade_factor must be 1, 2, 4 or 8"),
                        ({"hide_class": 1.5}, r"hide_class must be in \[0, 1\]"),
                        ({"noise_aug": -1}, "noise_aug must be >= 0"),
-                       ({"shape_jitter": -0.5}, "shape_jitter must be >= 0"),
+                       ({"shape_jitter": 0.5}, "unknown key refiner.shape_jitter"),
                        ({"colour": 1}, "colour")):
         with pytest.raises(ConfigError, match=match):
             run_quietly(_recipe(raw, tiny_model, **bad), tmp_path / str(len(list(tmp_path.iterdir()))))
@@ -267,82 +239,28 @@ def test_model_recommends_a_refiner_guidance(refined_model, prepared_tiny, tmp_p
         assert json.loads(next(out.glob("*.json")).read_text())["refiner_guidance"] == scale
 
 
-@pytest.fixture(scope="module")
-def unrefined_samples(refined_model, prepared_tiny, tmp_path_factory):
-    """Unrefined samples of the first two prepared masks, as ``generate --masks-from --no-refine`` writes them."""
-    from volsynth.cli import main
-
-    out = tmp_path_factory.mktemp("unrefined") / "gen"
-    assert main(["generate", str(refined_model), "--masks-from", str(prepared_tiny), "--limit", "2", "--no-refine",
-                 "--steps", "2", "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
-def test_generated_samples_replace_the_training_condition(unrefined_samples, prepared_tiny):
-    """``generated``: the refiner learns from the latent model's own samples of the training masks. Samples are
-    matched to their cases, normalised like the prepared images, and (at fraction 1) are the condition, pooled."""
-    from volsynth.io import read_volume
-    from volsynth.training.refiner import load_generated_conditions
-
-    data = load_prepared(prepared_tiny)
-    found = load_generated_conditions([unrefined_samples], data)
-    assert sorted(found) == [0, 1] and all(len(v) == 1 for v in found.values())
-    written = read_volume(unrefined_samples / f"{data.case_ids[1]}_image.nii.gz").array
-    expected = data.plan.normalization[0].forward(written, tuple(data.plan.normalization[0].window))
-    np.testing.assert_allclose(found[1][0][0].numpy(), expected)
-    plain = {"noise_aug": 0.0, "class_jitter": 0.0, "degrade_factor": 2, "patch": None}
-    for fraction, sources in ((1.0, "generated"), (0.0, "real")):
-        stage = RefinerStage(data, RefinerSettings(**plain, generated=str(unrefined_samples),
-                                                   generated_fraction=fraction))
-        seen = []
-        network = stage.networks["refiner"]
-        stage.networks["refiner"] = lambda x, t, cond, seen=seen, network=network: (
-            seen.append(cond), network(x, t, cond=cond))[1]
-        indices = [1, 3]  # case 3 has no sample: its condition stays the real image's
-        assert torch.isfinite(stage.losses(indices, [torch.Generator().manual_seed(n) for n in range(2)], 0)["refiner"])
-        cond = seen[0][:, :1]
-        first = found[1][0][None] if sources == "generated" else data.images[1:2]
-        torch.testing.assert_close(cond[:1], degrade(first, 2))
-        torch.testing.assert_close(cond[1:], degrade(data.images[3:4], 2))
-    # without generated samples the stage draws nothing extra: the same seeds give the same loss as before
-    losses = []
-    for settings in (RefinerSettings(**plain), RefinerSettings(**plain, generated=[], generated_fraction=0.9)):
-        torch.manual_seed(0)
-        stage = RefinerStage(data, settings, seed=0)
-        losses.append(stage.losses([0, 1], [torch.Generator().manual_seed(n) for n in range(2)], 0)["refiner"])
-    torch.testing.assert_close(losses[0], losses[1])
+def test_legacy_refiner_keys_of_shipped_models_are_ignored_at_their_inert_values():
+    """Shipped models' meta.json still record the removed settings (shape_jitter, generated, generated_fraction)
+    at their no-op values: reading them for generation works; a recipe that sets them to something else fails."""
+    legacy = {"degrade_factor": 4, "shape_jitter": 0.0, "generated": None, "generated_fraction": 0.5}
+    assert RefinerSettings.from_dict(legacy).degrade_factor == 4
+    for key, value in (("generated", ["runs/x"]), ("generated_fraction", 0.9)):
+        with pytest.raises(ConfigError, match=f"{key} was removed"):
+            RefinerSettings.from_dict({**legacy, key: value})
 
 
-def test_generated_samples_must_belong_to_the_training_masks(unrefined_samples, prepared_tiny, tmp_path):
-    import shutil
+def test_parent_recipe_runs_first_and_the_index_records_the_chain(prepared_tiny, tiny_model, tmp_path):
+    """``init: {recipe: PARENT}``: the parent recipe runs into OUT/parents/ and the stage trains on from its model;
+    model_index.json records both, the parent by sha256 and steps, and the steps in all."""
+    from volsynth.models.index import read_model_index
 
-    from volsynth.training.refiner import load_generated_conditions
-
-    data = load_prepared(prepared_tiny)
-    case = data.case_ids[0]
-
-    def broken(name, change):
-        folder = tmp_path / name
-        shutil.copytree(unrefined_samples, folder)
-        sidecar = folder / f"{case}.json"
-        sidecar.write_text(json.dumps(change(json.loads(sidecar.read_text()))))
-        return folder
-
-    for name, change, match in (
-            ("other-case", lambda s: {**s, "job": {**s["job"], "id": "not_a_case"}}, "'not_a_case', which"),
-            ("refined", lambda s: {**s, "refined": True}, "already refined"),
-            ("other-mask", lambda s: {**s, "mask_sha256": "0" * 64}, "generated from another mask")):
-        with pytest.raises(ConfigError, match=match) as caught:
-            load_generated_conditions([broken(name, change)], data)
-        assert f"{case}_image.nii.gz" in str(caught.value)
-    with pytest.raises(ConfigError, match=r"generated_fraction must be in \[0, 1\]"):
-        RefinerSettings.from_dict({"generated_fraction": 1.5})
-    with pytest.raises(Exception, match="generated folder not found"):
-        load_generated_conditions([tmp_path / "missing"], data)
-
-
-def test_recipe_trains_the_refiner_on_generated_samples(unrefined_samples, prepared_tiny, tiny_model, tmp_path):
-    model = run_quietly(_recipe(prepared_tiny.parent / "raw", tiny_model, generated=[str(unrefined_samples)],
-                                generated_fraction=0.5), tmp_path)
-    meta = json.loads((model / "meta.json").read_text())
-    assert meta["refiner"]["generated"] == [str(unrefined_samples)] and meta["refiner"]["generated_fraction"] == 0.5
+    raw = prepared_tiny.parent / "raw"
+    write_recipe(tmp_path / "parent", _recipe(raw, tiny_model))
+    child = write_recipe(tmp_path / "child", _recipe(raw, tiny_model, init={"recipe": "../parent/recipe.yaml"}))
+    model = run_recipe(child, tmp_path / "run", progress=False, log=lambda m: None)
+    parent_model = tmp_path / "run" / "parents" / "recipe" / "model"
+    refiner = read_model_index(model).provenance.stages["refiner"]
+    assert (refiner.steps, refiner.init.steps, refiner.total_steps) == (2, 2, 4)
+    assert refiner.init.sha256 == json.loads((parent_model / "meta.json").read_text())["files"]["model.safetensors"]
+    assert refiner.init.recipe.endswith("parent/recipe.yaml")
+    assert read_model_index(model).provenance.stages["controlnet"].trained is False

@@ -1,8 +1,8 @@
-"""Typer command functions of the evaluation: ``volsynth evaluate``, ``volsynth train-seg`` and
+"""Typer command functions of the evaluation: ``volsynth evaluate``, ``volsynth train segmentor`` and
 ``volsynth study augment``. ``volsynth.cli`` registers them::
 
     app.command("evaluate")(evaluate)
-    app.command("train-seg")(train_seg)
+    train_app.command("segmentor")(train_seg)
     study_app = typer.Typer(no_args_is_help=True, help="Downstream studies with synthetic data.")
     study_app.command("augment")(study_augment)
     app.add_typer(study_app, name="study")
@@ -64,7 +64,8 @@ def evaluate(
     real: Path = typer.Option(..., "--real", help="Real dataset (nnU-Net v2 / MSD layout, or a prepared folder)."),
     generated: Path = typer.Option(..., "--generated", help="Folder written by volsynth generate."),
     out: Path = typer.Option(..., "--out", help="Output folder for metrics.json and report.html."),
-    segmentor: Path = typer.Option(None, help="Segmentor folder (volsynth train-seg output) for Dice_gen/Dice_orig."),
+    segmentor: Path = typer.Option(None, help="Segmentor folder (volsynth train segmentor output) for "
+                                              "Dice_gen/Dice_orig."),
     extractor: str = typer.Option("random-conv", help="FID features: random-conv, inception, or <network>:<weights>."),
     study: Path = typer.Option(None, help="study.json of volsynth study augment, to include in the report."),
     training: Path = typer.Option(None, help="The generator's training set, for the memorization check "
@@ -94,7 +95,7 @@ def evaluate(
     console.print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
 
 
-# train-seg option -> SegmentorSettings field
+# train segmentor option -> SegmentorSettings field
 SEGMENTOR_OPTIONS = {"architecture": "architecture", "dims": "spatial_dims", "size": "size", "patch": "patch",
                      "foreground": "foreground",
                      "spacing": "spacing", "window": "window", "labels": "labels", "features": "features",
@@ -126,9 +127,9 @@ def segmentor_settings(ctx: typer.Context, config: Path | None, values: dict) ->
 
 def train_seg(
     ctx: typer.Context,
-    dataset: Path = typer.Argument(..., help="Dataset with label maps (nnU-Net v2 / MSD layout)."),
+    dataset: Path = typer.Option(..., "--data", help="Dataset with label maps (nnU-Net v2 / MSD layout)."),
     out: Path = typer.Option(..., "--out", help="Output folder; the segmentor is written to OUT/segmentor."),
-    config: Path = typer.Option(None, help="YAML of segmentor settings (e.g. recipes/segmentor-abdomen-64.yaml); "
+    config: Path = typer.Option(None, help="YAML of segmentor settings (e.g. recipes/segmentor/abdomen-64.yaml); "
                                            "options typed on the command line override it."),
     architecture: str = typer.Option("segresnet", help="segresnet, unet or basicunet."),
     dims: int = typer.Option(3, help="3: whole volumes; 2: axial slices."),

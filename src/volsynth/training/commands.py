@@ -1,0 +1,176 @@
+"""``volsynth train``: a whole recipe, or one stage. ``volsynth.cli`` registers ``train_app``::
+
+    app.add_typer(train_app, name="train")
+
+``volsynth train segmentor`` (the evaluation segmentor) is added to ``train_app`` by the CLI from
+``volsynth.evaluation.commands``: training does not import evaluation. Each stage command takes ``--data`` (a
+prepared folder), ``--out`` and ``--config`` (a recipe whose block of that stage is used) and resumes from OUT's
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from volsynth.errors import ConfigError
+from volsynth.io.jsonfile import read_json
+from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
+from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
+from volsynth.training.data import load_prepared
+from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
+from volsynth.training.engine import TrainConfig, Trainer
+from volsynth.training.hierarchical import HierarchicalSettings, JointStage, SuperResolutionStage
+from volsynth.training.latents import CACHE_INFO, build_latent_cache, load_latent_cache
+from volsynth.training.recipe_schema import load_recipe, stage_settings
+from volsynth.training.refiner import RefinerSettings, RefinerStage
+from volsynth.training.runner import RESUMABLE_KEYS, run_recipe
+from volsynth.training.segguided import SegGuidedSettings, SegGuidedStage
+
+console = Console(soft_wrap=True)
+train_app = typer.Typer(no_args_is_help=False, help="Train models: a whole recipe, or one stage.")
+
+DATA = typer.Option(..., "--data", help="Prepared folder (volsynth prepare output).")
+OUT = typer.Option(..., "--out", help="Output folder (checkpoints, metrics, previews); resumes from its last one.")
+PROGRESS = typer.Option(True, help="Show a progress bar.")
+
+
+def _config(name: str) -> typer.Option:
+    return typer.Option(None, "--config", help=f"Recipe YAML whose '{name}' block to use.")
+
+
+@train_app.callback(invoke_without_command=True)
+def train(
+    ctx: typer.Context,
+    recipe: Path = typer.Option(None, help="Recipe YAML: runs every stage in order (data -> prepare -> trained "
+                                           "stages -> model), skipping finished ones."),
+    out: Path = typer.Option(None, help="Output folder of the recipe run: new, empty, or a run to resume."),
+    override: list[str] = typer.Option(None, "--set", help="Change one recipe value: block.key=value (YAML value), "
+                                                           "e.g. --set segguided.ablation=0; repeatable."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT: OUT/recipe.yaml pins its recipe "
+                                f"(--out alone reads it); only {', '.join(RESUMABLE_KEYS)} may change (--set "
+                                "STAGE.train.steps=N trains on). Without a run in OUT it is an error."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run a recipe; a new run refuses a non-empty OUT it did not make."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise ConfigError(None, "volsynth train needs --recipe and --out (or --resume --out OUT, or a stage "
+                          "subcommand)", "e.g. volsynth train --recipe recipes/tiny.yaml --out runs/tiny")
+    model = run_recipe(recipe, out, progress=progress, log=lambda m: console.print(f"[bold]{m}[/bold]"),
+                       overrides=override or [], resume=resume)
+    console.print(f"model ready: {model}")
+
+
+def _blocks(config: Path | None, name: str) -> tuple[dict, dict, dict]:
+    """The recipe, its ``name`` block's settings and its ``train`` block ({} each without --config)."""
+    if config is None:
+        return {}, {}, {}
+    recipe = load_recipe(config)
+    settings, train = stage_settings(recipe, name)
+    return recipe, settings, train
+
+
+def _fit(stage, out: Path, recipe: dict, train: dict, progress: bool, what: str) -> None:
+    seed = int(recipe.get("seed", 0))
+    path = Trainer(stage, out, TrainConfig.from_dict({"seed": seed, "progress": progress, **train})).fit()
+    console.print(f"{what} checkpoint: {path}")
+
+
+def _text_encoder(recipe: dict) -> str:
+    return str(recipe.get("text_encoder", "minilm"))
+
+
+def _cache(data: Path, autoencoder: Path, text_encoder: str, folder: Path, progress: bool,
+           scale_factor: float | None = None):
+    """The latent cache in ``folder`` (encoded once)."""
+    if (folder / CACHE_INFO).is_file():
+        return load_latent_cache(folder)
+    return build_latent_cache(autoencoder, load_prepared(data), text_encoder, folder, progress,
+                              scale_factor=scale_factor)
+
+
+@train_app.command("autoencoder")
+def train_autoencoder(data: Path = DATA, out: Path = OUT, config: Path = _config("autoencoder"),
+                      progress: bool = PROGRESS) -> None:
+    """Train the autoencoder stage alone."""
+    recipe, block, train = _blocks(config, "autoencoder")
+    stage = AutoencoderStage(load_prepared(data), AutoencoderSettings.from_dict(block),
+                             seed=int(recipe.get("seed", 0)))
+    _fit(stage, out, recipe, train, progress, "autoencoder")
+
+
+@train_app.command("diffusion")
+def train_diffusion(
+    data: Path = DATA,
+    autoencoder: Path = typer.Option(..., help="Autoencoder checkpoint or model folder."),
+    out: Path = OUT, config: Path = _config("diffusion"), progress: bool = PROGRESS,
+) -> None:
+    """Encode the latent cache (once, into OUT/latents) and train the text-conditioned diffusion stage."""
+    recipe, block, train = _blocks(config, "diffusion")
+    settings = DiffusionSettings.from_dict({"text_encoder": _text_encoder(recipe), **block})
+    cache = _cache(data, autoencoder, settings.text_encoder, out / "latents", progress)
+    stage = DiffusionStage(cache, settings, seed=int(recipe.get("seed", 0)), autoencoder=autoencoder)
+    _fit(stage, out, recipe, train, progress, "diffusion")
+
+
+@train_app.command("controlnet")
+def train_controlnet(
+    data: Path = DATA,
+    diffusion: Path = typer.Option(..., help="Diffusion checkpoint or model folder whose UNet the ControlNet "
+                                             "steers; its autoencoder encodes the latents."),
+    autoencoder: Path = typer.Option(None, help="Autoencoder checkpoint (default: the --diffusion folder's)."),
+    out: Path = OUT, config: Path = _config("controlnet"), progress: bool = PROGRESS,
+) -> None:
+    """Train a ControlNet on a frozen UNet (latent cache encoded once into OUT/latents, scaled as the UNet's)."""
+    recipe, block, train = _blocks(config, "controlnet")
+    meta = read_json(diffusion / "meta.json")
+    cache = _cache(data, autoencoder or diffusion, str(meta.get("text_encoder", _text_encoder(recipe))),
+                   out / "latents", progress, scale_factor=meta.get("scale_factor"))
+    stage = ControlNetStage(cache, diffusion, ControlNetSettings.from_dict(block), seed=int(recipe.get("seed", 0)))
+    _fit(stage, out, recipe, train, progress, "controlnet")
+
+
+@train_app.command("refiner")
+def train_refiner(data: Path = DATA, out: Path = OUT, config: Path = _config("refiner"),
+                  progress: bool = PROGRESS) -> None:
+    """Train the pixel-space refiner on the prepared images and label maps."""
+    recipe, block, train = _blocks(config, "refiner")
+    stage = RefinerStage(load_prepared(data), RefinerSettings.from_dict(block), seed=int(recipe.get("seed", 0)))
+    _fit(stage, out, recipe, train, progress, "refiner")
+
+
+@train_app.command("segguided")
+def train_segguided(
+    data: list[Path] = typer.Option(..., "--data", help="Prepared folder, one per modality; repeatable."),
+    out: Path = OUT, config: Path = _config("segguided"), progress: bool = PROGRESS,
+) -> None:
+    """Train the segmentation-guided stage (the mask concatenated to the noisy image)."""
+    recipe, block, train = _blocks(config, "segguided")
+    settings = SegGuidedSettings.from_dict({"text_encoder": _text_encoder(recipe), **block})
+    stage = SegGuidedStage([load_prepared(d) for d in data], settings, seed=int(recipe.get("seed", 0)))
+    _fit(stage, out, recipe, train, progress, "segguided")
+
+
+def _hierarchical(name: str, stage_class: type, data: Path, out: Path, config: Path | None, progress: bool) -> None:
+    recipe, block, train = _blocks(config, name)
+    settings = HierarchicalSettings.from_dict({"text_encoder": _text_encoder(recipe), **block})
+    _fit(stage_class(load_prepared(data), settings, seed=int(recipe.get("seed", 0))), out, recipe, train,
+         progress, name)
+
+
+@train_app.command("joint")
+def train_joint(data: Path = DATA, out: Path = OUT, config: Path = _config("joint"),
+                progress: bool = PROGRESS) -> None:
+    """Train the hierarchical model's joint stage (image and label map at low resolution)."""
+    _hierarchical("joint", JointStage, data, out, config, progress)
+
+
+@train_app.command("superres")
+def train_superres(data: Path = DATA, out: Path = OUT, config: Path = _config("superres"),
+                   progress: bool = PROGRESS) -> None:
+    """Train the hierarchical model's super-resolution stage."""
+    _hierarchical("superres", SuperResolutionStage, data, out, config, progress)
