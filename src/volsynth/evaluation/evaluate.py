@@ -248,7 +248,7 @@ def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, seg
     # 3.-7. the metrics
     metrics: dict = {"provenance": provenance(real_info, generated, gen_items, seg, options, shape, window)}
     metrics.update(distribution_metrics(real_volumes, gen_volumes, options, window))
-    reason = {"computed": False, "reason": "no segmentor given (--segmentor; train one with volsynth train-seg)"}
+    reason = {"computed": False, "reason": "no segmentor given (--segmentor; train one with volsynth train segmentor)"}
     metrics["mask_faithfulness"] = (mask_faithfulness(seg, real_items, gen_items, options.nsd_tolerance_mm)
                                     if seg is not None else reason)
     metrics["text_adherence"] = text_adherence(real_items, gen_items, seg)

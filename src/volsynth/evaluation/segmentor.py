@@ -234,16 +234,16 @@ def read_case(case: Case, dataset_labels: dict[str, int] | None = None) -> tuple
 # -- loading and prediction -----------------------------------------------------------------------------------
 
 def load_segmentor(path: str | Path) -> Segmentor:
-    """A segmentor from its folder (``train-seg``'s OUT, OUT/segmentor or one checkpoint-N)."""
+    """A segmentor from its folder (``train segmentor``'s OUT, OUT/segmentor or one checkpoint-N)."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(path, "segmentor checkpoint not found", "train one with volsynth train-seg")
+        raise CheckpointError(path, "segmentor checkpoint not found", "train one with volsynth train segmentor")
     if (path / SEGMENTOR_FOLDER / "meta.json").is_file():
         path = path / SEGMENTOR_FOLDER
     checkpoint = load_checkpoint(path, builder=build_segmentation_network)
     meta = checkpoint.meta
     if meta.get("kind") != "segmentor" or "segmentor" not in checkpoint.networks:
-        raise CheckpointError(path, "not a segmentor checkpoint", "train one with volsynth train-seg")
+        raise CheckpointError(path, "not a segmentor checkpoint", "train one with volsynth train segmentor")
     return Segmentor(checkpoint.networks["segmentor"], checkpoint.config["networks"]["segmentor"],
                      Plan.from_dict(meta["plan"], path), SegmentorSettings.from_dict(meta["segmentor"]), meta, path)
 

@@ -1,4 +1,4 @@
-"""Training of the evaluation segmentor (``volsynth train-seg``) and its held-out Dice/NSD.
+"""Training of the evaluation segmentor (``volsynth train segmentor``) and its held-out Dice/NSD.
 
 The network is trained with Dice + cross-entropy (MONAI ``DiceCELoss``) by the one training engine, on the
 training cases resampled onto the segmentor's plan (``segmentor.make_segmentor_plan``), optionally as random
@@ -180,7 +180,7 @@ def train_segmentor(pairs: list[tuple[Volume, LabelMap]], plan: Plan, out: str |
 def train_segmentor_on_dataset(dataset: str | Path, out: str | Path, settings: SegmentorSettings | None = None,
                                case_ids: list[str] | None = None, progress: bool = True,
                                command: str | None = None) -> Path:
-    """``volsynth train-seg``: plan on the chosen labelled cases of a dataset and train; returns OUT/segmentor."""
+    """``volsynth train segmentor``: plan on the chosen labelled cases of a dataset and train; returns OUT/segmentor."""
     settings = settings or SegmentorSettings()
     settings.check()
     data = load_segmentor_dataset(dataset)
