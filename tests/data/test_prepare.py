@@ -176,8 +176,9 @@ def test_cli_prepare_refuses_to_overwrite(nnunet_dataset, tmp_path, capsys):
     assert main(["prepare", str(nnunet_dataset), str(out), "--size", "16", "--no-progress"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "precious"
-    assert main(["prepare", str(nnunet_dataset), str(out), "--size", "16", "--no-progress", "--overwrite"]) == 0
-    assert (out / "plan.json").is_file() and not (out / "keep.txt").exists()
+    # --overwrite replaces only a folder prepare wrote: this one is the user's, so it stays
+    assert main(["prepare", str(nnunet_dataset), str(out), "--size", "16", "--no-progress", "--overwrite"]) == 2
+    assert (out / "keep.txt").read_text() == "precious" and not (out / "plan.json").exists()
 
 
 def test_cli_prepare_option_errors(nnunet_dataset, tmp_path, capsys):
