@@ -125,7 +125,7 @@ def test_bad_input_exit_2_and_out_untouched(tiny_model, tmp_path, capsys, case):
         model = tmp_path / "model"
         shutil.copytree(tiny_model, model)
         (model / "meta.json").unlink()
-        expected = "not a model folder (no meta.json)"
+        expected = "meta.json"  # the model folder (or its model_index.json) names what is missing
     elif case == "cuda":
         extra += ["--device", "cuda"]
         expected = "no CUDA GPU"
