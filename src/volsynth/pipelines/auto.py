@@ -6,6 +6,7 @@ from pathlib import Path
 
 from volsynth.errors import ConfigError
 from volsynth.io.jsonfile import read_json
+from volsynth.models.index import MODEL_INDEX
 from volsynth.pipelines.base import Pipeline
 from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.pipelines.hierarchical import HierarchicalPipeline
@@ -13,7 +14,6 @@ from volsynth.pipelines.segguided import SegGuidedPipeline
 
 PIPELINES: dict[str, type[Pipeline]] = {"latent": SynthesisPipeline, "segguided": SegGuidedPipeline,
                                         "hierarchical": HierarchicalPipeline}
-MODEL_INDEX = "model_index.json"
 RUN_RECIPE = "recipe.yaml"  # what ``volsynth train --out RUN`` pins in a run folder
 
 

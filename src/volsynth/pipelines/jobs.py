@@ -17,11 +17,10 @@ from volsynth.data.dataset import load_dataset
 from volsynth.errors import ConfigError
 from volsynth.io.formats import write_volume
 from volsynth.parallel import progress_bar
-from volsynth.pipelines.base import SAMPLING_DEFAULTS, WITH_MASK, GenerationRequest, Pipeline
+from volsynth.pipelines.base import GenerationRequest, Pipeline
 from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
 
 JOB_KEYS = {"prompt", "seed", "n", "id", "mask", "modality"}
-__all__ = ["SAMPLING_DEFAULTS", "WITH_MASK", "Job", "run_jobs"]  # the sampling names are defined in base
 
 
 @dataclass
@@ -141,15 +140,17 @@ def run_jobs(pipeline: Pipeline, jobs: list[Job], out: str | Path, image_format:
         raise ConfigError(None, f"unknown format '{image_format}'", "use nifti or dicom")
     if out.exists() and not out.is_dir():
         raise ConfigError(out, "output exists and is not a folder", "give a folder for --out")
-    items = []
+    items, samplers = [], set()
     for name, job, seed in expand(jobs):
         try:
             request = GenerationRequest(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=seed, **options)
         except TypeError as exc:
             raise ConfigError(None, f"bad generation option ({exc})") from exc
         pipeline.check(request)
-        pipeline.scheduler(pipeline.resolve(request)["sampler"])  # a sampler the model cannot use fails now
+        samplers.add(pipeline.resolve(request)["sampler"])
         items.append((name, job, request))
+    for sampler in samplers:
+        pipeline.scheduler(sampler)  # a sampler the model cannot use fails now, once per sampler
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     mine = items[rank::world]  # each rank checks its own files: another rank may be writing its own already
     existing = [p for name, _, _ in mine for p in output_paths(out, name, image_format).values() if p.exists()]

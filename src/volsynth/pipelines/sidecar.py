@@ -12,13 +12,12 @@ describes::
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from volsynth import __version__
 from volsynth.errors import ReadError
-from volsynth.io.jsonfile import write_json
+from volsynth.io.jsonfile import read_json, write_json
+from volsynth.models.checkpoint import sha256_file
 from volsynth.pipelines.base import GenerationResult
 
 SIDECAR_VERSION = 1
@@ -32,7 +31,7 @@ def sidecar_record(result: GenerationResult, sidecar_id: str, image: Path, label
     (e.g. the generate job)."""
     return {**result.sidecar, **extra, "sidecar_version": SIDECAR_VERSION, "id": sidecar_id, "image": image.name,
             "label": label.name if label is not None else None, "format": image_format,
-            "image_sha256": _sha256(image) if image.is_file() else None, "volsynth_version": __version__}
+            "image_sha256": sha256_file(image) if image.is_file() else None, "volsynth_version": __version__}
 
 
 def write_sidecar(path: str | Path, record: dict) -> Path:
@@ -49,13 +48,7 @@ def read_sidecar(path: str | Path) -> dict | None:
     A sidecar of a newer version than this volsynth reads, or one that lacks a required key, is a ReadError.
     Sidecars without a version (written before the schema was versioned) are read as they are.
     """
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReadError(path, f"unreadable sidecar ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise ReadError(path, f"invalid sidecar JSON ({exc})") from exc
+    record = read_json(path, kind=None)
     if not isinstance(record, dict) or "image" not in record:
         return None
     version = record.get("sidecar_version")
@@ -69,10 +62,3 @@ def read_sidecar(path: str | Path) -> dict | None:
         raise ReadError(path, f"sidecar lacks key(s) {', '.join(missing)}")
     return record
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

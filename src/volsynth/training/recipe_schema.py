@@ -21,7 +21,7 @@ import yaml
 
 from volsynth.data.prepare import PrepareOptions
 from volsynth.errors import ConfigError
-from volsynth.pipelines.jobs import SAMPLING_DEFAULTS, WITH_MASK
+from volsynth.pipelines.base import SAMPLING_DEFAULTS, WITH_MASK
 from volsynth.training.autoencoder import AutoencoderSettings
 from volsynth.training.controlnet import ControlNetSettings
 from volsynth.training.diffusion import DiffusionSettings
