@@ -19,6 +19,22 @@ def test_help_lists_commands():
         assert command in result.stdout
 
 
+def test_the_command_line_loads_without_torch():
+    """``volsynth --help`` and ``volsynth train --help`` must not wait for torch and MONAI to load."""
+    code = ("import sys; from volsynth.cli import main; main(['train', '--help']); "
+            "sys.exit(3 if 'torch' in sys.modules or 'monai' in sys.modules else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--resume" in result.stdout
+
+
+def test_train_help_names_the_keys_a_resume_may_change():
+    from volsynth.training.commands import RESUMABLE
+    from volsynth.training.runner import RESUMABLE_KEYS
+
+    assert RESUMABLE == RESUMABLE_KEYS
+
+
 def test_no_help_text_is_taken_for_rich_markup():
     """Rich drops '[lowercase ...]' from help as a markup tag ('Sampling steps [model's, else 30].' printed as
     'Sampling steps .'), so no command or option help may contain one."""

@@ -240,17 +240,20 @@ def sweep(
     out: Path = typer.Option(..., help="Montage PNG to write (rows: mask scale, columns: text scale)."),
     prompt: str = typer.Option("", help="Radiology-style report."),
     mask: Path = typer.Option(None, help="Label map guiding generation."),
+    mask_labels: str = typer.Option(None, help="Map your mask ids to model classes, e.g. 'liver=5,tumour=6'."),
     text_guidance: str = typer.Option("1,3,7", help="Text guidance scales, comma-separated."),
     mask_guidance: str = typer.Option("1", help="Mask guidance scales, comma-separated."),
     seed: int = typer.Option(0, help="One seed for every cell."),
     steps: int = typer.Option(30, help="Sampling steps."),
     sampler: str = typer.Option("ddim", help="ddim, ddpm or rflow."),
     view: str = typer.Option("axial", help="axial, coronal or sagittal."),
+    modality: str = typer.Option(None, help="CT or MR, for a model that generates both; default: its first."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Show the effect of the guidance scales: one seed over a grid of text and mask scales, as a montage."""
     from volsynth.data.plan import CT_SCHEME
     from volsynth.pipelines import load_pipeline
+    from volsynth.pipelines.masks import parse_mask_labels
     from volsynth.pipelines.sweep import guidance_sweep, save_sweep_montage, save_sweep_sidecar
     from volsynth.viz import PLANES
 
@@ -261,8 +264,9 @@ def sweep(
     text_scales, mask_scales = _floats(text_guidance, "--text-guidance"), _floats(mask_guidance, "--mask-guidance")
     pipeline = load_pipeline(model)
     grid = guidance_sweep(pipeline, text_scales, mask_scales, progress, prompt=prompt, mask=mask, seed=seed,
-                          steps=steps, sampler=sampler)
-    norm = pipeline.plan.normalization[0]
+                          steps=steps, sampler=sampler, modality=modality,
+                          mask_labels=parse_mask_labels(mask_labels))
+    norm = pipeline.plan_for(modality).normalization[0]
     window = tuple(norm.window) if norm.scheme == CT_SCHEME else None
     title = f"{model.name}: \"{prompt}\"" + (f", mask {mask.name}" if mask else "") + f", seed {seed}"
     save_sweep_montage(out, grid, text_scales, mask_scales, view, window, title)

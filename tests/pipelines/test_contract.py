@@ -1,6 +1,7 @@
 """One contract, every pipeline kind: each shipped CI-sized model runs through the same checks."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,14 @@ def test_a_refused_option_leaves_out_untouched(name, phantom_mask, tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and KINDS[name][2] in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_a_guidance_sweep_runs_on_every_kind(name, phantom_mask, tmp_path):
+    labels = KINDS[name][1]
+    given = ["--mask", str(phantom_mask), "--mask-labels", labels] if labels else ["--prompt", "Mild emphysema."]
+    out = tmp_path / "sweep.png"
+    assert main(["sweep", str(MODELS / name), *given, "--text-guidance", "1,2", "--steps", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    cells = json.loads(out.with_suffix(".json").read_text())["cells"]
+    assert out.read_bytes()[:4] == b"\x89PNG" and [c["text_scale"] for c in cells] == [1.0, 2.0]

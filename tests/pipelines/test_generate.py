@@ -165,6 +165,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sharding_over_two_ranks_gives_the_same_files(tiny_model, tmp_path):
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"prompt": "a", "seed": 1, "n": 2, "id": "a"}\n{"prompt": "b", "seed": 5, "id": "b"}\n')

@@ -21,6 +21,7 @@ def _train(out: Path) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_tiny_recipe_survives_sigkill_and_resumes(tmp_path):
     out = tmp_path / "run"
     first = _train(out)

@@ -12,10 +12,11 @@ from tests.training.helpers import run_quietly, tiny_recipe, write_recipe
 from volsynth.errors import ConfigError
 from volsynth.io import LabelMap, read_label
 from volsynth.models.checkpoint import load_checkpoint
+from volsynth.models.stages import RefinerSettings, degrade
 from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.training.data import load_prepared
 from volsynth.training.recipe import run_recipe
-from volsynth.training.refiner import RefinerSettings, RefinerStage, augmented_condition, degrade
+from volsynth.training.refiner import RefinerStage, augmented_condition
 
 REFINER = {"size": "tiny-pixel", "patch": [8, 8, 8], "steps": 3,
            "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}}

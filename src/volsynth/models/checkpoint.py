@@ -60,6 +60,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def optional_sha256(path: str | Path | None) -> str | None:
+    """Hex sha256 of ``path`` when it names a file, else None (a mask given as an array has no file)."""
+    return sha256_file(Path(path)) if path is not None and Path(path).is_file() else None
+
+
 def _flatten(states: dict[str, dict[str, torch.Tensor]], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     flat = {}
     for name, state in states.items():

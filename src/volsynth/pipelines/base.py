@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError
 from volsynth.io.jsonfile import read_json
 from volsynth.io.volume import LabelMap, Volume
@@ -94,6 +95,7 @@ class Pipeline:
 
     kind = "pipeline"
     model_path: Path | None = None
+    plan: Plan  # the grid, classes and normalisation of the (default) modality
     recommended: dict = {}
     device = torch.device("cpu")
 
@@ -105,6 +107,13 @@ class Pipeline:
     def generate(self, **settings) -> GenerationResult:
         """Generate one volume from resolved settings."""
         raise NotImplementedError
+
+    def plan_for(self, modality: str | None = None) -> Plan:
+        """The plan a request for ``modality`` generates on (one plan unless the model has several modalities)."""
+        if modality is not None and modality.upper() != self.plan.modality:
+            raise ConfigError(self.model_path, f"model generates {self.plan.modality}, not {modality}",
+                              "use a segmentation-guided model for CT and MR from one mask")
+        return self.plan
 
     def check(self, request: GenerationRequest) -> None:
         """Refuse a request that sets a field this model does not take (before anything is generated)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -13,13 +12,13 @@ from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError
 from volsynth.io.resample import resample_to
 from volsynth.io.volume import LabelMap, Volume
-from volsynth.models.checkpoint import load_checkpoint
-from volsynth.models.controlnet import combine_features, mask_features
+from volsynth.models.checkpoint import load_checkpoint, optional_sha256
+from volsynth.models.controlnet import mask_features
 from volsynth.models.tiled import decode
 from volsynth.pipelines.base import GenerationResult, Pipeline, sampling_recommendation
 from volsynth.pipelines.masks import class_flags, place_mask
 from volsynth.pipelines.refine import run_refiner
-from volsynth.sampling import build_scheduler, dual_guidance, sample
+from volsynth.sampling import dual_guidance, sample
 from volsynth.sampling.samplers import scheduler_for
 from volsynth.text import get_text_encoder
 
@@ -112,7 +111,7 @@ class SynthesisPipeline(Pipeline):
         return mapped, grid, self._mask_features(on_grid, known, self.mask_pooling), known, source
 
     def _place_mask(self, mask, mask_labels, known, modality=None):
-        self._check_modality(modality)
+        self.plan_for(modality)
         if not self.mask_guided:
             raise ConfigError(self.model_path, "this model has no mask guidance (no ControlNet, no mask input)",
                               "train a recipe with a controlnet stage or diffusion.mask_concat, or give text only")
@@ -146,7 +145,7 @@ class SynthesisPipeline(Pipeline):
         """
         start = time.perf_counter()
         dtype = torch.float32 if dtype is None else dtype
-        self._check_modality(modality)
+        self.plan_for(modality)
         # 1. encode the prompt (an empty prompt means the unconditional model)
         context = self.text_encoder.encode([prompt])[0].to(self.device) if prompt else None
         null_context = self.unet.null(1)
@@ -165,7 +164,7 @@ class SynthesisPipeline(Pipeline):
                 # the refiner reads the mask at full resolution; a given condition (an interpolation's blended
                 # middle frames) has no full-resolution mask, so those volumes are refined without one
                 refiner_features = self._mask_features(on_grid, given, 1).to(self.device)
-            mask_info = {"mask": source, "mask_sha256": _sha256(source), "mask_classes": given,
+            mask_info = {"mask": source, "mask_sha256": optional_sha256(source), "mask_classes": given,
                          "mask_guidance": mask_guidance,
                          **({"controlnet_scale": controlnet_scale} if self.controlnet is not None else {})}
         if self.controlnet is not None:
@@ -221,45 +220,8 @@ class SynthesisPipeline(Pipeline):
         """The starting latent noise of a seed (drawn on the CPU)."""
         return torch.randn([1, *self.latent_shape], generator=torch.Generator().manual_seed(seed))
 
-    def _check_modality(self, modality: str | None) -> None:
-        if modality is not None and modality.upper() != self.plan.modality:
-            raise ConfigError(self.model_path, f"model generates {self.plan.modality}, not {modality}",
-                              "use a segmentation-guided model for CT and MR from one mask")
-
     def _null_features(self, pooling: int | None = None) -> torch.Tensor:
         classes = len(self.plan.labels)
         pooling = self.mask_pooling if pooling is None else pooling
         grid = [s // pooling for s in self.plan.size]
         return torch.zeros([1, 2 * classes, *grid], device=self.device)
-
-
-def _sha256(path: str | None) -> str | None:
-    if path is None or not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-@torch.no_grad()
-def preview_samples(unet, autoencoder_checkpoint, cache, settings, path: Path, step: int, count: int = 2) -> None:
-    """Training preview: decode a few samples for the first reports of the cache."""
-    from volsynth.viz import save_montage
-
-    autoencoder = load_checkpoint(autoencoder_checkpoint, use_ema=True).networks["autoencoder"].eval()
-    unet.eval()
-    scheduler = build_scheduler("ddim" if settings.sampler == "ddpm" else settings.sampler, settings.prediction_type,
-                                settings.num_train_timesteps, settings.schedule, int(cache.mean[0, 0].numel()))
-    arrays, titles = [], []
-    for index in range(min(count, len(cache))):
-        generator = torch.Generator().manual_seed(index)
-        z = torch.randn([1, *cache.mean.shape[1:]], generator=generator)
-        context = cache.tokens[index:index + 1]
-        cond = None
-        if getattr(unet, "cond_channels", 0):  # mask-concat UNet: the case's own mask (it is the usual use)
-            cond = combine_features(cache.occupancy[index:index + 1].float(), cache.known[index:index + 1])
-        z = sample(lambda x, t, c=context, m=cond: unet(x, t, context=c, cond=m), z, scheduler,
-                   settings.preview_steps, generator)
-        arrays.append(decode(autoencoder, z / cache.scale_factor)[0, 0].numpy())
-        titles.append(f"step {step} sample {index}")
-    unet.train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_montage(path, arrays, [None] * len(arrays), titles, window=(-1.0, 1.0))

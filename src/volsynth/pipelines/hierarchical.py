@@ -13,11 +13,11 @@ from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint
+from volsynth.models.stages import upsample
 from volsynth.pipelines.base import GenerationResult, Pipeline, sampling_recommendation
 from volsynth.sampling import classifier_free, sample
 from volsynth.sampling.samplers import scheduler_for
 from volsynth.text import get_text_encoder
-from volsynth.training.hierarchical import upsample
 
 
 class HierarchicalPipeline(Pipeline):
@@ -78,8 +78,7 @@ class HierarchicalPipeline(Pipeline):
     def generate(self, prompt: str = "", seed: int = 0, steps: int = 30, sampler: str = "ddim",
                  text_guidance: float = 3.0, modality: str | None = None) -> GenerationResult:
         """1. encode prompt 2. stage 1 (low resolution, joint) 3. upsample 4. stage 2 5. split image / labels."""
-        if modality is not None and modality.upper() != self.plan.modality:
-            raise ConfigError(self.model_path, f"model generates {self.plan.modality}, not {modality}")
+        self.plan_for(modality)
         start = time.perf_counter()
         # 1. encode the prompt
         if self._text_encoder is None:

@@ -1,4 +1,4 @@
-"""Running a model's refiner (``volsynth.training.refiner``) on a decoded volume."""
+"""Running a model's refiner (trained by ``volsynth.training.refiner``) on a decoded volume."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
+from volsynth.models.stages import RefinerSettings, degrade
 from volsynth.sampling import classifier_free, sample
 from volsynth.sampling.samplers import scheduler_for
-from volsynth.training.refiner import RefinerSettings, degrade
 
 
 @torch.no_grad()

@@ -13,15 +13,14 @@ from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError
 from volsynth.io.resample import resample_to
 from volsynth.io.volume import LabelMap, Volume
-from volsynth.models.checkpoint import load_checkpoint
+from volsynth.models.checkpoint import load_checkpoint, optional_sha256
 from volsynth.models.controlnet import combine_features
+from volsynth.models.stages import SLICE_AXES
 from volsynth.pipelines.base import GenerationResult, Pipeline, sampling_recommendation
-from volsynth.pipelines.generate import _sha256
 from volsynth.pipelines.masks import class_flags, place_mask
 from volsynth.sampling import dual_guidance, sample
 from volsynth.sampling.samplers import scheduler_for
 from volsynth.text import get_text_encoder
-from volsynth.training.segguided import SLICE_AXES
 
 
 def to_slices(array: torch.Tensor, axis: int) -> torch.Tensor:
@@ -46,6 +45,7 @@ class SegGuidedPipeline(Pipeline):
         self.unet = unet.eval().float()
         self.plans, self.settings, self.text_encoder_id = plans, settings, text_encoder
         self.modalities = list(plans)
+        self.plan = plans[self.modalities[0]]  # the default modality's plan
         self.model_path, self.model_sha256 = model_path, model_sha256
         self._text_encoder = None
         self.recommended = sampling_recommendation(model_path)
@@ -77,7 +77,7 @@ class SegGuidedPipeline(Pipeline):
 
     def prepare_mask(self, mask, mask_labels=None, known=None, modality: str | None = None):
         """Mapped mask, plan grid, the concatenated condition [B, 2K, ...] and the known classes."""
-        plan = self.plan(modality)
+        plan = self.plan_for(modality)
         mapped, grid, on_grid, known, source = place_mask(mask, plan, mask_labels, known)
         _, ids, flags = class_flags(plan, known)
         labels = torch.from_numpy(on_grid.array.astype(np.int64))
@@ -87,7 +87,7 @@ class SegGuidedPipeline(Pipeline):
             flags = flags.expand(onehot.shape[0], -1)
         return mapped, grid, combine_features(onehot, flags), known, source
 
-    def plan(self, modality: str | None) -> Plan:
+    def plan_for(self, modality: str | None = None) -> Plan:
         """The plan of a modality (CT / MR); the first one by default."""
         modality = (modality or self.modalities[0]).upper()
         if modality not in self.plans:
@@ -106,7 +106,7 @@ class SegGuidedPipeline(Pipeline):
         if mask is None:
             raise ConfigError(self.model_path, "a segmentation-guided model needs --mask")
         start = time.perf_counter()
-        plan = self.plan(modality)
+        plan = self.plan_for(modality)
         modality = plan.modality
         # 1. encode the prompt
         if self._text_encoder is None:
@@ -140,6 +140,6 @@ class SegGuidedPipeline(Pipeline):
                              cval=float(plan.normalization[0].window[0]))
         provenance = {"prompt": prompt, "modality": modality, "seed": seed, "steps": steps, "sampler": sampler,
                       "text_guidance": text_guidance, "mask_guidance": mask_guidance, "mask": source,
-                      "mask_sha256": _sha256(source), "mask_classes": given, "model": str(self.model_path),
+                      "mask_sha256": optional_sha256(source), "mask_classes": given, "model": str(self.model_path),
                       "model_sha256": self.model_sha256, "seconds": round(time.perf_counter() - start, 3)}
         return GenerationResult(volume, mapped, provenance)

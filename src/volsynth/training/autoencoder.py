@@ -21,6 +21,7 @@ from volsynth.training.losses import (
     generator_adversarial_loss,
     kl_loss,
 )
+from volsynth.viz import save_montage
 
 
 @dataclass
@@ -120,8 +121,6 @@ class AutoencoderStage:
     @torch.no_grad()
     def preview(self, step: int, path: Path) -> None:
         """Input and reconstruction of the first case, three planes each."""
-        from volsynth.viz import save_montage
-
         network = self.networks["autoencoder"]
         network.eval()
         image = self.data.images[:1]

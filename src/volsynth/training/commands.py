@@ -6,6 +6,9 @@
 ``volsynth.evaluation.commands``: training does not import evaluation. Each stage command takes ``--data`` (a
 prepared folder), ``--out`` and ``--config`` (a recipe whose block of that stage is used) and resumes from OUT's
 last checkpoint.
+
+The stages' modules load torch and MONAI: they are imported inside the commands, so ``volsynth --help`` stays
+fast.
 """
 
 from __future__ import annotations
@@ -16,18 +19,6 @@ import typer
 from rich.console import Console
 
 from volsynth.errors import ConfigError
-from volsynth.io.jsonfile import read_json
-from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
-from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
-from volsynth.training.data import load_prepared
-from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
-from volsynth.training.engine import TrainConfig, Trainer
-from volsynth.training.hierarchical import HierarchicalSettings, JointStage, SuperResolutionStage
-from volsynth.training.latents import CACHE_INFO, build_latent_cache, load_latent_cache
-from volsynth.training.recipe_schema import load_recipe, stage_settings
-from volsynth.training.refiner import RefinerSettings, RefinerStage
-from volsynth.training.runner import RESUMABLE_KEYS, run_recipe
-from volsynth.training.segguided import SegGuidedSettings, SegGuidedStage
 
 console = Console(soft_wrap=True)
 train_app = typer.Typer(no_args_is_help=False, help="Train models: a whole recipe, or one stage.")
@@ -35,6 +26,7 @@ train_app = typer.Typer(no_args_is_help=False, help="Train models: a whole recip
 DATA = typer.Option(..., "--data", help="Prepared folder (volsynth prepare output).")
 OUT = typer.Option(..., "--out", help="Output folder (checkpoints, metrics, previews); resumes from its last one.")
 PROGRESS = typer.Option(True, help="Show a progress bar.")
+RESUMABLE = ("steps", "checkpoint_every", "preview_every", "progress", "tensorboard")  # runner.RESUMABLE_KEYS
 
 
 def _config(name: str) -> typer.Option:
@@ -50,11 +42,13 @@ def train(
     override: list[str] = typer.Option(None, "--set", help="Change one recipe value: block.key=value (YAML value), "
                                                            "e.g. --set segguided.ablation=0; repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT: OUT/recipe.yaml pins its recipe "
-                                f"(--out alone reads it); only {', '.join(RESUMABLE_KEYS)} may change (--set "
+                                f"(--out alone reads it); only {', '.join(RESUMABLE)} may change (--set "
                                 "STAGE.train.steps=N trains on). Without a run in OUT it is an error."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run a recipe; a new run refuses a non-empty OUT it did not make."""
+    from volsynth.training.runner import run_recipe
+
     if ctx.invoked_subcommand is not None:
         return
     if out is None:
@@ -67,6 +61,8 @@ def train(
 
 def _blocks(config: Path | None, name: str) -> tuple[dict, dict, dict]:
     """The recipe, its ``name`` block's settings and its ``train`` block ({} each without --config)."""
+    from volsynth.training.recipe_schema import load_recipe, stage_settings
+
     if config is None:
         return {}, {}, {}
     recipe = load_recipe(config)
@@ -75,6 +71,8 @@ def _blocks(config: Path | None, name: str) -> tuple[dict, dict, dict]:
 
 
 def _fit(stage, out: Path, recipe: dict, train: dict, progress: bool, what: str) -> None:
+    from volsynth.training.engine import TrainConfig, Trainer
+
     seed = int(recipe.get("seed", 0))
     path = Trainer(stage, out, TrainConfig.from_dict({"seed": seed, "progress": progress, **train})).fit()
     console.print(f"{what} checkpoint: {path}")
@@ -87,6 +85,9 @@ def _text_encoder(recipe: dict) -> str:
 def _cache(data: Path, autoencoder: Path, text_encoder: str, folder: Path, progress: bool,
            scale_factor: float | None = None):
     """The latent cache in ``folder`` (encoded once)."""
+    from volsynth.training.data import load_prepared
+    from volsynth.training.latents import CACHE_INFO, build_latent_cache, load_latent_cache
+
     if (folder / CACHE_INFO).is_file():
         return load_latent_cache(folder)
     return build_latent_cache(autoencoder, load_prepared(data), text_encoder, folder, progress,
@@ -97,6 +98,9 @@ def _cache(data: Path, autoencoder: Path, text_encoder: str, folder: Path, progr
 def train_autoencoder(data: Path = DATA, out: Path = OUT, config: Path = _config("autoencoder"),
                       progress: bool = PROGRESS) -> None:
     """Train the autoencoder stage alone."""
+    from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
+    from volsynth.training.data import load_prepared
+
     recipe, block, train = _blocks(config, "autoencoder")
     stage = AutoencoderStage(load_prepared(data), AutoencoderSettings.from_dict(block),
                              seed=int(recipe.get("seed", 0)))
@@ -110,6 +114,8 @@ def train_diffusion(
     out: Path = OUT, config: Path = _config("diffusion"), progress: bool = PROGRESS,
 ) -> None:
     """Encode the latent cache (once, into OUT/latents) and train the text-conditioned diffusion stage."""
+    from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
+
     recipe, block, train = _blocks(config, "diffusion")
     settings = DiffusionSettings.from_dict({"text_encoder": _text_encoder(recipe), **block})
     cache = _cache(data, autoencoder, settings.text_encoder, out / "latents", progress)
@@ -126,9 +132,19 @@ def train_controlnet(
     out: Path = OUT, config: Path = _config("controlnet"), progress: bool = PROGRESS,
 ) -> None:
     """Train a ControlNet on a frozen UNet (latent cache encoded once into OUT/latents, scaled as the UNet's)."""
+    from volsynth.io.jsonfile import read_json
+    from volsynth.models.checkpoint import network_configs
+    from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
+
     recipe, block, train = _blocks(config, "controlnet")
     meta = read_json(diffusion / "meta.json")
-    cache = _cache(data, autoencoder or diffusion, str(meta.get("text_encoder", _text_encoder(recipe))),
+    if autoencoder is None:  # a model folder holds its autoencoder; a diffusion checkpoint names the one it used
+        own = "autoencoder" in network_configs(diffusion)
+        autoencoder = diffusion if own else Path(meta.get("autoencoder") or "")
+        if not own and not (autoencoder / "meta.json").is_file():
+            raise ConfigError(diffusion, f"the autoencoder this diffusion checkpoint names is not there "
+                              f"({meta.get('autoencoder')})", "give it with --autoencoder")
+    cache = _cache(data, autoencoder, str(meta.get("text_encoder", _text_encoder(recipe))),
                    out / "latents", progress, scale_factor=meta.get("scale_factor"))
     stage = ControlNetStage(cache, diffusion, ControlNetSettings.from_dict(block), seed=int(recipe.get("seed", 0)))
     _fit(stage, out, recipe, train, progress, "controlnet")
@@ -138,6 +154,10 @@ def train_controlnet(
 def train_refiner(data: Path = DATA, out: Path = OUT, config: Path = _config("refiner"),
                   progress: bool = PROGRESS) -> None:
     """Train the pixel-space refiner on the prepared images and label maps."""
+    from volsynth.models.stages import RefinerSettings
+    from volsynth.training.data import load_prepared
+    from volsynth.training.refiner import RefinerStage
+
     recipe, block, train = _blocks(config, "refiner")
     stage = RefinerStage(load_prepared(data), RefinerSettings.from_dict(block), seed=int(recipe.get("seed", 0)))
     _fit(stage, out, recipe, train, progress, "refiner")
@@ -149,28 +169,34 @@ def train_segguided(
     out: Path = OUT, config: Path = _config("segguided"), progress: bool = PROGRESS,
 ) -> None:
     """Train the segmentation-guided stage (the mask concatenated to the noisy image)."""
+    from volsynth.training.data import load_prepared
+    from volsynth.training.segguided import SegGuidedSettings, SegGuidedStage
+
     recipe, block, train = _blocks(config, "segguided")
     settings = SegGuidedSettings.from_dict({"text_encoder": _text_encoder(recipe), **block})
     stage = SegGuidedStage([load_prepared(d) for d in data], settings, seed=int(recipe.get("seed", 0)))
     _fit(stage, out, recipe, train, progress, "segguided")
 
 
-def _hierarchical(name: str, stage_class: type, data: Path, out: Path, config: Path | None, progress: bool) -> None:
+def _hierarchical(name: str, stage_class: str, data: Path, out: Path, config: Path | None, progress: bool) -> None:
+    from volsynth.training import hierarchical
+    from volsynth.training.data import load_prepared
+
     recipe, block, train = _blocks(config, name)
-    settings = HierarchicalSettings.from_dict({"text_encoder": _text_encoder(recipe), **block})
-    _fit(stage_class(load_prepared(data), settings, seed=int(recipe.get("seed", 0))), out, recipe, train,
-         progress, name)
+    settings = hierarchical.HierarchicalSettings.from_dict({"text_encoder": _text_encoder(recipe), **block})
+    stage = getattr(hierarchical, stage_class)(load_prepared(data), settings, seed=int(recipe.get("seed", 0)))
+    _fit(stage, out, recipe, train, progress, name)
 
 
 @train_app.command("joint")
 def train_joint(data: Path = DATA, out: Path = OUT, config: Path = _config("joint"),
                 progress: bool = PROGRESS) -> None:
     """Train the hierarchical model's joint stage (image and label map at low resolution)."""
-    _hierarchical("joint", JointStage, data, out, config, progress)
+    _hierarchical("joint", "JointStage", data, out, config, progress)
 
 
 @train_app.command("superres")
 def train_superres(data: Path = DATA, out: Path = OUT, config: Path = _config("superres"),
                    progress: bool = PROGRESS) -> None:
     """Train the hierarchical model's super-resolution stage."""
-    _hierarchical("superres", SuperResolutionStage, data, out, config, progress)
+    _hierarchical("superres", "SuperResolutionStage", data, out, config, progress)

@@ -3,30 +3,10 @@ dropout, and the regression loss on the network's prediction."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from volsynth.errors import ConfigError
-from volsynth.sampling.samplers import build_scheduler, sample_timesteps, training_target
-
-
-@dataclass
-class DenoiserSettings:
-    """What every diffusion stage's settings share: the noise schedule, the loss and the text condition."""
-
-    sampler: str = "ddpm"  # training schedule: ddpm (epsilon / v_prediction) or rflow (flow)
-    prediction_type: str = "epsilon"
-    num_train_timesteps: int = 1000
-    schedule: str = "scaled_linear_beta"
-    loss: str = "l2"
-    condition_dropout: float = 0.1  # text dropout for classifier-free guidance
-    text_encoder: str = "minilm"
-
-    def scheduler(self, spatial_numel: int = 32768):
-        """The training noise schedule."""
-        return build_scheduler(self.sampler, self.prediction_type, self.num_train_timesteps, self.schedule,
-                               spatial_numel)
+from volsynth.sampling.samplers import sample_timesteps, training_target
 
 
 def noised(scheduler, x0: torch.Tensor, generators: list[torch.Generator]):

@@ -16,10 +16,15 @@ import torch
 
 from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
+from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.controlnet import combine_features
 from volsynth.models.registry import build_network, network_config
-from volsynth.training.denoising import DenoiserSettings, denoising_loss, dropped, hide_classes, noised
+from volsynth.models.stages import DenoiserSettings
+from volsynth.models.tiled import decode
+from volsynth.sampling import build_scheduler, sample
+from volsynth.training.denoising import denoising_loss, dropped, hide_classes, noised
 from volsynth.training.latents import LatentCache
+from volsynth.viz import save_montage
 
 
 @dataclass
@@ -109,6 +114,28 @@ class DiffusionStage:
         """Decoded samples for the first reports (needs the autoencoder checkpoint)."""
         if self.autoencoder is None:
             return
-        from volsynth.pipelines.generate import preview_samples
-
         preview_samples(self.networks["unet"], self.autoencoder, self.cache, self.settings, path, step)
+
+
+@torch.no_grad()
+def preview_samples(unet, autoencoder_checkpoint, cache, settings, path: Path, step: int, count: int = 2) -> None:
+    """Training preview: decode a few samples for the first reports of the cache."""
+    autoencoder = load_checkpoint(autoencoder_checkpoint, use_ema=True).networks["autoencoder"].eval()
+    unet.eval()
+    scheduler = build_scheduler("ddim" if settings.sampler == "ddpm" else settings.sampler, settings.prediction_type,
+                                settings.num_train_timesteps, settings.schedule, int(cache.mean[0, 0].numel()))
+    arrays, titles = [], []
+    for index in range(min(count, len(cache))):
+        generator = torch.Generator().manual_seed(index)
+        z = torch.randn([1, *cache.mean.shape[1:]], generator=generator)
+        context = cache.tokens[index:index + 1]
+        cond = None
+        if getattr(unet, "cond_channels", 0):  # mask-concat UNet: the case's own mask (it is the usual use)
+            cond = combine_features(cache.occupancy[index:index + 1].float(), cache.known[index:index + 1])
+        z = sample(lambda x, t, c=context, m=cond: unet(x, t, context=c, cond=m), z, scheduler,
+                   settings.preview_steps, generator)
+        arrays.append(decode(autoencoder, z / cache.scale_factor)[0, 0].numpy())
+        titles.append(f"step {step} sample {index}")
+    unet.train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_montage(path, arrays, [None] * len(arrays), titles, window=(-1.0, 1.0))

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.registry import build_network, network_config
+from volsynth.models.stages import DenoiserSettings, check_patch_settings, upsample
 from volsynth.text import get_text_encoder
 from volsynth.training.data import PreparedData
-from volsynth.training.denoising import DenoiserSettings, denoising_loss, dropped, noised
+from volsynth.training.denoising import denoising_loss, dropped, noised
 
 
 @dataclass
@@ -43,15 +44,6 @@ class HierarchicalSettings(DenoiserSettings):
             raise ConfigError(None, f"factor must be 2 or 4, got {settings.factor}")
         check_patch_settings(settings.patch, settings.residual_scale)
         return settings
-
-
-def check_patch_settings(patch: list[int] | None, residual_scale: float | None) -> None:
-    """The settings of a patch-trained residual stage (super-resolution, refiner): 3 positive patch sizes and a
-    positive residual scale, each when given."""
-    if patch is not None and (len(patch) != 3 or any(p < 1 for p in patch)):
-        raise ConfigError(None, f"patch must be 3 positive sizes, got {patch}")
-    if residual_scale is not None and not residual_scale > 0:
-        raise ConfigError(None, f"residual_scale must be > 0, got {residual_scale}")
 
 
 def check_patch_fits(root, patch: list[int] | None, grid: list[int], levels: int, name: str = "patch") -> None:
@@ -83,11 +75,6 @@ def random_patches(tensors: list[torch.Tensor], patch: list[int], generators: li
         for row, tensor in zip(rows, tensors, strict=True):
             row.append(tensor[(b, slice(None), *window)])
     return [torch.stack(row) for row in rows]
-
-
-def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Stage 2's condition: stage-1 channels upsampled (trilinear) to the high resolution."""
-    return F.interpolate(x, scale_factor=factor, mode="trilinear", align_corners=False)
 
 
 class _HierarchicalStage:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from volsynth.errors import VolsynthError
+from volsynth.errors import ConfigError, VolsynthError
 from volsynth.io.atomic import atomic_output
 from volsynth.models.checkpoint import load_checkpoint, sha256_file
 from volsynth.parallel import progress_bar
@@ -60,6 +60,9 @@ def build_latent_cache(autoencoder_checkpoint: str | Path, data: PreparedData, t
     scale it was trained with).
     """
     checkpoint = load_checkpoint(autoencoder_checkpoint, use_ema=True)
+    if "autoencoder" not in checkpoint.networks:
+        raise ConfigError(autoencoder_checkpoint, "not an autoencoder checkpoint or model folder",
+                          f"it holds {', '.join(sorted(checkpoint.networks))}")
     autoencoder = checkpoint.networks["autoencoder"].eval()
     means, logvars = [], []
     with progress_bar(progress) as bar:

@@ -21,13 +21,13 @@ import yaml
 
 from volsynth.data.prepare import PrepareOptions
 from volsynth.errors import ConfigError
+from volsynth.models.stages import RefinerSettings
 from volsynth.pipelines.base import SAMPLING_DEFAULTS, WITH_MASK
 from volsynth.training.autoencoder import AutoencoderSettings
 from volsynth.training.controlnet import ControlNetSettings
 from volsynth.training.diffusion import DiffusionSettings
 from volsynth.training.engine import TrainConfig
 from volsynth.training.hierarchical import HierarchicalSettings
-from volsynth.training.refiner import RefinerSettings
 from volsynth.training.segguided import SegGuidedSettings
 
 KINDS = ("latent", "segguided", "hierarchical")

@@ -15,11 +15,10 @@ from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.controlnet import combine_features
 from volsynth.models.registry import build_network, network_config
+from volsynth.models.stages import SLICE_AXES, DenoiserSettings
 from volsynth.text import get_text_encoder
 from volsynth.training.data import PreparedData
-from volsynth.training.denoising import DenoiserSettings, denoising_loss, dropped, hide_classes, noised
-
-SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # array axis of RAS volumes
+from volsynth.training.denoising import denoising_loss, dropped, hide_classes, noised
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 from volsynth.errors import ConfigError
 from volsynth.io.jsonfile import read_json
 from volsynth.models.checkpoint import load_checkpoint
+from volsynth.models.stages import RefinerSettings
 from volsynth.training.assemble import assemble_hierarchical, assemble_model, assemble_segguided, model_dtype
 from volsynth.training.autoencoder import AutoencoderSettings, AutoencoderStage
 from volsynth.training.controlnet import ControlNetSettings, ControlNetStage
@@ -20,7 +21,7 @@ from volsynth.training.diffusion import DiffusionSettings, DiffusionStage
 from volsynth.training.hierarchical import HierarchicalSettings, JointStage, SuperResolutionStage
 from volsynth.training.latents import CACHE_INFO, build_latent_cache, load_latent_cache
 from volsynth.training.recipe_schema import split_block, stage_settings
-from volsynth.training.refiner import RefinerSettings, RefinerStage
+from volsynth.training.refiner import RefinerStage
 from volsynth.training.run_context import (
     Run,
     data_stage,
