@@ -123,3 +123,16 @@ def test_network_configs_reads_names_and_refuses_a_corrupt_config(tmp_path):
     (tmp_path / "config.yaml").write_text("networks: [unclosed\n")
     with pytest.raises(CheckpointError, match="config.yaml.*unreadable checkpoint config"):
         network_configs(tmp_path)
+
+
+def test_mask_features_pool_class_by_class_as_the_stacked_one_hot_would():
+    import torch.nn.functional as F
+
+    from volsynth.models.controlnet import combine_features, mask_features
+
+    labels = torch.randint(0, 5, (2, 16, 16, 16), generator=torch.Generator().manual_seed(0))
+    known = torch.tensor([[1, 0, 1, 1], [1, 1, 0, 1]])
+    for factor in (1, 2, 4):
+        onehot = torch.stack([(labels == i).float() for i in (1, 2, 3, 4)], dim=1)
+        pooled = F.avg_pool3d(onehot, factor) if factor > 1 else onehot
+        assert torch.equal(mask_features(labels, known, [1, 2, 3, 4], factor), combine_features(pooled, known))

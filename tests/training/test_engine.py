@@ -102,6 +102,39 @@ def test_gradient_accumulation_matches_full_batch(prepared_tiny, autoencoder, ca
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-4
 
 
+@pytest.mark.parametrize("which", ["autoencoder", "diffusion"])
+def test_activation_checkpointing_trains_the_same_weights(which, prepared_tiny, autoencoder, cache_dir, tmp_path):
+    def stage():
+        if which == "autoencoder":
+            return autoencoder_stage(prepared_tiny)
+        return diffusion_stage(prepared_tiny, autoencoder, cache_dir)
+
+    plain = train(stage(), tmp_path / "plain", steps=2)
+    recomputed = train(stage(), tmp_path / "recomputed", steps=2, activation_checkpointing=True)
+    wa, wb = load_file(str(plain / "model.safetensors")), load_file(str(recomputed / "model.safetensors"))
+    assert wa.keys() == wb.keys()  # the same checkpoint format
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+
+def test_activation_checkpointing_wraps_the_blocks_and_keeps_gradients():
+    from volsynth.models import build_network, network_config
+    from volsynth.models.checkpointing import enable_activation_checkpointing
+
+    torch.manual_seed(0)
+    config = {"class": "ConditionedUNet", "latent_channels": 2, "context_dim": 8, "context_length": 1,
+              "unet": {"spatial_dims": 3, **network_config("unet", "tiny")}}
+    plain, recomputed = build_network(config), build_network(config)
+    recomputed.load_state_dict(plain.state_dict())
+    assert enable_activation_checkpointing(recomputed) >= 3 and enable_activation_checkpointing(recomputed) == 0
+    x, t = torch.randn(1, 2, 8, 8, 8), torch.tensor([10])
+    grads = []
+    for network in (plain, recomputed):
+        network(x, t).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in network.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
 def test_nan_guard_stops_with_clear_error(prepared_tiny, tmp_path):
     stage = autoencoder_stage(prepared_tiny, adv_weight=0.0)
     stage.losses = lambda indices, generators, step: {"generator": torch.tensor(float("nan"), requires_grad=True)}

@@ -25,8 +25,12 @@ def mask_features(labels: torch.Tensor, known: torch.Tensor, label_ids: list[int
     Occupancy is the fraction of each latent cell covered by the class (average pooling), zero for
     classes not given; the second K channels hold the known flags.
     """
-    onehot = torch.stack([(labels == i).float() for i in label_ids], dim=1)
-    occupancy = F.avg_pool3d(onehot, factor) if factor > 1 else onehot
+    # one class at a time: a pooled mask never holds all K classes at full resolution (132 classes at 256^3
+    # would be 8.9 GB in float32); pooling is per channel, so the result equals pooling the stacked one-hot
+    if factor > 1:
+        occupancy = torch.cat([F.avg_pool3d((labels == i).float().unsqueeze(1), factor) for i in label_ids], dim=1)
+    else:
+        occupancy = torch.stack([(labels == i).float() for i in label_ids], dim=1)
     return combine_features(occupancy, known)
 
 

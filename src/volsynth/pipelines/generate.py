@@ -163,7 +163,8 @@ class SynthesisPipeline(Pipeline):
             if self.refiner is not None and refine and mask_condition is None:
                 # the refiner reads the mask at full resolution; a given condition (an interpolation's blended
                 # middle frames) has no full-resolution mask, so those volumes are refined without one
-                refiner_features = self._mask_features(on_grid, given, 1).to(self.device)
+                refiner_features = (own if self.mask_pooling == 1 else self._mask_features(on_grid, given, 1))
+                refiner_features = refiner_features.to(self.device)
             mask_info = {"mask": source, "mask_sha256": optional_sha256(source), "mask_classes": given,
                          "mask_guidance": mask_guidance,
                          **({"controlnet_scale": controlnet_scale} if self.controlnet is not None else {})}

@@ -26,6 +26,7 @@ from torch import nn
 from volsynth.config import settings_from_dict
 from volsynth.errors import VolsynthError
 from volsynth.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from volsynth.models.checkpointing import enable_activation_checkpointing
 from volsynth.parallel import progress_bar
 
 
@@ -46,6 +47,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float | None = 0.999
     bf16: bool = False
+    activation_checkpointing: bool = False  # recompute large blocks' activations in backward: less memory, ~1.3x time
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -198,6 +200,9 @@ class Trainer:
                                 f"({self.world} x {config.grad_accum})")
         groups = stage.param_groups()
         self.trained = [name for names in groups.values() for name in names]
+        if config.activation_checkpointing:
+            for network in stage.networks.values():
+                enable_activation_checkpointing(network)
         if self.world > 1:  # every rank starts from rank 0's weights
             for name in self.trained:
                 for tensor in stage.networks[name].state_dict().values():
