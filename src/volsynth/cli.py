@@ -30,6 +30,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
 
 
 _floats = parse_floats
+PRESETS = "totalsegmentator, maisi, amos, msd-liver"  # the label vocabularies shipped (data/vocabularies)
+MASK_LABELS_HELP = (f"Map your mask ids to model classes: 'liver=5,tumour=6', or a preset of another tool's ids "
+                    f"({PRESETS}; 'totalsegmentator:liver,spleen' selects classes).")
 
 
 @app.command()
@@ -86,7 +89,8 @@ def prepare(
                                 "--size). Default: median spacing."),
     size: str = typer.Option(None, help="Grid size 'X,Y,Z' or one number. Default: median extent, multiple of 16."),
     window: str = typer.Option(None, help="CT window 'lo,hi' in HU. Default: dataset 0.5/99.5 percentiles."),
-    labels: str = typer.Option(None, help="Label remap 'liver=1,tumour=2+3' (ids or names) or a YAML file."),
+    labels: str = typer.Option(None, help="Label remap 'liver=1,tumour=2+3' (ids or names), a YAML file, "
+                                         f"or a preset ({PRESETS}; 'amos:liver,spleen' selects classes)."),
     roi: str = typer.Option(None, help="Centre the grid on these labels (after remap), e.g. 'liver'."),
     margin: float = typer.Option(10.0, help="ROI margin in mm."),
     like: Path = typer.Option(None, help="Prepare exactly as this plan did (plan.json, a prepared folder or a model "
@@ -173,7 +177,7 @@ def generate(
     sampler: str = typer.Option(None, help="ddim, ddpm or rflow (for flow models); default: the model's, else ddim."),
     text_guidance: float = typer.Option(None, help="Text guidance scale (CFG); default: the model's, else 3."),
     mask: Path = typer.Option(None, help="Label map guiding generation (models with mask guidance)."),
-    mask_labels: str = typer.Option(None, help="Map your mask ids to model classes, e.g. 'liver=5,tumour=6'."),
+    mask_labels: str = typer.Option(None, help=MASK_LABELS_HELP),
     mask_guidance: float = typer.Option(None, help="Mask guidance scale (CFG); default: the model's, else 1."),
     controlnet_scale: float = typer.Option(None, help="ControlNet residual scale (models with a ControlNet); "
                                                       "default: the model's, else 1."),
@@ -240,7 +244,7 @@ def sweep(
     out: Path = typer.Option(..., help="Montage PNG to write (rows: mask scale, columns: text scale)."),
     prompt: str = typer.Option("", help="Radiology-style report."),
     mask: Path = typer.Option(None, help="Label map guiding generation."),
-    mask_labels: str = typer.Option(None, help="Map your mask ids to model classes, e.g. 'liver=5,tumour=6'."),
+    mask_labels: str = typer.Option(None, help=MASK_LABELS_HELP),
     text_guidance: str = typer.Option("1,3,7", help="Text guidance scales, comma-separated."),
     mask_guidance: str = typer.Option("1", help="Mask guidance scales, comma-separated."),
     seed: int = typer.Option(0, help="One seed for every cell."),
@@ -282,7 +286,7 @@ def interpolate(
     out: Path = typer.Option(..., help="Output folder: frame_NN_image/_label.nii.gz and frame_NN.json sidecars."),
     frames: int = typer.Option(5, help="Frames along the path, both masks' own generations included."),
     prompt: str = typer.Option("", help="Radiology-style report for every frame."),
-    mask_labels: str = typer.Option(None, help="Map your mask ids to model classes, e.g. 'liver=5,tumour=6'."),
+    mask_labels: str = typer.Option(None, help=MASK_LABELS_HELP),
     seed: int = typer.Option(0, help="Seed of the first mask's generation."),
     seed_b: int = typer.Option(None, help="Seed of the last mask's generation; default: --seed."),
     steps: int = typer.Option(None, help="Sampling steps; default: the model's recommendation, else 30."),

@@ -14,9 +14,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from volsynth.data.dataset import REPORTS_FILE, Case, Dataset, load_dataset, write_dataset_json
+from volsynth.data.labelspec import parse_label_spec
 from volsynth.data.plan import CT_SCHEME, MR_SCHEME, PLAN_FILE, Normalization, Plan
 from volsynth.data.verify import verify_dataset
 from volsynth.errors import ConfigError, DatasetError
@@ -71,45 +71,6 @@ def load_plan_like(path: str | Path) -> Plan:
             raise ConfigError(meta, "the model has no plan")
         return Plan.from_dict(plan, meta)
     return Plan.load(path)
-
-
-def parse_label_spec(spec: str | None, dataset_labels: dict[str, int]) -> dict[str, list[int]]:
-    """``"liver=1,tumour=2+3"`` or a YAML file ``{liver: 1, tumour: [2, 3]}`` -> name -> source ids.
-
-    A source may be given by id or by its name in dataset.json. Without a spec, labels stay as they are.
-    """
-    if not spec:
-        return {name: [i] for name, i in dataset_labels.items() if i != 0}
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml", ".json") or path.is_file():
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(path, f"cannot read label map ({exc})") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(path, "label map must be a mapping name -> id or list of ids")
-        items = [(str(k), v if isinstance(v, list) else [v]) for k, v in raw.items()]
-    else:
-        items = []
-        for part in spec.split(","):
-            name, sep, sources = part.partition("=")
-            if not sep or not name.strip() or not sources.strip():
-                raise ConfigError(None, f"bad label spec '{part}'", "write name=id, e.g. liver=1,tumour=2+3")
-            items.append((name.strip(), sources.split("+")))
-    mapping: dict[str, list[int]] = {}
-    for name, sources in items:
-        ids = []
-        for source in sources:
-            source = str(source).strip()
-            if source.lstrip("-").isdigit():
-                ids.append(int(source))
-            elif source in dataset_labels:
-                ids.append(dataset_labels[source])
-            else:
-                raise ConfigError(None, f"label '{name}': source '{source}' is neither an id nor a label name",
-                                  f"dataset labels: {dataset_labels}")
-        mapping[name] = ids
-    return mapping
 
 
 def _remap(array: np.ndarray, label_sources: dict[str, list[int]]) -> np.ndarray:

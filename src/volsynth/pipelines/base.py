@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from volsynth.data.plan import Plan
+from volsynth.data.vocabularies import LabelPreset
 from volsynth.errors import ConfigError
 from volsynth.io.jsonfile import read_json
 from volsynth.io.volume import LabelMap, Volume
@@ -35,7 +36,7 @@ class GenerationRequest:
 
     prompt: str = ""
     mask: LabelMap | str | Path | None = None
-    mask_labels: dict[str, list[int]] | None = None
+    mask_labels: dict[str, list[int]] | LabelPreset | None = None  # parse_mask_labels' result
     known: list[str] | None = None  # the mask's classes that are given (partial labels); None: all in the mask
     modality: str | None = None
     seed: int = 0

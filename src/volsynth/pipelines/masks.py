@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from volsynth.data.labelspec import read_label_spec
 from volsynth.data.plan import Plan
+from volsynth.data.vocabularies import LabelPreset, vocabulary_names
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.io.formats import read_label
 from volsynth.io.resample import resample_to, snap_to_lattice
@@ -22,18 +24,20 @@ class MaskWarning(UserWarning):
     """A mask was accepted but something about it may surprise (ignored ids, odd geometry)."""
 
 
-def parse_mask_labels(spec: str | None) -> dict[str, list[int]] | None:
-    """``"liver=5,vessels=6+7"`` -> {"liver": [5], "vessels": [6, 7]}; None stays None (the model's ids)."""
+def parse_mask_labels(spec: str | None) -> dict[str, list[int]] | LabelPreset | None:
+    """``"liver=5,vessels=6+7"`` -> {"liver": [5], "vessels": [6, 7]}; a preset (``totalsegmentator``,
+    ``totalsegmentator:liver,spleen``) -> a LabelPreset, resolved against the model's classes by ``map_mask``;
+    None stays None (the model's ids)."""
     if not spec:
         return None
-    mapping = {}
-    for part in spec.split(","):
-        name, sep, value = part.partition("=")
-        ids = value.split("+")
-        if not sep or not all(i.strip().isdigit() for i in ids):
-            raise ConfigError(None, f"bad --mask-labels entry '{part}'", "write name=id, e.g. liver=5,vessels=6+7")
-        mapping[name.strip()] = [int(i) for i in ids]
-    return mapping
+    written = read_label_spec(spec)
+    if isinstance(written, LabelPreset):
+        return written
+    for name, ids in written:
+        if not all(i.isdigit() for i in ids):
+            raise ConfigError(None, f"bad --mask-labels entry '{name}={'+'.join(ids)}'",
+                              f"write name=id, e.g. liver=5,vessels=6+7, or a preset: {', '.join(vocabulary_names())}")
+    return {name: [int(i) for i in ids] for name, ids in written}
 
 
 def load_mask(mask: LabelMap | str | Path) -> tuple[LabelMap, str | None]:
@@ -43,14 +47,26 @@ def load_mask(mask: LabelMap | str | Path) -> tuple[LabelMap, str | None]:
     return read_label(mask), str(mask)
 
 
-def map_mask(mask: LabelMap, model_labels: dict[str, int], mask_labels: dict[str, int | list[int]] | None,
+def map_mask(mask: LabelMap, model_labels: dict[str, int],
+             mask_labels: dict[str, int | list[int]] | LabelPreset | None,
              source: str | None = None) -> tuple[LabelMap, list[str]]:
     """The mask with the model's label ids, and the names of the classes it gives.
 
     Without ``mask_labels`` the mask must use the model's ids (other ids are an error). With it,
-    ids not mapped are ignored with a warning that lists them.
+    ids not mapped are ignored with a warning that lists them. With a preset, the mask's ids must be the
+    vocabulary's, and the model classes the vocabulary cannot give are not given.
     """
     present = set(mask.present())
+    if isinstance(mask_labels, LabelPreset):
+        preset = mask_labels
+        unknown = preset.unknown_ids(present)
+        if unknown:
+            raise VolsynthError(source, f"label ids {unknown} in mask are not in the {preset.vocabulary} vocabulary",
+                                "choose the preset the mask was made with, or write name=id")
+        mask_labels = preset.mapping(model_labels)
+        if not mask_labels:
+            raise ConfigError(None, f"the {preset} preset gives none of the model's classes",
+                              f"model classes: {list(model_labels)}")
     if mask_labels is None:
         unknown = sorted(present - set(model_labels.values()))
         if unknown:
