@@ -1,6 +1,7 @@
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from volsynth.errors import VolsynthError
 from volsynth.io import LabelMap, Volume, make_affine, read_label, read_volume, write_volume
 from volsynth.io.resample import resample_to
 from volsynth.pipelines.generate import SynthesisPipeline
-from volsynth.pipelines.masks import MaskWarning, place_mask
+from volsynth.pipelines.masks import MaskWarning, parse_mask_labels, place_mask
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +154,64 @@ def test_model_recommends_other_settings_when_a_mask_guides(tiny_model, mask, tm
     assert main(["generate", str(model), "--out", str(tmp_path / "b"), "--jobs", str(jobs), "--text-guidance", "2",
                  "--no-progress"]) == 0
     assert json.loads((tmp_path / "b" / "masked.json").read_text())["text_guidance"] == 2.0
+
+
+TINY_ABDOMEN = Path(__file__).resolve().parents[2] / "models" / "tiny-abdomen"
+
+
+@pytest.fixture(scope="module")
+def totalsegmentator_mask(tmp_path_factory):
+    """A TotalSegmentator-style mask: liver 5, portal vein 64, kidneys 2 and 3, a kidney cyst 23."""
+    array = np.zeros((24, 22, 14), np.uint8)
+    array[4:14, 5:17, 3:11] = 5
+    array[8:10, 9:12, 5:8] = 64
+    array[16:20, 4:8, 4:9] = 2
+    array[16:20, 14:18, 4:9] = 3
+    array[17:19, 15:17, 5:7] = 23
+    return write_volume(LabelMap(array, make_affine((8.0, 8.0, 10.0), (-90.0, -80.0, -60.0))),
+                        tmp_path_factory.mktemp("ts") / "ts.nii.gz")
+
+
+@pytest.mark.parametrize(("spec", "classes", "ids"), [
+    ("totalsegmentator", ["liver", "portal_vein", "spleen", "kidney", "aorta", "ivc", "stomach_bowel", "spine"],
+     {5: 1, 64: 2, 2: 6, 3: 6, 23: 0}),
+    ("totalsegmentator:liver,kidney_left", ["liver", "kidney"], {5: 1, 64: 0, 2: 6, 3: 6, 23: 0}),
+])
+def test_cli_mask_labels_preset(totalsegmentator_mask, tmp_path, capsys, spec, classes, ids):
+    """A preset gives the model classes its vocabulary has (hepatic_vein and tumour are not given) or those
+    selected; the label map written has the model's ids; the ids it does not use are named in a warning."""
+    out = tmp_path / "out"
+    assert main(["generate", str(TINY_ABDOMEN), "--out", str(out), "--mask", str(totalsegmentator_mask),
+                 "--mask-labels", spec, "--steps", "2", "--no-progress"]) == 0
+    ignored = sorted(i for i, model_id in ids.items() if model_id == 0)
+    assert f"label ids {ignored} are not mapped" in capsys.readouterr().err
+    sidecar = json.loads((out / "job000_00.json").read_text())
+    assert sidecar["mask_classes"] == classes
+    source = read_label(totalsegmentator_mask).array
+    label = read_label(out / sidecar["label"]).array
+    for source_id, model_id in ids.items():
+        assert set(np.unique(label[source == source_id])) == {model_id}, source_id
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("nope", "neither name=id nor a preset (presets: amos, maisi, msd-liver, totalsegmentator"),
+    ("totalsegmentator:livr", "'livr' is not a class of the totalsegmentator vocabulary"),
+    ("totalsegmentator:heart", "'heart' of the totalsegmentator vocabulary gives none of the model's classes"),
+    ("msd-liver", "label ids [3, 5, 23, 64] in mask are not in the msd-liver vocabulary"),
+])
+def test_cli_mask_labels_preset_errors(totalsegmentator_mask, tmp_path, capsys, spec, expected):
+    code = main(["generate", str(TINY_ABDOMEN), "--out", str(tmp_path / "out"), "--mask", str(totalsegmentator_mask),
+                 "--mask-labels", spec, "--steps", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and expected in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_id_outside_the_vocabulary_is_named(pipe, mask):
+    odd = LabelMap(np.where(mask.array == 1, 5, np.where(mask.array == 2, 250, 0)).astype(np.uint8), mask.affine)
+    with pytest.raises(VolsynthError, match=r"label ids \[250\] in mask are not in the totalsegmentator"):
+        pipe.prepare_mask(odd, parse_mask_labels("totalsegmentator"))
+    everything = LabelMap(np.arange(mask.array.size).reshape(mask.shape) % 118, mask.affine)
+    with pytest.warns(MaskWarning, match=r"label ids \[1, 2, 3, 4, 6, .*, 117\] are not mapped"):
+        mapped, _, _, given, _ = pipe.prepare_mask(everything, parse_mask_labels("totalsegmentator"))
+    assert given == ["liver"] and set(np.unique(mapped.array)) == {0, 1}  # the tiny model knows liver, tumour

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from volsynth.data.vocabularies import LabelPreset
+from volsynth.data.vocabularies import PRESET_SEPARATOR, LabelPreset, vocabulary_names
 from volsynth.errors import ConfigError
 
 
@@ -28,6 +28,9 @@ def read_label_spec(spec: str) -> LabelPreset | list[tuple[str, list[str]]]:
             raise ConfigError(path, "label map must be a mapping name -> id or list of ids")
         return [(str(k), [str(s).strip() for s in (v if isinstance(v, list) else [v])]) for k, v in raw.items()]
     if "=" not in spec:
+        if spec.partition(PRESET_SEPARATOR)[0].strip() not in vocabulary_names():
+            raise ConfigError(None, f"bad label spec '{spec}': neither name=id nor a preset",
+                              f"presets: {', '.join(vocabulary_names())}; or write name=id, e.g. liver=1,tumour=2+3")
         return LabelPreset.parse(spec)
     items = []
     for part in spec.split(","):
