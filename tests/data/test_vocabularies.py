@@ -116,3 +116,12 @@ def test_prepare_label_specs_take_presets(msd_dataset, tmp_path, capsys):
     assert main(["prepare", str(msd_dataset), str(tmp_path / "bad"), "--labels", "msd-liver:lobes"]) == 2
     err = capsys.readouterr().err.strip()
     assert "has no 'lobes'" in err and "\n" not in err and not (tmp_path / "bad").exists()
+
+
+def test_the_guidance_page_lists_every_preset_and_merge_group():
+    page = (ROOT / "docs" / "guidance.md").read_text()
+    section = page[page.index("## Label presets"):page.index("## Refiner")]
+    for name in vocabulary_names():
+        assert f"| `{name}` |" in section and load_vocabulary(name).source["url"] in section
+    for group in label_groups():
+        assert f"`{group}`" in section, group
