@@ -125,3 +125,14 @@ def test_the_guidance_page_lists_every_preset_and_merge_group():
         assert f"| `{name}` |" in section and load_vocabulary(name).source["url"] in section
     for group in label_groups():
         assert f"`{group}`" in section, group
+
+
+def test_every_shipped_model_class_but_the_hepatic_vein_comes_from_some_preset():
+    classes = set()
+    for index in (ROOT / "models").glob("*/model_index.json"):
+        for plan in (json.loads(index.read_text()).get("plans") or {}).values():
+            for one in [plan] if "labels" in plan else plan.values():  # a model per modality: CT and MR plans
+                classes |= set(one["labels"]) - {"background"}
+    given = {c for name in vocabulary_names() for c in preset_mapping(name, sorted(classes))}
+    assert {"lobes", "vessels", "left_upper_lobe", "pulmonary_vessels", "spine"} <= classes
+    assert classes - given == {"hepatic_vein"}
