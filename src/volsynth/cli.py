@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from volsynth.config import parse_floats
+from volsynth.data.vocabularies import vocabulary_names
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.training.commands import train_app
 
@@ -30,7 +31,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
 
 
 _floats = parse_floats
-PRESETS = "totalsegmentator, maisi, amos, msd-liver"  # the label vocabularies shipped (data/vocabularies)
+PRESETS = ", ".join(vocabulary_names())  # the label vocabularies shipped (data/vocabularies)
 MASK_LABELS_HELP = (f"Map your mask ids to model classes: 'liver=5,tumour=6', or a preset of another tool's ids "
                     f"({PRESETS}; 'totalsegmentator:liver,spleen' selects classes).")
 
