@@ -80,7 +80,8 @@ def map_mask(mask: LabelMap, model_labels: dict[str, int],
         mapping = {name: ids if isinstance(ids, list) else [ids] for name, ids in mask_labels.items()}
         ignored = sorted(present - {i for ids in mapping.values() for i in ids})
         if ignored:
-            warnings.warn(f"{source or 'mask'}: label ids {ignored} are not mapped to model classes and are ignored",
+            shown = f"{ignored[:12]}" if len(ignored) <= 12 else f"{ignored[:12]} and {len(ignored) - 12} more"
+            warnings.warn(f"{source or 'mask'}: label ids {shown} are not mapped to model classes and are ignored",
                           MaskWarning, stacklevel=2)
     out = np.zeros(mask.shape, dtype=np.uint8)
     for name, user_ids in mapping.items():
