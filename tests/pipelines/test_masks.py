@@ -212,6 +212,7 @@ def test_an_id_outside_the_vocabulary_is_named(pipe, mask):
     with pytest.raises(VolsynthError, match=r"label ids \[250\] in mask are not in the totalsegmentator"):
         pipe.prepare_mask(odd, parse_mask_labels("totalsegmentator"))
     everything = LabelMap(np.arange(mask.array.size).reshape(mask.shape) % 118, mask.affine)
-    with pytest.warns(MaskWarning, match=r"label ids \[1, 2, 3, 4, 6, .*, 117\] are not mapped"):
+    shown = r"label ids \[1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13\] and 104 more are not mapped"  # 12 listed
+    with pytest.warns(MaskWarning, match=shown):
         mapped, _, _, given, _ = pipe.prepare_mask(everything, parse_mask_labels("totalsegmentator"))
     assert given == ["liver"] and set(np.unique(mapped.array)) == {0, 1}  # the tiny model knows liver, tumour
