@@ -81,10 +81,11 @@ def test_small_volumes_are_encoded_whole_and_strides_align():
 
 @pytest.mark.slow
 def test_256_cube_encode_and_decode_stay_within_memory_bound():
-    """Encode (windows of 64) and streamed decode of a 256^3 volume raise peak RSS by less than 1.5 GB.
+    """Windowed encode (windows of 64) and streamed decode of a 256^3 volume, in a fresh process.
 
-    Measured: 0.6 GB over the imported modules (the input alone is 64 MB; a whole-volume encode of this
-    network holds several 256^3 x 4-channel activations plus CPU convolution buffers of 27x its input).
+    Peak RSS over the imported modules and the 64 MB input, measured: 0.25 GB after the encode (bounded by the
+    window), 1.5 GB after the streamed decode (two 256^3 x 4-channel activations and slab buffers). Bounds: 0.5 GB
+    and 2 GB.
     """
     script = textwrap.dedent("""
         import resource, torch
@@ -95,13 +96,15 @@ def test_256_cube_encode_and_decode_stay_within_memory_bound():
         ae = build_network({"class": "AutoencoderKL", "spatial_dims": 3, "in_channels": 1, "out_channels": 1,
                             **network_config("autoencoder", "tiny", channels=[4, 4], norm_num_groups=2,
                                              latent_channels=2)}).eval()
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         x = torch.rand(1, 1, 256, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         mean, logvar = encode_posterior(ae, x, window=64)
+        encoded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         y = decode(ae, mean)
         assert mean.shape == (1, 2, 128, 128, 128) and y.shape == x.shape and torch.isfinite(y).all()
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+        print((encoded - base) * 1024, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    increase = int(done.stdout.split()[-1])
-    assert increase < 1.5e9, f"peak RSS rose by {increase / 1e9:.2f} GB"
+    encode_increase, total_increase = (int(v) for v in done.stdout.split()[-2:])
+    assert encode_increase < 0.5e9, f"the encode raised peak RSS by {encode_increase / 1e9:.2f} GB"
+    assert total_increase < 2e9, f"encode and decode raised peak RSS by {total_increase / 1e9:.2f} GB"
