@@ -12,7 +12,7 @@ import torch
 from tests.training.helpers import autoencoder_stage, diffusion_stage, trained_autoencoder
 from volsynth.errors import ConfigError
 from volsynth.models.checkpoint import load_checkpoint
-from volsynth.models.registry import build_network
+from volsynth.models.registry import SIZES
 from volsynth.training import latents
 from volsynth.training.autoencoder import AutoencoderSettings
 from volsynth.training.data import load_prepared
@@ -32,10 +32,10 @@ def recorded_shapes(module: torch.nn.Module) -> list[tuple]:
     return shapes
 
 
-def test_patch_stage_trains_on_patches_and_its_loss_decreases(prepared_tiny):
-    stage = autoencoder_stage(prepared_tiny, patch=[8, 16, 8], adv_weight=0.05, adv_start=0, adv_warmup=1)
+def test_patch_stage_trains_on_patches_and_its_loss_decreases(prepared_tiny, monkeypatch):
     # the tiny discriminator needs 16 voxels a side; one layer fewer takes 8
-    stage.networks["discriminator"] = build_network({**stage.configs["discriminator"], "num_layers_d": 1})
+    monkeypatch.setitem(SIZES["discriminator"], "tiny", {**SIZES["discriminator"]["tiny"], "num_layers_d": 1})
+    stage = autoencoder_stage(prepared_tiny, patch=[8, 16, 8], adv_weight=0.05, adv_start=0, adv_warmup=1)
     ae_inputs = recorded_shapes(stage.networks["autoencoder"])
     d_inputs = recorded_shapes(stage.networks["discriminator"])
     optimizer = torch.optim.Adam(stage.networks["autoencoder"].parameters(), lr=5e-3)
@@ -70,6 +70,12 @@ def test_patch_setting_is_three_positive_integers(patch):
 def test_patch_must_be_divisible_and_fit_the_grid(prepared_tiny, patch):
     with pytest.raises(ConfigError, match="autoencoder.patch"):
         autoencoder_stage(prepared_tiny, patch=patch)
+
+
+def test_patch_must_suit_the_discriminator(prepared_tiny):
+    with pytest.raises(ConfigError, match="too small for the discriminator"):
+        autoencoder_stage(prepared_tiny, patch=[8, 8, 8])  # the tiny discriminator needs 16 a side
+    assert autoencoder_stage(prepared_tiny, patch=[8, 8, 8], adv_weight=0.0).settings.patch == [8, 8, 8]
 
 
 def test_cache_is_read_per_case_and_gives_the_in_memory_batch(prepared_tiny, autoencoder, tmp_path, monkeypatch):

@@ -76,6 +76,13 @@ class AutoencoderStage:
             raise ConfigError(data.root, f"grid {list(data.images.shape[2:])} is not divisible by {factor}",
                               "prepare with a --size divisible by the autoencoder's downsampling")
         check_patch_fits(data.root, settings.patch, list(data.images.shape[2:]), factor, "autoencoder.patch")
+        if settings.patch is not None and "discriminator" in self.networks:
+            try:  # one dry run: its strided convolutions need a large enough patch
+                with torch.no_grad():
+                    self.networks["discriminator"](torch.zeros(1, channels, *settings.patch))
+            except (RuntimeError, ValueError) as error:
+                raise ConfigError(data.root, f"autoencoder.patch {settings.patch} is too small for the discriminator",
+                                  "use a larger patch or a smaller discriminator_size") from error
 
     def num_items(self) -> int:
         """Number of prepared cases."""
