@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.helpers import autoencoder_stage, diffusion_stage, trained_autoencoder
+from tests.training.helpers import autoencoder_stage, diffusion_stage, train, trained_autoencoder
 from volsynth.errors import ConfigError
+from volsynth.models import windowed
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.registry import SIZES
 from volsynth.training import latents
@@ -123,3 +124,17 @@ def test_single_file_cache_asks_to_be_rebuilt(tmp_path):
     with pytest.raises(ConfigError, match="older format") as error:
         load_latent_cache(folder)
     assert "delete" in str(error.value)
+
+
+def test_cache_encodes_large_volumes_by_windows_of_the_training_patch(prepared_tiny, tmp_path, monkeypatch):
+    """Above the threshold (lowered here to 8^3) each case is encoded by windows of ``autoencoder.patch``."""
+    stage = autoencoder_stage(prepared_tiny, patch=[8, 8, 8], adv_weight=0.0)
+    checkpoint = train(stage, tmp_path / "ae", steps=2)
+    monkeypatch.setattr(windowed, "WINDOWED_ENCODE_THRESHOLD", 8**3)
+    cache = diffusion_stage(prepared_tiny, checkpoint, tmp_path / "latents").cache
+    network = load_checkpoint(checkpoint, use_ema=True).networks["autoencoder"].eval()
+    image = load_prepared(prepared_tiny).images[2:3]
+    by_patch = windowed.encode_posterior(network, image, windowed=True, window=8)[0]
+    whole = windowed.encode_posterior(network, image, windowed=False)[0]
+    torch.testing.assert_close(cache.mean[2:3], by_patch)
+    assert float((cache.mean[2:3] - whole).abs().max()) > 1e-3
