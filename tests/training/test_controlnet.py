@@ -22,7 +22,7 @@ def test_cache_holds_pooled_masks(parts):
     cache, _ = parts
     assert cache.occupancy.shape == (4, 2, 8, 8, 8)  # two classes (liver, tumour) on the 8^3 latent grid
     assert torch.all(cache.known == 1)
-    assert 0 < float(cache.occupancy[:, 0].mean()) < 1 and float(cache.occupancy.max()) <= 1
+    assert 0 < float(cache.occupancy[:, 0].mean()) < 1 and float(cache.occupancy[:].max()) <= 1
 
 
 def test_hiding_rates():

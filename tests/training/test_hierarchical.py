@@ -11,11 +11,11 @@ from volsynth.io import read_label, read_volume
 from volsynth.io.volume import Volume
 from volsynth.pipelines import load_pipeline
 from volsynth.pipelines.hierarchical import HierarchicalPipeline
+from volsynth.training.data import random_patches
 from volsynth.training.hierarchical import (
     HierarchicalSettings,
     joint_channels,
     low_resolution,
-    random_patches,
     upsample,
 )
 

@@ -14,7 +14,8 @@ import torch
 from volsynth.config import settings_from_dict
 from volsynth.errors import ConfigError
 from volsynth.models.registry import build_network, network_config
-from volsynth.training.data import PreparedData
+from volsynth.models.windowed import reconstruct
+from volsynth.training.data import PreparedData, check_patch_fits, random_patches
 from volsynth.training.losses import (
     PerceptualLoss25D,
     discriminator_loss,
@@ -38,11 +39,18 @@ class AutoencoderSettings:
     discriminator_size: str | None = None  # default: same name as ``size``
     perceptual: str | None = None  # TorchScript feature network file
     perceptual_weight: float = 0.1
+    patch: list[int] | None = None  # train on random patches of this size (memory bounded by the patch)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> AutoencoderSettings:
         """Build from a dict, rejecting unknown keys."""
-        return settings_from_dict(cls, data, "autoencoder")
+        settings = settings_from_dict(cls, data, "autoencoder")
+        patch = settings.patch
+        if patch is not None and (not isinstance(patch, list) or len(patch) != 3
+                                  or any(not isinstance(p, int) or isinstance(p, bool) or p <= 0 for p in patch)):
+            raise ConfigError(None, f"autoencoder.patch must be three positive integers, got {patch!r}",
+                              "e.g. patch: [64, 64, 64]")
+        return settings
 
 
 class AutoencoderStage:
@@ -67,6 +75,14 @@ class AutoencoderStage:
         if any(s % factor for s in data.images.shape[2:]):
             raise ConfigError(data.root, f"grid {list(data.images.shape[2:])} is not divisible by {factor}",
                               "prepare with a --size divisible by the autoencoder's downsampling")
+        check_patch_fits(data.root, settings.patch, list(data.images.shape[2:]), factor, "autoencoder.patch")
+        if settings.patch is not None and "discriminator" in self.networks:
+            try:  # one dry run: its strided convolutions need a large enough patch
+                with torch.no_grad():
+                    self.networks["discriminator"](torch.zeros(1, channels, *settings.patch))
+            except (RuntimeError, ValueError) as error:
+                raise ConfigError(data.root, f"autoencoder.patch {settings.patch} is too small for the discriminator",
+                                  "use a larger patch or a smaller discriminator_size") from error
 
     def num_items(self) -> int:
         """Number of prepared cases."""
@@ -89,6 +105,8 @@ class AutoencoderStage:
     def losses(self, indices: list[int], generators: list[torch.Generator], step: int) -> dict[str, torch.Tensor]:
         """Reconstruction, KL, perceptual and adversarial terms for a batch."""
         images = self.data.images[indices]
+        if self.settings.patch is not None:
+            images = random_patches([images], self.settings.patch, generators)[0]
         reconstruction, mu, sigma = self.networks["autoencoder"](images)
         recon = (reconstruction.float() - images).abs().mean()
         kl = kl_loss(mu.float(), sigma.float())
@@ -115,16 +133,19 @@ class AutoencoderStage:
 
     def meta(self) -> dict:
         """Plan and data identity, stored beside the weights."""
-        return {"plan": self.data.plan.to_dict(), "dataset_sha256": self.data.plan.source.get("sha256"),
+        meta = {"plan": self.data.plan.to_dict(), "dataset_sha256": self.data.plan.source.get("sha256"),
                 "prepared": str(self.data.root)}
+        if self.settings.patch is not None:  # the latent cache encodes large volumes by windows of this size
+            meta["patch"] = self.settings.patch
+        return meta
 
     @torch.no_grad()
     def preview(self, step: int, path: Path) -> None:
-        """Input and reconstruction of the first case, three planes each."""
+        """Input and reconstruction of the first case, three planes each (windowed / streamed when large)."""
         network = self.networks["autoencoder"]
         network.eval()
         image = self.data.images[:1]
-        reconstruction = network.reconstruct(image)
+        reconstruction = reconstruct(network, image)
         network.train()
         arrays = [image[0, 0].numpy(), reconstruction[0, 0].float().numpy()]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,5 +160,5 @@ def reconstruction_error(network, data: PreparedData) -> float:
     with torch.no_grad():
         for index in range(len(data)):
             image = data.images[index:index + 1]
-            errors.append(float((network.reconstruct(image) - image).abs().mean()))
+            errors.append(float((reconstruct(network, image) - image).abs().mean()))
     return float(np.mean(errors))

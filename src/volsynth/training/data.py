@@ -1,4 +1,5 @@
-"""Prepared datasets in memory, as tensors the stages index into."""
+"""Prepared datasets in memory, as tensors the stages index into; per-case arrays on disk read on demand; random
+training patches."""
 
 from __future__ import annotations
 
@@ -12,7 +13,38 @@ import torch
 from volsynth.data.dataset import REPORTS_FILE
 from volsynth.data.plan import Plan
 from volsynth.data.prepare import load_manifest
+from volsynth.errors import ConfigError
 from volsynth.io.formats import read_label, read_volume
+
+
+class CaseStack:
+    """One ``.npy`` file per case, memory-mapped and read only for the cases indexed.
+
+    Indexing the first (case) axis by an int, a slice or a list returns what indexing a stacked tensor of all
+    cases would (a tensor, copied out of the files); further indices apply to that result.
+    """
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+        self.shape = torch.Size([len(files), *self.case(0).shape])
+
+    def case(self, index: int) -> np.ndarray:
+        """The memory-mapped array of one case (nothing read yet)."""
+        return np.load(self.files[index], mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        rest = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if isinstance(key, (int, np.integer)):
+            out = torch.from_numpy(np.array(self.case(int(key))))
+        else:
+            cases = range(len(self))[key] if isinstance(key, slice) else [int(i) for i in key]
+            out = torch.from_numpy(np.stack([self.case(i) for i in cases]))
+        return out[rest] if rest else out
 
 
 @dataclass
@@ -50,3 +82,23 @@ def load_prepared(root: str | Path) -> PreparedData:
         labels=torch.from_numpy(np.stack(labels).astype(np.int64)) if len(labels) == len(entries) else None,
         reports=[reports.get(c, {}).get("report", "") for c in ids],
         facts=[reports.get(c, {}).get("facts", {}) for c in ids])
+
+
+def check_patch_fits(root, patch: list[int] | None, grid: list[int], levels: int, name: str = "patch") -> None:
+    """A training patch (when given) must fit the grid and be divisible by the UNet's downsampling ``levels``."""
+    if patch is not None and any(p % levels or p > s for p, s in zip(patch, grid, strict=True)):
+        raise ConfigError(root, f"{name} {patch} must fit the grid {grid} and be divisible by {levels}")
+
+
+def random_patches(tensors: list[torch.Tensor], patch: list[int], generators: list[torch.Generator],
+                   step: int = 1) -> list[torch.Tensor]:
+    """The same random patch (corners on multiples of ``step``) of each tensor [B, C, ...], per sample."""
+    shape = tensors[0].shape[2:]
+    rows: list[list[torch.Tensor]] = [[] for _ in tensors]
+    for b, generator in enumerate(generators):
+        corner = [int(torch.randint(0, (s - p) // step + 1, (1,), generator=generator)) * step
+                  for s, p in zip(shape, patch, strict=True)]
+        window = tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
+        for row, tensor in zip(rows, tensors, strict=True):
+            row.append(tensor[(b, slice(None), *window)])
+    return [torch.stack(row) for row in rows]

@@ -22,7 +22,7 @@ from volsynth.errors import ConfigError
 from volsynth.models.registry import build_network, network_config
 from volsynth.models.stages import DenoiserSettings, check_patch_settings, upsample
 from volsynth.text import get_text_encoder
-from volsynth.training.data import PreparedData
+from volsynth.training.data import PreparedData, check_patch_fits, random_patches
 from volsynth.training.denoising import denoising_loss, dropped, noised
 
 
@@ -46,12 +46,6 @@ class HierarchicalSettings(DenoiserSettings):
         return settings
 
 
-def check_patch_fits(root, patch: list[int] | None, grid: list[int], levels: int, name: str = "patch") -> None:
-    """A training patch (when given) must fit the grid and be divisible by the UNet's downsampling ``levels``."""
-    if patch is not None and any(p % levels or p > s for p, s in zip(patch, grid, strict=True)):
-        raise ConfigError(root, f"{name} {patch} must fit the grid {grid} and be divisible by {levels}")
-
-
 def joint_channels(images: torch.Tensor, labels: torch.Tensor, label_ids: list[int]) -> torch.Tensor:
     """Image [B, 1, ...] and labels [B, ...] -> [B, 1 + K + 1, ...]: image, background, classes in [-1, 1]."""
     onehot = torch.stack([labels == 0, *[labels == i for i in label_ids]], dim=1).float()
@@ -61,20 +55,6 @@ def joint_channels(images: torch.Tensor, labels: torch.Tensor, label_ids: list[i
 def low_resolution(x: torch.Tensor, factor: int) -> torch.Tensor:
     """What stage 1 makes: the joint channels average-pooled by ``factor``."""
     return F.avg_pool3d(x, factor)
-
-
-def random_patches(tensors: list[torch.Tensor], patch: list[int], generators: list[torch.Generator],
-                   step: int = 1) -> list[torch.Tensor]:
-    """The same random patch (corners on multiples of ``step``) of each tensor [B, C, ...], per sample."""
-    shape = tensors[0].shape[2:]
-    rows: list[list[torch.Tensor]] = [[] for _ in tensors]
-    for b, generator in enumerate(generators):
-        corner = [int(torch.randint(0, (s - p) // step + 1, (1,), generator=generator)) * step
-                  for s, p in zip(shape, patch, strict=True)]
-        window = tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
-        for row, tensor in zip(rows, tensors, strict=True):
-            row.append(tensor[(b, slice(None), *window)])
-    return [torch.stack(row) for row in rows]
 
 
 class _HierarchicalStage:

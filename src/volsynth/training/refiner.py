@@ -25,9 +25,8 @@ from volsynth.errors import ConfigError
 from volsynth.models.controlnet import mask_features
 from volsynth.models.registry import build_network, network_config
 from volsynth.models.stages import CONTEXT_DIM, RefinerSettings, degrade
-from volsynth.training.data import PreparedData
+from volsynth.training.data import PreparedData, check_patch_fits, random_patches
 from volsynth.training.denoising import denoising_loss, hide_classes, noised
-from volsynth.training.hierarchical import check_patch_fits, random_patches
 from volsynth.training.latents import known_classes
 
 
