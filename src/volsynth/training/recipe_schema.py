@@ -7,6 +7,11 @@ Every stage block holds its stage's settings (the stage's Settings class is the 
 block (``TrainConfig``), and for the latent stages ``init:`` (train on from a model folder's networks, or from the
 model a parent recipe makes: ``init: {recipe: PARENT.yaml}``) or ``pretrained:`` (reuse a network as it is).
 An unknown key or a value of the wrong type is a ConfigError naming the file and the dotted key path.
+
+``profiles: {NAME: {...}}`` holds named variants of the recipe (e.g. ``smoke``: phantom data at the full grid,
+test-sized networks, a step or two per stage). A profile is a mapping merged over the recipe like a child recipe;
+its keys may be dotted (``autoencoder.train.steps: 1``) as in ``--set``. ``volsynth train --profile NAME`` applies
+one before ``--set``; the resolved recipe drops ``profiles`` and records ``profile: NAME``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ STAGE_SETTINGS = {"latent": {"autoencoder": AutoencoderSettings, "diffusion": Di
                   "segguided": {"segguided": SegGuidedSettings},
                   "hierarchical": {"joint": HierarchicalSettings, "superres": HierarchicalSettings}}
 ALL_STAGES = {name: cls for stages in STAGE_SETTINGS.values() for name, cls in stages.items()}
+# Keys of a block that exclude each other: giving one (in a child recipe, a profile or --set) drops the others, so
+# ``--set data.dataset=PATH`` points a phantom recipe at a dataset.
+ALTERNATIVES = {("data",): ("phantom", "dataset")}
 REUSABLE = ("autoencoder", "diffusion", "controlnet")  # blocks that may say pretrained: MODEL
 
 
@@ -69,6 +77,8 @@ class RecipeSpec:
     prepare: dict | None = None
     text_encoder: str = "minilm"
     model: dict | None = None
+    profiles: dict | None = None
+    profile: str | None = None  # the profile a resolved recipe was made with (written by load_recipe)
 
 
 TOP_KEYS = [f.name for f in fields(RecipeSpec)] + list(ALL_STAGES)
@@ -119,11 +129,22 @@ def check_fields(cls: type, data: object, where: str, path: str | Path, extra: d
     return data
 
 
-def deep_merge(base: dict, child: dict) -> dict:
-    """``child`` over ``base``: mappings merge key by key, anything else is replaced by the child's value."""
+def _drop_alternatives(block: dict, where: tuple[str, ...], given: str) -> None:
+    """``given`` was set in the block at ``where``: remove the keys it excludes (``ALTERNATIVES``)."""
+    alternatives = ALTERNATIVES.get(where, ())
+    if given in alternatives:
+        for other in alternatives:
+            if other != given:
+                block.pop(other, None)
+
+
+def deep_merge(base: dict, child: dict, where: tuple[str, ...] = ()) -> dict:
+    """``child`` over ``base``: mappings merge key by key, anything else is replaced by the child's value; a key
+    of ``ALTERNATIVES`` replaces the keys it excludes."""
     merged = dict(base)
     for key, value in child.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+        _drop_alternatives(merged, where, key)
+        merged[key] = deep_merge(merged[key], value, (*where, key)) if isinstance(value, dict) and isinstance(
             merged.get(key), dict) else value
     return merged
 
@@ -193,16 +214,60 @@ def apply_overrides(recipe: dict, overrides: list[str], path: str | Path) -> dic
             if not isinstance(node[part], dict):
                 raise ConfigError(path, f"override '{override}': '{part}' is not a block")
             node = node[part]
+        _drop_alternatives(node, tuple(parts[:-1]), parts[-1])
         node[parts[-1]] = value
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Read a recipe (its ``base:`` chain merged, ``overrides`` "block.key=value" applied) and check it whole: a
-    typo in a late stage fails now, not after the earlier stages trained for hours. The resolved recipe, with
-    ``_path`` (the file) added."""
+def _undot(mapping: dict) -> dict:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (a profile may write keys as ``--set`` does), merged key by key."""
+    nested: dict = {}
+    for key, value in mapping.items():
+        parts = str(key).split(".")
+        value = _undot(value) if isinstance(value, dict) else value
+        for part in reversed(parts[1:]):
+            value = {part: value}
+        nested = deep_merge(nested, {parts[0]: value})
+    return nested
+
+
+def apply_profile(recipe: dict, name: str | None, path: str | Path) -> dict:
+    """The recipe with profile ``name`` merged over it (none: unchanged), ``profiles`` removed and ``profile``
+    recorded; an unknown name is a ConfigError listing the recipe's profiles."""
+    profiles = recipe.get("profiles") or {}
+    if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
+        raise ConfigError(path, "profiles: must map each profile name to a mapping of settings",
+                          "e.g. profiles: {smoke: {autoencoder.train.steps: 1}}")
+    base = {k: v for k, v in recipe.items() if k != "profiles"}
+    if name is None:
+        return base
+    if name not in profiles:
+        known = ", ".join(profiles) if profiles else "none"
+        raise ConfigError(path, f"unknown profile '{name}'", f"this recipe's profiles: {known}")
+    return {**deep_merge(base, _undot(profiles[name])), "profile": name}
+
+
+def check_profiles(recipe: dict, path: str | Path) -> None:
+    """Every profile of a recipe, merged over it and checked: a typo in a profile fails whichever is run; the
+    error names the profile and the key path."""
+    for name in recipe.get("profiles") or {}:
+        try:
+            check_recipe(apply_profile(recipe, name, path), path)
+        except ConfigError as exc:
+            raise ConfigError(path, f"profiles.{name}: {exc.problem}", exc.hint) from exc
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, profile: str | None = None) -> dict:
+    """Read a recipe (its ``base:`` chain merged, then ``profile`` and ``overrides`` "block.key=value" applied) and
+    check it whole: a typo in a late stage or in any profile fails now, not after the earlier stages trained for
+    hours. The resolved recipe, with ``_path`` (the file) added."""
     path = Path(path)
-    recipe = apply_overrides(read_with_bases(path), overrides or [], path)
+    raw = read_with_bases(path)
+    if "profile" in raw:
+        raise ConfigError(path, "profile: is what a resolved recipe records", "choose a profile with --profile NAME")
+    check_recipe(apply_profile(raw, None, path), path)
+    check_profiles(raw, path)
+    recipe = apply_overrides(apply_profile(raw, profile, path), overrides or [], path)
     return check_recipe(recipe, path)
 
 
