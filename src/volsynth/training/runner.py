@@ -25,14 +25,8 @@ import yaml
 from volsynth.errors import ConfigError
 from volsynth.io.atomic import atomic_output
 from volsynth.training.engine import distributed_info
-from volsynth.training.recipe_schema import (
-    STAGE_SETTINGS,
-    apply_overrides,
-    check_recipe,
-    display_path,
-    load_recipe,
-    split_block,
-)
+from volsynth.training.recipe_files import apply_overrides, display_path
+from volsynth.training.recipe_schema import STAGE_SETTINGS, check_recipe, load_recipe, split_block
 from volsynth.training.run_context import Run
 from volsynth.training.stage_graph import STAGE_GRAPH
 
