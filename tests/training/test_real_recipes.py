@@ -63,6 +63,7 @@ def test_smoke_profile_trains_every_stage_and_generates_at_the_grid(name, tmp_pa
     meta = json.loads((out / "model" / "meta.json").read_text())
     plan = Plan.from_dict(meta["plan"])
     assert plan.size == [grid] * 3 and set(meta["steps"]) == {"autoencoder", "diffusion", "controlnet"}
+    assert plan.partial_labels == pinned["prepare"].get("partial_labels")
     mask = sorted((out / "prepared" / "labelsTr").glob("*.nii.gz"))[0]
     code, log, generate_cost = _volsynth(tmp_path / "generate.log", "generate", str(out), "--mask", str(mask),
                                          "--steps", "2", "--out", str(tmp_path / "gen"), "--no-progress")
