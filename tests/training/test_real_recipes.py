@@ -156,6 +156,9 @@ def test_a_case_lacking_a_partial_class_has_it_not_given(tmp_path):
     prepare_dataset(raw, tmp_path / "full", PrepareOptions(size=[16] * 3), progress=False)
     # without partial_labels an absent class is known to be absent
     assert known_classes(load_prepared(tmp_path / "full").facts, names).tolist() == [[1, 1]] * 3
+    assert main(["prepare", str(raw), str(tmp_path / "cli"), "--size", "16", "--partial-labels", "tumour",
+                 "--no-progress"]) == 0
+    assert known_classes(load_prepared(tmp_path / "cli").facts, names).tolist() == [[1, 1], [1, 0], [1, 1]]
     with pytest.raises(ConfigError, match=r"partial label\(s\) \['spleen'\]"):
         prepare_dataset(raw, tmp_path / "bad", PrepareOptions(size=[16] * 3, partial_labels=["spleen"]),
                         progress=False)
