@@ -120,13 +120,14 @@ def resolve_recipe(recipe_path: str | Path | None, out: Path, overrides: list[st
         if not pinned and out.is_dir() and any(out.iterdir()):
             raise ConfigError(out, "the output folder is not empty and holds no run (no recipe.yaml)",
                               "train into a new or empty --out; nothing was written")
-    check_datasets(recipe)
+    if not pinned:  # a run under way has prepared its data, or checked it when it started
+        check_datasets(recipe)
     return recipe
 
 
 def check_datasets(recipe: dict) -> None:
-    """A recipe's ``data.dataset`` folders exist (checked before OUT is written, so a corrected ``--set`` starts
-    the same run)."""
+    """A new run's ``data.dataset`` folders exist (checked before OUT is written, so the same command with
+    ``--set data.dataset=PATH`` starts it)."""
     given = (recipe.get("data") or {}).get("dataset")
     for dataset in given if isinstance(given, list) else [given] if given else []:
         if not Path(dataset).is_dir():
