@@ -94,6 +94,8 @@ def prepare(
                                          f"or a preset ({PRESETS}; 'amos:liver,spleen' selects classes)."),
     roi: str = typer.Option(None, help="Centre the grid on these labels (after remap), e.g. 'liver'."),
     margin: float = typer.Option(10.0, help="ROI margin in mm."),
+    partial_labels: str = typer.Option(None, help="Classes a case may leave unannotated (after remap), e.g. "
+                                       "'liver,spleen': a case lacking one has it not given, not absent."),
     like: Path = typer.Option(None, help="Prepare exactly as this plan did (plan.json, a prepared folder or a model "
                                          "folder): its spacing, grid, labels, ROI and window; --labels still remaps."),
     workers: int = typer.Option(1, help="Worker processes."),
@@ -109,11 +111,14 @@ def prepare(
         options = options_like(load_plan_like(like))
         if labels:
             options.label_sources = None  # the remap given here replaces the plan's
+        if partial_labels:
+            options.partial_labels = partial_labels.split(",")
     else:
         options = PrepareOptions(
             spacing="fit" if spacing == "fit" else _floats(spacing, "--spacing", 3),
             size=[int(s) for s in _floats(size, "--size", 3)] if size else None,
-            window=_floats(window, "--window", 2), roi=roi.split(",") if roi else None, margin_mm=margin)
+            window=_floats(window, "--window", 2), roi=roi.split(",") if roi else None, margin_mm=margin,
+            partial_labels=partial_labels.split(",") if partial_labels else None)
     plan = prepare_dataset(dataset, out, options, label_spec=labels, workers=workers, progress=progress,
                            overwrite=overwrite)
     console.print(f"wrote {out}: spacing {[round(s, 3) for s in plan.spacing]} mm, size {plan.size}, "

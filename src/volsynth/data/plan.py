@@ -2,7 +2,7 @@
 
 A plan fixes: target spacing and grid size, orientation (RAS), intensity normalisation per channel
 (CT: clip to a window, scale to [-1, 1]; MR: per-case percentile scaling to [-1, 1]), the label
-remapping and an optional region of interest that centres the grid.
+remapping, an optional region of interest that centres the grid, and the classes a case may leave unannotated.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Plan:
     channel_names: dict[str, str]
     orientation: str = "RAS"
     roi: dict | None = None  # {"labels": [...], "margin_mm": float}
+    partial_labels: list[str] | None = None  # classes a case may leave unannotated (absent = not given)
     fingerprint: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
     version: int = PLAN_VERSION

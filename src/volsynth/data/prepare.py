@@ -43,6 +43,9 @@ class PrepareOptions:
     roi: list[str] | None = None
     margin_mm: float = 10.0
     percentiles: tuple[float, float] = (0.5, 99.5)
+    # classes a case may leave unannotated (merged datasets): a case whose label map lacks one has it "not
+    # given" (known = False in training), not "absent"
+    partial_labels: list[str] | None = None
 
 
 def options_like(plan: Plan) -> PrepareOptions:
@@ -53,7 +56,8 @@ def options_like(plan: Plan) -> PrepareOptions:
                           label_sources={k: list(v) for k, v in plan.label_sources.items()},
                           roi=list(plan.roi["labels"]) if plan.roi else None,
                           margin_mm=float(plan.roi["margin_mm"]) if plan.roi else 10.0,
-                          percentiles=tuple(norm.percentiles) if norm.percentiles else (0.5, 99.5))
+                          percentiles=tuple(norm.percentiles) if norm.percentiles else (0.5, 99.5),
+                          partial_labels=list(plan.partial_labels) if plan.partial_labels else None)
 
 
 def load_plan_like(path: str | Path) -> Plan:
@@ -161,6 +165,7 @@ def make_plan(dataset: Dataset, fingerprints: list[dict], options: PrepareOption
                 labels={name: i for i, name in enumerate(label_sources, start=1)},
                 label_sources=label_sources, modality=dataset.modality, channel_names=dataset.channel_names,
                 roi={"labels": options.roi, "margin_mm": options.margin_mm} if options.roi else None,
+                partial_labels=list(options.partial_labels) if options.partial_labels else None,
                 fingerprint=summary, source={"dataset": str(dataset.root), "name": dataset.name,
                                              "sha256": dataset_digest(dataset)})
 
@@ -190,6 +195,9 @@ def prepare_case(case: Case, plan: Plan, out: Path) -> dict:
     roi_found = None
     if label is not None:
         label = label.with_array(plan.remap(label.array))
+        if plan.partial_labels:  # counted on the source grid: a class lost by resampling was still annotated
+            present = set(np.unique(label.array).tolist())
+            entry_annotated = [n for n, i in plan.labels.items() if n not in plan.partial_labels or i in present]
         if plan.roi:
             box = _roi_box(label, [plan.labels[n] for n in plan.roi["labels"]])
             roi_found = box is not None
@@ -215,6 +223,8 @@ def prepare_case(case: Case, plan: Plan, out: Path) -> dict:
         write_volume(resampled, out / entry["label"])
         entry["label_voxels"] = {n: int(np.count_nonzero(resampled.array == i)) for n, i in plan.labels.items()}
         entry["roi_found"] = roi_found
+        if plan.partial_labels:
+            entry["annotated"] = entry_annotated
     return entry
 
 
@@ -232,10 +242,10 @@ def prepare_dataset(root: str | Path, out: str | Path, options: PrepareOptions |
                                f"{len(problems)} problem(s) in total; run volsynth verify {root}")
     dataset = load_dataset(root)
     label_sources = options.label_sources or parse_label_spec(label_spec, dataset.labels)
-    if options.roi:
-        unknown = [n for n in options.roi if n not in label_sources]
+    for option, names in (("ROI", options.roi), ("partial", options.partial_labels)):
+        unknown = [n for n in names or [] if n not in label_sources]
         if unknown:
-            raise ConfigError(None, f"ROI label(s) {unknown} not among labels {list(label_sources)}")
+            raise ConfigError(None, f"{option} label(s) {unknown} not among labels {list(label_sources)}")
     fingerprints = list(map_progress(partial(fingerprint_case, label_sources=label_sources, roi=options.roi),
                                      dataset.cases, workers, "fingerprint", progress))
     plan = make_plan(dataset, fingerprints, options, label_sources)

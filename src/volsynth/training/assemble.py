@@ -21,7 +21,8 @@ from volsynth.models.index import (
     weights_sha256,
     write_model_index,
 )
-from volsynth.training.recipe_schema import display_path, model_ema, model_sampling
+from volsynth.training.recipe_files import display_path
+from volsynth.training.recipe_schema import model_ema, model_sampling
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

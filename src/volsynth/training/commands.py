@@ -41,6 +41,9 @@ def train(
     out: Path = typer.Option(None, help="Output folder of the recipe run: new, empty, or a run to resume."),
     override: list[str] = typer.Option(None, "--set", help="Change one recipe value: block.key=value (YAML value), "
                                                            "e.g. --set segguided.ablation=0; repeatable."),
+    profile: str = typer.Option(None, "--profile", help="Apply one of the recipe's profiles (e.g. smoke: phantom data "
+                                "at the recipe's grid, tiny networks, a step or two per stage) before --set; a "
+                                "resumed run keeps the profile it started with."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT: OUT/recipe.yaml pins its recipe "
                                 f"(--out alone reads it); only {', '.join(RESUMABLE)} may change (--set "
                                 "STAGE.train.steps=N trains on). Without a run in OUT it is an error."),
@@ -55,7 +58,7 @@ def train(
         raise ConfigError(None, "volsynth train needs --recipe and --out (or --resume --out OUT, or a stage "
                           "subcommand)", "e.g. volsynth train --recipe recipes/tiny.yaml --out runs/tiny")
     model = run_recipe(recipe, out, progress=progress, log=lambda m: console.print(f"[bold]{m}[/bold]"),
-                       overrides=override or [], resume=resume)
+                       overrides=override or [], resume=resume, profile=profile)
     console.print(f"model ready: {model}")
 
 

@@ -77,11 +77,15 @@ def load_prepared(root: str | Path) -> PreparedData:
                 entry = json.loads(line)
                 reports[entry["case"]] = entry
     ids = [e["case"] for e in entries]
+    facts = [reports.get(c, {}).get("facts", {}) for c in ids]
+    # the classes prepare found annotated (``partial_labels``), unless the case's report lists its own
+    facts = [f if "annotated" in f or "annotated" not in e else {**f, "annotated": e["annotated"]}
+             for f, e in zip(facts, entries, strict=True)]
     return PreparedData(
         root=root, plan=plan, case_ids=ids, images=torch.from_numpy(np.stack(images)).float(),
         labels=torch.from_numpy(np.stack(labels).astype(np.int64)) if len(labels) == len(entries) else None,
         reports=[reports.get(c, {}).get("report", "") for c in ids],
-        facts=[reports.get(c, {}).get("facts", {}) for c in ids])
+        facts=facts)
 
 
 def check_patch_fits(root, patch: list[int] | None, grid: list[int], levels: int, name: str = "patch") -> None:

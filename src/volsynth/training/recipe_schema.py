@@ -7,17 +7,19 @@ Every stage block holds its stage's settings (the stage's Settings class is the 
 block (``TrainConfig``), and for the latent stages ``init:`` (train on from a model folder's networks, or from the
 model a parent recipe makes: ``init: {recipe: PARENT.yaml}``) or ``pretrained:`` (reuse a network as it is).
 An unknown key or a value of the wrong type is a ConfigError naming the file and the dotted key path.
+
+``profiles: {NAME: {...}}`` holds named variants of the recipe (e.g. ``smoke``: phantom data at the full grid,
+test-sized networks, a step or two per stage). A profile is a mapping merged over the recipe like a child recipe;
+its keys may be dotted (``autoencoder.train.steps: 1``) as in ``--set``. ``volsynth train --profile NAME`` applies
+one before ``--set``; the resolved recipe drops ``profiles`` and records ``profile: NAME``.
 """
 
 from __future__ import annotations
 
-import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-
-import yaml
 
 from volsynth.data.prepare import PrepareOptions
 from volsynth.errors import ConfigError
@@ -28,6 +30,7 @@ from volsynth.training.controlnet import ControlNetSettings
 from volsynth.training.diffusion import DiffusionSettings
 from volsynth.training.engine import TrainConfig
 from volsynth.training.hierarchical import HierarchicalSettings
+from volsynth.training.recipe_files import apply_overrides, apply_profile, read_with_bases
 from volsynth.training.segguided import SegGuidedSettings
 
 KINDS = ("latent", "segguided", "hierarchical")
@@ -69,6 +72,8 @@ class RecipeSpec:
     prepare: dict | None = None
     text_encoder: str = "minilm"
     model: dict | None = None
+    profiles: dict | None = None
+    profile: str | None = None  # the profile a resolved recipe was made with (written by load_recipe)
 
 
 TOP_KEYS = [f.name for f in fields(RecipeSpec)] + list(ALL_STAGES)
@@ -119,90 +124,27 @@ def check_fields(cls: type, data: object, where: str, path: str | Path, extra: d
     return data
 
 
-def deep_merge(base: dict, child: dict) -> dict:
-    """``child`` over ``base``: mappings merge key by key, anything else is replaced by the child's value."""
-    merged = dict(base)
-    for key, value in child.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
-    return merged
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(path, "recipe not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, f"invalid YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(path, "a recipe must be a mapping")
-    return data
-
-
-def display_path(path: Path) -> str:
-    """A path as recipes and records write it: relative to the working directory (the repository root) when
-    inside it, else absolute."""
-    path = Path(os.path.abspath(path))
-    try:
-        return path.relative_to(Path.cwd()).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def _resolve_parents(recipe: dict, path: Path) -> None:
-    """``init: {recipe: FILE}`` names FILE relative to the recipe that says it: rewrite it as ``display_path``."""
-    for name in ALL_STAGES:
-        block = recipe.get(name)
-        init = block.get("init") if isinstance(block, dict) else None
-        if isinstance(init, dict) and isinstance(init.get("recipe"), str):
-            block["init"] = {**init, "recipe": display_path(path.parent / init["recipe"])}
-
-
-def read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """The recipe at ``path`` with its ``base:`` chain merged in (the result holds no ``base``)."""
-    resolved = path.resolve()
-    if resolved in chain:
-        names = " -> ".join(p.name for p in (*chain, resolved))
-        raise ConfigError(path, f"base: recipes inherit from each other in a cycle ({names})")
-    data = _read_yaml(path)
-    _resolve_parents(data, path)
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(path, f"base: expected a file name, got {base!r}")
-    return deep_merge(read_with_bases(path.parent / base, (*chain, resolved)), data)
-
-
-def apply_overrides(recipe: dict, overrides: list[str], path: str | Path) -> dict:
-    """Set ``"block.key=value"`` entries (values read as YAML) in the recipe; missing blocks are created."""
-    for override in overrides:
-        key, sep, text = override.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise ConfigError(path, f"bad override '{override}'", "write block.key=value, e.g. segguided.ablation=0")
+def check_profiles(recipe: dict, path: str | Path) -> None:
+    """Every profile of a recipe, merged over it and checked: a typo in a profile fails whichever is run; the
+    error names the profile and the key path."""
+    for name in recipe.get("profiles") or {}:
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(path, f"bad value in override '{override}' ({exc})") from exc
-        node = recipe
-        for part in parts[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise ConfigError(path, f"override '{override}': '{part}' is not a block")
-            node = node[part]
-        node[parts[-1]] = value
-    return recipe
+            check_recipe(apply_profile(recipe, name, path), path)
+        except ConfigError as exc:
+            raise ConfigError(path, f"profiles.{name}: {exc.problem}", exc.hint) from exc
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Read a recipe (its ``base:`` chain merged, ``overrides`` "block.key=value" applied) and check it whole: a
-    typo in a late stage fails now, not after the earlier stages trained for hours. The resolved recipe, with
-    ``_path`` (the file) added."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None, profile: str | None = None) -> dict:
+    """Read a recipe (its ``base:`` chain merged, then ``profile`` and ``overrides`` "block.key=value" applied) and
+    check it whole: a typo in a late stage or in any profile fails now, not after the earlier stages trained for
+    hours. The resolved recipe, with ``_path`` (the file) added."""
     path = Path(path)
-    recipe = apply_overrides(read_with_bases(path), overrides or [], path)
+    raw = read_with_bases(path)
+    if "profile" in raw:
+        raise ConfigError(path, "profile: is what a resolved recipe records", "choose a profile with --profile NAME")
+    check_recipe(apply_profile(raw, None, path), path)
+    check_profiles(raw, path)
+    recipe = apply_overrides(apply_profile(raw, profile, path), overrides or [], path)
     return check_recipe(recipe, path)
 
 

@@ -25,14 +25,8 @@ import yaml
 from volsynth.errors import ConfigError
 from volsynth.io.atomic import atomic_output
 from volsynth.training.engine import distributed_info
-from volsynth.training.recipe_schema import (
-    STAGE_SETTINGS,
-    apply_overrides,
-    check_recipe,
-    display_path,
-    load_recipe,
-    split_block,
-)
+from volsynth.training.recipe_files import apply_overrides, display_path
+from volsynth.training.recipe_schema import STAGE_SETTINGS, check_recipe, load_recipe, split_block
 from volsynth.training.run_context import Run
 from volsynth.training.stage_graph import STAGE_GRAPH
 
@@ -88,24 +82,29 @@ def pin_recipe(recipe: dict, out: Path) -> None:
         tmp.write_text(f"# recipe: {source}\n" + yaml.safe_dump(current, sort_keys=False))
 
 
-def pinned_recipe(out: Path, overrides: list[str] | None = None) -> dict:
+def pinned_recipe(out: Path, overrides: list[str] | None = None, profile: str | None = None) -> dict:
     """The recipe pinned in ``OUT/recipe.yaml`` (``--resume --out OUT``), with ``overrides`` applied; it keeps
-    naming the recipe file it was resolved from."""
+    naming the recipe file it was resolved from, and the profile it was made with (another is refused)."""
     path = out / RECIPE_FILE
     if not path.is_file():
         raise ConfigError(out, "no run to resume here (no recipe.yaml)",
                           "start it with volsynth train --recipe RECIPE --out OUT")
     first = path.read_text().splitlines()[:1]
     match = _SOURCE_LINE.match(first[0]) if first else None
-    recipe = check_recipe(apply_overrides(_read_pinned(path), overrides or [], path), path)
+    pinned = _read_pinned(path)
+    if profile is not None and pinned.get("profile") != profile:
+        raise ConfigError(path, f"this run was started with profile {pinned.get('profile')}, not {profile}",
+                          "resume without --profile, or train into a new --out")
+    recipe = check_recipe(apply_overrides(pinned, overrides or [], path), path)
     recipe["_source"] = match.group(1) if match else str(path)
     return recipe
 
 
 def resolve_recipe(recipe_path: str | Path | None, out: Path, overrides: list[str] | None = None,
-                   resume: bool = False) -> dict:
+                   resume: bool = False, profile: str | None = None) -> dict:
     """The recipe a ``volsynth train`` run uses, checked against OUT before anything is written: a new run needs
-    an empty or missing OUT (or one it made: OUT/recipe.yaml); ``--resume`` needs a run there."""
+    an empty or missing OUT (or one it made: OUT/recipe.yaml); ``--resume`` needs a run there. Without
+    ``profile``, a run in OUT keeps the profile it was started with."""
     pinned = (out / RECIPE_FILE).is_file()
     if resume and not pinned:
         raise ConfigError(out, "--resume: no run here (no recipe.yaml)", "start it without --resume")
@@ -113,20 +112,37 @@ def resolve_recipe(recipe_path: str | Path | None, out: Path, overrides: list[st
         if not resume:
             raise ConfigError(None, "volsynth train needs --recipe and --out (or --resume --out OUT)",
                               "e.g. volsynth train --recipe recipes/tiny.yaml --out runs/tiny")
-        return pinned_recipe(out, overrides)
-    recipe = load_recipe(recipe_path, overrides)
-    if not pinned and out.is_dir() and any(out.iterdir()):
-        raise ConfigError(out, "the output folder is not empty and holds no run (no recipe.yaml)",
-                          "train into a new or empty --out; nothing was written")
+        recipe = pinned_recipe(out, overrides, profile)
+    else:
+        if profile is None and pinned:
+            profile = _read_pinned(out / RECIPE_FILE).get("profile")
+        recipe = load_recipe(recipe_path, overrides, profile)
+        if not pinned and out.is_dir() and any(out.iterdir()):
+            raise ConfigError(out, "the output folder is not empty and holds no run (no recipe.yaml)",
+                              "train into a new or empty --out; nothing was written")
+    if not pinned:  # a run under way has prepared its data, or checked it when it started
+        check_datasets(recipe)
     return recipe
+
+
+def check_datasets(recipe: dict) -> None:
+    """A new run's ``data.dataset`` folders exist (checked before OUT is written, so the same command with
+    ``--set data.dataset=PATH`` starts it)."""
+    given = (recipe.get("data") or {}).get("dataset")
+    for dataset in given if isinstance(given, list) else [given] if given else []:
+        if not Path(dataset).is_dir():
+            raise ConfigError(recipe["_path"], f"data.dataset: {dataset} not found",
+                              "get the dataset the recipe's header names, or point the recipe at yours with "
+                              "--set data.dataset=PATH")
 
 
 def run_recipe(recipe_path: str | Path | None, out: str | Path, progress: bool = True,
                log: Callable[[str], None] = print, overrides: list[str] | None = None, resume: bool = False,
-               _chain: tuple[str, ...] = ()) -> Path:
-    """Run (or continue) every stage of a recipe into OUT; returns the final model folder."""
+               profile: str | None = None, _chain: tuple[str, ...] = ()) -> Path:
+    """Run (or continue) every stage of a recipe (with ``profile`` and ``overrides`` applied) into OUT; returns the
+    final model folder."""
     out = Path(out)
-    recipe = resolve_recipe(recipe_path, out, overrides, resume)
+    recipe = resolve_recipe(recipe_path, out, overrides, resume, profile)
     return run_resolved(recipe, out, progress, log, _chain)
 
 
