@@ -143,3 +143,50 @@ def resolve_precision(setting: bool | str, device: torch.device | str | None = N
         warn_if_emulated(device)
         return torch.bfloat16
     return torch.float32
+
+
+def _status_kib(key: str) -> int | None:
+    """A ``key: N kB`` line of /proc/self/status in bytes (None where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def current_rss() -> int:
+    """This process's resident memory now, in bytes (its peak so far where the current value is not readable)."""
+    return _status_kib("VmRSS") or peak_rss()
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory since it started or since ``reset_peak_rss``, in bytes."""
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return hwm
+    import resource  # POSIX only
+
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage if platform.system() == "Darwin" else usage * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak of ``peak_rss`` from the current resident memory (Linux); whether it could."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def available_memory() -> int | None:
+    """Memory available to new work on this machine (Linux MemAvailable), in bytes; None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
