@@ -174,10 +174,6 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def _count(value: int) -> str:
-    return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.1f} k" if value >= 1e3 else str(value)
-
-
 def print_plan(plan: RecipePlan, console: Console) -> None:
     """The plan as a table, the device and the totals."""
     table = Table(title=f"dry run of {plan.name}: grid {'x'.join(map(str, plan.grid))}")
@@ -189,7 +185,7 @@ def print_plan(plan: RecipePlan, console: Console) -> None:
             table.add_column(column, justify="right")
     for row in [*plan.stages, *([plan.generation] if plan.generation else [])]:
         generation = row is plan.generation
-        cells = [row.name, ", ".join(f"{n} {_count(c)}" for n, c in row.parameters.items()), row.precision,
+        cells = [row.name, ", ".join(f"{n} {c:,}" for n, c in row.parameters.items()), row.precision,
                  str(row.batch_size), _bytes(row.peak_rss),
                  f"{row.step_seconds:.2f} s" if not generation else "", str(row.steps) if not generation else "",
                  _duration(row.seconds), row.source]

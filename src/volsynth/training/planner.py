@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from volsynth.devices import current_rss, peak_rss, reset_peak_rss
+from volsynth.data.prepare import load_manifest
+from volsynth.devices import PrecisionWarning, current_rss, peak_rss, reset_peak_rss
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.models.index import read_model_index
 from volsynth.pipelines.auto import load_pipeline
@@ -139,15 +140,24 @@ def _measuring_fit(measured: list[StageMeasurement]):
     return fit
 
 
-def _generation(model: Path) -> GenerationMeasurement:
-    """Load the assembled model and generate one volume with 1 and with 3 sampler steps."""
+def _first_label_map(run: Run) -> Path | None:
+    """The label map of the run's first prepared case (None without labels)."""
+    data = run.state.get("data") or (run.state.get("datasets") or [None])[0]
+    entry = load_manifest(data.root)["cases"][0] if data is not None else {}
+    return data.root / entry["label"] if entry.get("label") else None
+
+
+def _generation(model: Path, mask: Path | None) -> GenerationMeasurement:
+    """Load the assembled model and generate one volume (from ``mask`` when the model takes one) with 1 and with
+    3 sampler steps."""
     pipeline = load_pipeline(model)
+    given = {"mask": str(mask)} if mask is not None and "mask" in pipeline.options else {}
     ready = current_rss()
     reset_peak_rss()
     seconds = []
     for steps in GENERATION_STEPS:
         start = time.perf_counter()
-        pipeline(seed=0, steps=steps)
+        pipeline(seed=0, steps=steps, **given)
         seconds.append(time.perf_counter() - start)
     per_step = max(0.0, (seconds[1] - seconds[0]) / (GENERATION_STEPS[1] - GENERATION_STEPS[0]))
     parameters = {name: c.parameters for name, c in read_model_index(model).components.items()}
@@ -164,8 +174,11 @@ def probe_in_process(recipe: dict, folder: Path) -> Probe:
         warnings.simplefilter("default")
         for step in STAGE_GRAPH[recipe.get("kind", "latent")]:
             step(run)
-        generation = _generation(folder / "model") if (folder / "model" / "meta.json").is_file() else None
-    shown = list(dict.fromkeys((str(w.message), w.category) for w in caught))
+        model = folder / "model"
+        generation = _generation(model, _first_label_map(run)) if (model / "meta.json").is_file() else None
+    # the precision warning concerns the user's recipe; others concern the dry run's phantoms
+    shown = list(dict.fromkeys((str(w.message), w.category) for w in caught if issubclass(w.category,
+                                                                                        PrecisionWarning)))
     return Probe(recipe_grid(recipe), base, measured, generation, shown)
 
 
