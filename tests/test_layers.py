@@ -11,7 +11,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "volsynth"
 LAYERS = {  # package or top-level module -> layer
-    "errors": 0, "config": 0, "io": 0, "parallel": 0, "viz": 0,
+    "errors": 0, "config": 0, "devices": 0, "io": 0, "parallel": 0, "viz": 0,
     "data": 1,
     "models": 2, "sampling": 2, "text": 2,
     "pipelines": 3,

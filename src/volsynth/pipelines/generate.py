@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from volsynth.data.plan import Plan
+from volsynth.devices import warn_if_emulated
 from volsynth.errors import ConfigError
 from volsynth.io.resample import resample_to
 from volsynth.io.volume import LabelMap, Volume
@@ -145,6 +146,8 @@ class SynthesisPipeline(Pipeline):
         """
         start = time.perf_counter()
         dtype = torch.float32 if dtype is None else dtype
+        if dtype == torch.bfloat16:
+            warn_if_emulated(self.device)
         self.plan_for(modality)
         # 1. encode the prompt (an empty prompt means the unconditional model)
         context = self.text_encoder.encode([prompt])[0].to(self.device) if prompt else None

@@ -48,18 +48,41 @@ def train(
                                 f"(--out alone reads it); only {', '.join(RESUMABLE)} may change (--set "
                                 "STAGE.train.steps=N trains on). Without a run in OUT it is an error."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Train nothing: measure one step of every stage and one "
+                                 "generation on this device (phantoms in a temporary folder) and print parameters, "
+                                 "peak memory, time per step and the estimated time of each stage. No --out."),
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="With --dry-run: say whether each stage fits a GPU "
+                                   "of this much memory (e.g. 24G) and the largest batch (and patch) that does."),
 ) -> None:
     """Run a recipe; a new run refuses a non-empty OUT it did not make."""
     from volsynth.training.runner import run_recipe
 
     if ctx.invoked_subcommand is not None:
         return
+    if dry_run:
+        _dry_run(recipe, override or [], gpu_memory)
+        return
+    if gpu_memory is not None:
+        raise ConfigError(None, "--gpu-memory goes with --dry-run", "add --dry-run")
     if out is None:
         raise ConfigError(None, "volsynth train needs --recipe and --out (or --resume --out OUT, or a stage "
                           "subcommand)", "e.g. volsynth train --recipe recipes/tiny.yaml --out runs/tiny")
     model = run_recipe(recipe, out, progress=progress, log=lambda m: console.print(f"[bold]{m}[/bold]"),
                        overrides=override or [], resume=resume, profile=profile)
     console.print(f"model ready: {model}")
+
+
+def _dry_run(recipe: Path | None, overrides: list[str], gpu_memory: str | None) -> None:
+    """``--dry-run``: plan the recipe and print the table."""
+    from volsynth.training.plan_report import parse_memory, plan_recipe, print_plan
+    from volsynth.training.recipe_schema import load_recipe
+
+    if recipe is None:
+        raise ConfigError(None, "--dry-run needs --recipe", "e.g. volsynth train --recipe recipes/tiny.yaml --dry-run")
+    memory = None if gpu_memory is None else parse_memory(gpu_memory)
+    plan = plan_recipe(load_recipe(recipe, overrides), memory)
+    # a table that is not read in a terminal (a log, a pipe) keeps one line per stage
+    print_plan(plan, console if console.is_terminal else Console(soft_wrap=True, width=200))
 
 
 def _blocks(config: Path | None, name: str) -> tuple[dict, dict, dict]:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from volsynth.config import settings_from_dict
+from volsynth.devices import check_precision_setting, resolve_precision
 from volsynth.errors import VolsynthError
 from volsynth.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from volsynth.models.checkpointing import enable_activation_checkpointing
@@ -46,7 +47,7 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 1.0
     ema_decay: float | None = 0.999
-    bf16: bool = False
+    bf16: bool | str = "auto"  # auto: bf16 where the device runs it natively (volsynth.devices), else float32
     activation_checkpointing: bool = False  # recompute large blocks' activations in backward: less memory, ~1.3x time
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -56,6 +57,9 @@ class TrainConfig:
     max_bad_steps: int = 5
     progress: bool = True
     tensorboard: bool = False  # also write TensorBoard event files (pip install 'volsynth[tensorboard]')
+
+    def __post_init__(self) -> None:
+        check_precision_setting(self.bf16, "train.bf16")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> TrainConfig:
@@ -216,6 +220,9 @@ class Trainer:
                            for g, o in self.optimizers.items()}
         self.ema = {n: EMA(stage.networks[n], config.ema_decay) for n in self.trained} if config.ema_decay else {}
         self.step = 0
+        # the stages keep their networks and data on the CPU: that is the device whose bf16 support counts
+        self.device = torch.device("cpu")
+        self.dtype = resolve_precision(config.bf16, self.device)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -287,8 +294,7 @@ class Trainer:
         logged: dict[str, float] = {}
         finite = True
         for indices, generators in self._micro_batches():
-            with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
-                                enabled=cfg.bf16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
                 losses = self.stage.losses(indices, generators, self.step)
             for key, value in losses.items():
                 logged[key] = logged.get(key, 0.0) + float(value.detach()) / cfg.grad_accum
@@ -343,7 +349,7 @@ class Trainer:
                         bad += 1
                         if bad >= cfg.max_bad_steps:
                             raise TrainingError(self.out, f"{bad} non-finite losses in a row at step {self.step}",
-                                                "lower the learning rate, or turn bf16 off")
+                                                "lower the learning rate, or set bf16: false")
                         continue
                     bad = 0
                     self.step += 1

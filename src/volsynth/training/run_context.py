@@ -20,6 +20,11 @@ from volsynth.training.engine import TrainConfig, Trainer
 from volsynth.training.recipe_schema import prepare_options, split_block
 
 
+def fit_stage(stage, folder: Path, config: TrainConfig) -> None:
+    """Train ``stage`` into ``folder`` to ``config.steps``, resuming from its last checkpoint."""
+    Trainer(stage, folder, config).fit(resume=True)
+
+
 @dataclass
 class Run:
     """One recipe run: the resolved recipe, its folder, and what the finished stages produced."""
@@ -33,6 +38,7 @@ class Run:
     parent_models: dict[str, Path] = field(default_factory=dict)  # stage -> model made by its init: {recipe: R}
     trained: dict[str, Path | None] = field(default_factory=dict)  # stage -> its final checkpoint or model folder
     state: dict = field(default_factory=dict)  # what later stages read (prepared data, latent cache, ...)
+    fit: Callable[[object, Path, TrainConfig], None] = fit_stage  # how a stage is trained (the planner measures)
 
     @property
     def path(self) -> str:
@@ -77,7 +83,7 @@ def train_stage(run: Run, name: str, train: dict, init: Path | None, make_stage:
         stage = make_stage()
         if init is not None and latest_checkpoint(folder / "checkpoints") is None:
             initialise_networks(stage, init, run.path, name)
-        Trainer(stage, folder, config).fit(resume=True)
+        run.fit(stage, folder, config)
     return latest_checkpoint(folder / "checkpoints")
 
 
