@@ -217,3 +217,94 @@ def test_prepare_like_a_plan_or_a_model_reproduces_the_plan(nnunet_dataset, tmp_
     assert "--like" in capsys.readouterr().err
     assert main(["prepare", str(other), str(tmp_path / "bad"), "--like", str(tmp_path), "--no-progress"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def _write_one_case(root, image: np.ndarray, label: np.ndarray, affine: np.ndarray, modality: str) -> None:
+    """A one-case nnU-Net dataset stored with the given dtypes, as a scanner export would be."""
+    import nibabel as nib
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    nib.save(nib.Nifti1Image(image, affine), str(root / "imagesTr" / "a_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(label, affine), str(root / "labelsTr" / "a.nii.gz"))
+    meta = {"channel_names": {"0": modality}, "labels": {"background": 0, "liver": 1}, "numTraining": 1,
+            "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def _rank(values: np.ndarray, value: float) -> float:
+    """Percentile rank of ``value`` among ``values`` (0..100)."""
+    return 100.0 * float(np.mean(values <= value))
+
+
+def test_sampled_intensity_statistics_are_seeded_and_close_to_exact(tmp_path, monkeypatch):
+    from volsynth.data import intensity
+    from volsynth.data.dataset import load_dataset
+    from volsynth.data.prepare import fingerprint_case
+
+    root = write_nnunet(tmp_path / "mr", cases=2, modality="MR", shape=(40, 36, 30))
+    prepare_dataset(root, tmp_path / "exact", PrepareOptions(size=[16, 16, 16]), progress=False)
+    monkeypatch.setattr(intensity, "MAX_INTENSITY_SAMPLES", 1000)  # a case has 43200 voxels: sampling is on
+    first = prepare_dataset(root, tmp_path / "a", PrepareOptions(size=[16, 16, 16]), progress=False)
+    second = prepare_dataset(root, tmp_path / "b", PrepareOptions(size=[16, 16, 16]), progress=False)
+    assert first.to_dict() == second.to_dict()  # same seed, same plan
+    assert load_manifest(tmp_path / "a")["cases"] == load_manifest(tmp_path / "b")["cases"]
+    assert load_manifest(tmp_path / "a")["cases"] != load_manifest(tmp_path / "exact")["cases"]  # sampled
+    # Tolerance, in percentile rank of the exact values: a sampled 0.5 / 99.5 percentile lies within 0.7 points
+    # of its rank (3 standard errors of ~1000 samples: 0.67), a sampled median within 5 points (4.7).
+    dataset = load_dataset(root)
+    for case, entry in zip(dataset.cases, load_manifest(tmp_path / "a")["cases"], strict=True):
+        image = read_volume(case.images[0]).array
+        foreground = image[image > 0]
+        lo, hi = entry["windows"][0]
+        assert abs(_rank(foreground, lo) - 0.5) <= 0.7 and abs(_rank(foreground, hi) - 99.5) <= 0.7
+        label = read_label(case.label).array
+        sampled = fingerprint_case(case, {"liver": [1]}, None)["intensity_per_label"]["liver"]
+        liver = image[label == 1]
+        assert liver.size > 1000
+        for value, rank, tolerance in zip(sampled, (0.5, 50, 99.5), (0.7, 5, 0.7), strict=True):
+            assert abs(_rank(liver, value) - rank) <= tolerance
+
+
+def test_sample_values_is_exact_below_the_limit_and_bounded_above():
+    from volsynth.data.intensity import count_labels, sample_values
+
+    array = np.random.default_rng(0).normal(size=(30, 20, 10)).astype(np.float32)
+    labels = (array > 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(sample_values(array, 0, lambda s: labels[s] == 1), array[labels == 1])
+    np.testing.assert_array_equal(count_labels(labels, 3), np.bincount(labels.ravel(), minlength=3))
+    drawn = sample_values(array, 0, lambda s: labels[s] == 1, limit=500)
+    assert 350 < drawn.size < 650 and np.all(drawn > 0.5)
+    np.testing.assert_array_equal(drawn, sample_values(array, 0, lambda s: labels[s] == 1, limit=500))
+    assert not np.array_equal(drawn, sample_values(array, 1, lambda s: labels[s] == 1, limit=500))
+
+
+def test_int16_lps_ct_and_uint16_mr_prepare(tmp_path):
+    # CT in HU -1024..3071 stored as int16 with an LPS affine; MR in 0..40000 stored as uint16
+    shape = (48, 40, 32)
+    affine = make_affine([0.8, 0.8, 1.2], [40.0, 30.0, -20.0], oblique_direction(10) @ np.diag([1.0, -1.0, 1.0]))
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    liver = ((grid ** 2).sum(0) < 0.3).astype(np.uint8)
+    body = (grid[:2] ** 2).sum(0) < 0.8
+    rng = np.random.default_rng(0)
+    ct = np.clip(np.where(body, 40, -1024) + np.where(liver, 20, 0) + rng.integers(-20, 20, shape), -1024, 3071)
+    ct[0, 0, :4] = 3071  # a bright metal streak at the top of the range
+    _write_one_case(tmp_path / "ct", ct.astype(np.int16), liver, affine, "CT")
+    mr = np.where(body, 12000 + rng.integers(0, 2000, shape), 0) + np.where(liver, 20000, 0)
+    mr[1, 1, :2] = 40000
+    _write_one_case(tmp_path / "mr", mr.astype(np.uint16), liver, affine, "MR")
+    assert read_volume(tmp_path / "ct" / "imagesTr" / "a_0000.nii.gz").orientation == "LPS"
+    ct_plan = prepare_dataset(tmp_path / "ct", tmp_path / "ct-prep", PrepareOptions(size=[24, 24, 24]),
+                              progress=False)
+    lo, hi = ct_plan.normalization[0].window
+    assert -1024 <= lo < -900 and 40 < hi <= 3071
+    liver_hu = ct_plan.fingerprint["intensity_per_label"]["liver"]
+    assert 30 < liver_hu[1] < 110  # the median HU inside the liver
+    prepared = read_volume(tmp_path / "ct-prep" / "imagesTr" / "a_0000.nii.gz")
+    assert prepared.orientation == "RAS" and prepared.array.min() >= -1 and prepared.array.max() <= 1
+    mr_plan = prepare_dataset(tmp_path / "mr", tmp_path / "mr-prep", PrepareOptions(size=[24, 24, 24]),
+                              progress=False)
+    window = load_manifest(tmp_path / "mr-prep")["cases"][0]["windows"][0]
+    assert 10000 < window[0] < 14000 and 30000 < window[1] <= 40000
+    back = mr_plan.denormalize(read_volume(tmp_path / "mr-prep" / "imagesTr" / "a_0000.nii.gz"), window=window)
+    assert back.array.max() == pytest.approx(window[1], rel=1e-3) and back.array.min() >= window[0] - 1e-3

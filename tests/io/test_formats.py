@@ -141,3 +141,15 @@ def test_dicom_folder_not_overwritten_without_permission(tmp_path):
     with pytest.raises(WriteError, match="not empty"):
         write_volume(image, folder, overwrite=False)
     assert sorted(p.name for p in folder.iterdir()) == names
+
+
+def test_scaled_nifti_integers_are_read_as_float32_values(tmp_path):
+    import nibabel as nib
+
+    stored = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6) * 100
+    image = nib.Nifti1Image(stored, np.eye(4))
+    image.header.set_slope_inter(1.0, -1024.0)  # a CT stored as unsigned with an intercept
+    nib.save(image, str(tmp_path / "ct.nii.gz"))
+    volume = read_volume(tmp_path / "ct.nii.gz")
+    assert volume.array.dtype == np.float32
+    np.testing.assert_array_equal(volume.array, stored.astype(np.float32) - 1024.0)

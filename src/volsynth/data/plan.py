@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from volsynth.data.intensity import foreground_values
 from volsynth.errors import PlanError
 from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.resample import grid_affine, resample_to
@@ -36,12 +37,12 @@ class Normalization:
     window: list[float]
     percentiles: list[float] | None = None
 
-    def case_window(self, array: np.ndarray) -> tuple[float, float]:
-        """The [lo, hi] used for one case's array."""
+    def case_window(self, array: np.ndarray, seed: int = 0) -> tuple[float, float]:
+        """The [lo, hi] used for one case's array (MR: percentiles of its voxels above 0, sampled with ``seed``
+        when there are more than ``MAX_INTENSITY_SAMPLES``)."""
         if self.scheme == CT_SCHEME:
             return float(self.window[0]), float(self.window[1])
-        values = array[array > 0] if np.any(array > 0) else array.ravel()
-        lo, hi = np.percentile(values, self.percentiles)
+        lo, hi = np.percentile(foreground_values(array, seed), self.percentiles)
         return float(lo), float(hi) if hi > lo else float(lo) + 1.0
 
     def forward(self, array: np.ndarray, window: tuple[float, float]) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from volsynth.data.dataset import REPORTS_FILE, Case, Dataset, load_dataset, write_dataset_json
+from volsynth.data.intensity import count_labels, sample_values
 from volsynth.data.labelspec import parse_label_spec
 from volsynth.data.plan import CT_SCHEME, MR_SCHEME, PLAN_FILE, Normalization, Plan
 from volsynth.data.verify import verify_dataset
@@ -24,7 +26,7 @@ from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import read_label, read_volume, write_volume
 from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.resample import grid_centre, resample_to, snap_to_lattice
-from volsynth.io.volume import LabelMap, Volume
+from volsynth.io.volume import LabelMap, Volume, spacing_of
 from volsynth.parallel import map_progress
 
 MANIFEST_FILE = "manifest.json"
@@ -86,10 +88,12 @@ def _remap(array: np.ndarray, label_sources: dict[str, list[int]]) -> np.ndarray
 
 def _roi_box(label: LabelMap, roi_ids: list[int]) -> list[list[float]] | None:
     """World-space bounding box [min, max] (mm) of the voxels with the ROI ids, or None if absent."""
-    voxels = np.argwhere(np.isin(label.array, roi_ids))
-    if voxels.size == 0:
+    inside = np.isin(label.array, roi_ids)
+    # per-axis projections give the same box as the voxel list, without an (n, 3) index array
+    spans = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if spans[0].size == 0:
         return None
-    corners = np.array([voxels.min(0) - 0.5, voxels.max(0) + 0.5], dtype=np.float64)
+    corners = np.array([[s[0] for s in spans], [s[-1] for s in spans]], dtype=np.float64) + [[-0.5], [0.5]]
     all_corners = np.array([[corners[a][0], corners[b][1], corners[c][2]]
                             for a in (0, 1) for b in (0, 1) for c in (0, 1)])
     world = all_corners @ label.affine[:3, :3].T + label.affine[:3, 3]
@@ -99,27 +103,43 @@ def _roi_box(label: LabelMap, roi_ids: list[int]) -> list[list[float]] | None:
 def fingerprint_case(case: Case, label_sources: dict[str, list[int]], roi: list[str] | None,
                      seed: int = 0) -> dict:
     """Geometry, intensity statistics and label statistics of one case (in RAS)."""
-    images = [read_volume(p).reoriented("RAS") for p in case.images]
-    shape = list(images[0].shape)
-    extent = (np.asarray(shape) * images[0].spacing).tolist()
-    result: dict = {"case": case.case_id, "spacing": images[0].spacing.tolist(), "shape": shape,
-                    "extent_mm": extent, "centre": grid_centre(images[0].affine, shape).tolist()}
+    # RAS views, not copies: a scanner-sized case is held once, as read
+    images = [read_volume(p).oriented_view("RAS") for p in case.images]
+    array, affine = images[0]
+    shape = list(array.shape)
+    spacing = spacing_of(affine)
+    result: dict = {"case": case.case_id, "spacing": spacing.tolist(), "shape": shape,
+                    "extent_mm": (np.asarray(shape) * spacing).tolist(), "centre": grid_centre(affine, shape).tolist()}
     rng = np.random.default_rng([seed, len(case.case_id)])
-    result["samples"] = [rng.choice(img.array.ravel(), size=min(INTENSITY_SAMPLES_PER_CASE, img.array.size),
-                                    replace=False).tolist() for img in images]
+    key = case_key(case.case_id)
+    # the same draw as choosing from the raveled RAS array, read through the view
+    result["samples"] = [view[np.unravel_index(rng.choice(view.size, size=min(INTENSITY_SAMPLES_PER_CASE, view.size),
+                                                          replace=False), view.shape)].tolist()
+                         for view, _ in images]
     if case.label is not None:
-        label = read_label(case.label).reoriented("RAS")
-        remapped = _remap(label.array, label_sources)
+        label, label_affine = read_label(case.label).oriented_view("RAS")
+        remapped = _remap(label, label_sources)
         names = list(label_sources)
-        counts = np.bincount(remapped.ravel(), minlength=len(names) + 1)
+        counts = count_labels(remapped, len(names) + 1)
         result["label_voxels"] = {n: int(counts[i + 1]) for i, n in enumerate(names)}
         result["intensity_per_label"] = {
-            n: [float(v) for v in np.percentile(images[0].array[remapped == i + 1], [0.5, 50, 99.5])]
+            n: [float(v) for v in np.percentile(_label_values(array, remapped, i + 1, [seed, i, key]),
+                                                [0.5, 50, 99.5])]
             for i, n in enumerate(names) if counts[i + 1] > 0}
         if roi:
             ids = [names.index(n) + 1 for n in roi]
-            result["roi_box"] = _roi_box(label.with_array(remapped), ids)
+            result["roi_box"] = _roi_box(LabelMap(remapped, label_affine), ids)
     return result
+
+
+def case_key(case_id: str) -> int:
+    """A stable integer of a case id, part of the seed of its sampled intensity statistics."""
+    return zlib.crc32(case_id.encode())
+
+
+def _label_values(array: np.ndarray, labels: np.ndarray, label_id: int, seed: list[int]) -> np.ndarray:
+    """The image values inside one label (a seeded sample of them in a large case)."""
+    return sample_values(array, seed, lambda index: labels[index] == label_id)
 
 
 def make_plan(dataset: Dataset, fingerprints: list[dict], options: PrepareOptions,
@@ -210,7 +230,7 @@ def prepare_case(case: Case, plan: Plan, out: Path) -> dict:
                    "affine": target.tolist(), "windows": [], "images": []}
     for channel, image in enumerate(images):
         norm = plan.normalization[channel]
-        window = norm.case_window(image.array)
+        window = norm.case_window(image.array, seed=case_key(case.case_id))
         resampled = resample_to(image, target, plan.size, cval=window[0])
         prepared = Volume(norm.forward(resampled.array, window), target, modality=plan.modality)
         name = f"imagesTr/{case.case_id}_{channel:04d}.nii.gz"

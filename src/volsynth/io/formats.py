@@ -64,8 +64,11 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         image = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for a bad header
         raise ReadError(path, f"unreadable NIfTI header ({_last_line(exc)})") from exc
+    proxy = image.dataobj
+    scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
     try:
-        array = np.asanyarray(image.dataobj)
+        # scaled integers (scl_slope / scl_inter) straight to float32: nibabel would make a float64 copy
+        array = image.get_fdata(dtype=np.float32, caching="unchanged") if scaled else np.asanyarray(proxy)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ReadError(path, "truncated or corrupt gzip data", "re-export or re-download the file") from exc
     except Exception as exc:

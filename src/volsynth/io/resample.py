@@ -74,7 +74,8 @@ def resample_array(array: np.ndarray, src_affine: np.ndarray, dst_affine: np.nda
         return np.full(dst_shape, cval, dtype=array.dtype)
     crop = array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     if np.any(sigma > 0):
-        crop = ndimage.gaussian_filter(crop.astype(np.float32), sigma=sigma, mode="nearest")
+        # the filter's output is the one full-size copy (a float32 crop is read in place)
+        crop = ndimage.gaussian_filter(np.asarray(crop, dtype=np.float32), sigma=sigma, mode="nearest")
     out = ndimage.affine_transform(crop, matrix, offset=offset - lo, output_shape=dst_shape, order=order,
                                    mode="constant", cval=cval, prefilter=False)
     return out.astype(array.dtype, copy=False)

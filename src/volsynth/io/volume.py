@@ -88,13 +88,17 @@ class _Spatial:
         """A copy with a new array (and optionally a new affine), keeping type and metadata."""
         return replace(self, array=array, affine=self.affine if affine is None else affine)
 
-    def reoriented(self, axcodes: str = "RAS"):
-        """Exact reorientation (axis permutation and flips, no interpolation) to ``axcodes``."""
+    def oriented_view(self, axcodes: str = "RAS") -> tuple[np.ndarray, np.ndarray]:
+        """The array permuted and flipped to ``axcodes`` as a view (no copy), and its affine."""
         start = nib.orientations.io_orientation(self.affine)
         target = nib.orientations.axcodes2ornt(tuple(axcodes))
         transform = nib.orientations.ornt_transform(start, target)
         array = nib.orientations.apply_orientation(self.array, transform)
-        affine = self.affine @ nib.orientations.inv_ornt_aff(transform, self.array.shape)
+        return array, self.affine @ nib.orientations.inv_ornt_aff(transform, self.array.shape)
+
+    def reoriented(self, axcodes: str = "RAS"):
+        """Exact reorientation (axis permutation and flips, no interpolation) to ``axcodes``."""
+        array, affine = self.oriented_view(axcodes)
         return self.with_array(np.ascontiguousarray(array), affine)
 
 
