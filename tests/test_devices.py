@@ -27,12 +27,14 @@ def test_native_bf16_follows_the_cpu_flags(cpu_with):
     assert devices.native_bf16(torch.device("cpu"))
 
 
-def test_auto_is_bf16_only_where_native(cpu_with):
+def test_auto_is_float32_on_any_cpu_and_forced_bf16_is_bf16(cpu_with):
     cpu_with("avx2")
     assert devices.resolve_precision("auto", "cpu") == torch.float32
     assert devices.resolve_precision(False, "cpu") == torch.float32
     cpu_with("avx512_bf16")
-    assert devices.resolve_precision("auto", "cpu") == torch.bfloat16
+    assert devices.native_bf16("cpu")
+    assert devices.resolve_precision("auto", "cpu") == torch.float32  # non-finite losses and no repeatability
+    assert devices.resolve_precision(True, "cpu") == torch.bfloat16
 
 
 def test_forced_bf16_on_an_emulating_cpu_warns_once_with_the_measured_slowdown(cpu_with, monkeypatch):

@@ -134,11 +134,15 @@ def warn_if_emulated(device: torch.device | str | None = None) -> None:
 
 
 def resolve_precision(setting: bool | str, device: torch.device | str | None = None) -> torch.dtype:
-    """The dtype to compute in for ``bf16: auto | true | false``: auto is bf16 where ``device`` runs it natively,
-    float32 elsewhere; true is bf16 (with a PrecisionWarning where it is emulated); false is float32."""
+    """The dtype to compute in for ``bf16: auto | true | false``: auto is bf16 on a CUDA device that runs it
+    natively and float32 elsewhere; true is bf16 (with a PrecisionWarning where it is emulated); false is float32.
+
+    A CPU stays in float32 under auto even with avx512_bf16: on such a CPU, bf16 autocast made the hierarchical
+    joint stage and the study's segmentor give non-finite losses within three steps, and two identical runs
+    differ (its bf16 kernels do not repeat to the bit)."""
     check_precision_setting(setting)
     if setting == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
+        return torch.bfloat16 if as_device(device).type == "cuda" and native_bf16(device) else torch.float32
     if setting:
         warn_if_emulated(device)
         return torch.bfloat16

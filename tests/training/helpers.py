@@ -25,7 +25,7 @@ def autoencoder_stage(prepared: Path, **settings) -> AutoencoderStage:
 def train(stage, out: Path, **config) -> Path:
     """Train quietly; returns the final checkpoint."""
     # float32: the engine tests compare runs to the bit (resume, gradient accumulation, DDP), and bf16 kernels on a
-    # CPU are not bit-reproducible from run to run (bf16: auto picks them where the CPU has avx512_bf16)
+    # CPU are not bit-reproducible from run to run (said explicitly, whatever auto means on this machine)
     defaults = {"steps": 4, "batch_size": 2, "lr": 2e-3, "checkpoint_every": 2, "log_every": 1, "progress": False,
                 "bf16": False}
     return Trainer(stage, out, TrainConfig(**{**defaults, **config})).fit()
