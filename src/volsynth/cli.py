@@ -192,6 +192,8 @@ def generate(
     refine: bool = typer.Option(True, help="--no-refine skips the model's refiner (models with a refiner)."),
     refiner_guidance: float = typer.Option(None, help="The refiner's mask guidance scale (CFG) when a mask guides "
                                                       "(models with a refiner); default: the model's, else 1."),
+    refiner_steps: int = typer.Option(None, help="The refiner's sampling steps (models with a refiner); default: "
+                                                 "the model's. Fewer cost less: see docs/benchmarks.md."),
     overwrite: bool = typer.Option(False, help="Replace this run's files when they already exist in OUT."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -224,7 +226,8 @@ def generate(
     written = run_jobs(pipeline, job_list, out, image_format=image_format, progress=progress, overwrite=overwrite,
                        steps=steps, sampler=sampler, text_guidance=text_guidance, mask_guidance=mask_guidance,
                        controlnet_scale=controlnet_scale, mask_labels=parse_mask_labels(mask_labels),
-                       refine=None if refine else False, refiner_guidance=refiner_guidance)
+                       refine=None if refine else False, refiner_guidance=refiner_guidance,
+                       refiner_steps=refiner_steps)
     console.print(f"wrote {len(written)} volume(s) to {out}")
 
 

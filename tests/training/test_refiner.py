@@ -287,3 +287,16 @@ def test_a_large_grid_is_refined_by_windows_close_to_the_whole_grid(refined_mode
     # GroupNorm statistics are per window, so windows differ a little from the whole grid: measured max
     # |difference| 2.4e-4 (images in [-1, 1], std 0.14) on this test refiner; unnormalised blending would be ~1
     assert float((windows - whole).abs().max()) < 0.01
+
+
+def test_refiner_steps_are_a_request_option_recorded_in_the_sidecar(refined_model, prepared_tiny):
+    pipe = SynthesisPipeline.from_pretrained(refined_model)
+    mask = sorted((prepared_tiny / "labelsTr").glob("*.nii.gz"))[0]
+    calls = []
+    refiner = pipe.refiner
+    pipe.refiner = lambda x, t, cond: (calls.append(1), refiner(x, t, cond=cond))[1]
+    result = pipe(prompt="liver", mask=mask, seed=0, steps=2, refiner_steps=1)
+    assert len(calls) == 1 and result.sidecar["refiner_steps"] == 1
+    assert pipe(prompt="liver", mask=mask, seed=0, steps=2).sidecar["refiner_steps"] == 3  # the model's own
+    with pytest.raises(ConfigError, match="refiner steps"):
+        pipe(prompt="liver", mask=mask, seed=0, steps=2, refiner_steps=0)

@@ -47,6 +47,7 @@ class GenerationRequest:
     controlnet_scale: float | None = None
     refine: bool | None = None  # False skips the model's refiner
     refiner_guidance: float | None = None
+    refiner_steps: int | None = None  # the refiner's sampling steps; None: the model's
     dtype: torch.dtype | None = None  # autocast dtype of the latent sampler (torch.bfloat16); None: float32
 
 

@@ -82,7 +82,7 @@ class SynthesisPipeline(Pipeline):
         if self.controlnet is not None:
             options.add("controlnet_scale")
         if self.refiner is not None:
-            options |= {"refine", "refiner_guidance"}
+            options |= {"refine", "refiner_guidance", "refiner_steps"}
         return frozenset(options)
 
     def refusal_hint(self, refused: list[str]) -> str:
@@ -137,12 +137,13 @@ class SynthesisPipeline(Pipeline):
                  known: list[str] | None = None, dtype: torch.dtype | None = None,
                  modality: str | None = None, latents: torch.Tensor | None = None,
                  mask_condition: torch.Tensor | None = None, refine: bool = True,
-                 refiner_guidance: float = 1.0) -> GenerationResult:
+                 refiner_guidance: float = 1.0, refiner_steps: int | None = None) -> GenerationResult:
         """1. encode prompt 2. prepare mask 3. prepare latents 4. denoise 5. decode 6. back to HU and geometry.
 
         ``latents`` replaces the seeded starting noise and ``mask_condition`` the mask's ControlNet input
         (both used by latent interpolation). ``refine=False`` skips the model's refiner, when it has one;
-        ``refiner_guidance`` is the refiner's classifier-free scale on the mask (1: none; no mask: unused).
+        ``refiner_guidance`` is the refiner's classifier-free scale on the mask (1: none; no mask: unused);
+        ``refiner_steps`` its sampling steps (default: the model's; fewer cost less, see docs/benchmarks.md).
         """
         start = time.perf_counter()
         dtype = torch.float32 if dtype is None else dtype
@@ -204,8 +205,11 @@ class SynthesisPipeline(Pipeline):
                     refiner_features = self._null_features(1)
                 else:
                     guidance = refine_info["refiner_guidance"] = refiner_guidance
+                if refiner_steps is not None and refiner_steps < 1:
+                    raise ConfigError(self.model_path, f"refiner steps must be >= 1, got {refiner_steps}")
+                refine_info["refiner_steps"] = int(refiner_steps or self.refiner_settings["steps"])
                 image = run_refiner(self.refiner, image.float().clamp(-1, 1), refiner_features, self.refiner_settings,
-                                    seed, self.model_path, guidance=guidance)
+                                    seed, self.model_path, steps=refine_info["refiner_steps"], guidance=guidance)
         # 6. back to HU / MR units; onto the mask's grid when a mask was given
         volume = Volume(image[0, 0].float().clamp(-1, 1).cpu().numpy().astype(np.float32),
                         grid if grid is not None else self.plan.default_affine(), modality=self.plan.modality)
