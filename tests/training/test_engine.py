@@ -72,12 +72,17 @@ def test_tensorboard_without_the_package_is_a_clear_error(prepared_tiny, tmp_pat
         train(autoencoder_stage(prepared_tiny), tmp_path, steps=1, tensorboard=True)
 
 
+def _stage(which: str, prepared: Path, autoencoder: Path, cache_dir: Path):
+    """A fresh tiny autoencoder or diffusion stage (each run of a comparison builds its own)."""
+    if which == "autoencoder":
+        return autoencoder_stage(prepared)
+    return diffusion_stage(prepared, autoencoder, cache_dir)
+
+
 @pytest.mark.parametrize("which", ["autoencoder", "diffusion"])
 def test_exact_resume(which, prepared_tiny, autoencoder, cache_dir, tmp_path):
     def stage():
-        if which == "autoencoder":
-            return autoencoder_stage(prepared_tiny)
-        return diffusion_stage(prepared_tiny, autoencoder, cache_dir)
+        return _stage(which, prepared_tiny, autoencoder, cache_dir)
 
     straight = train(stage(), tmp_path / "straight", steps=6, checkpoint_every=3)
     train(stage(), tmp_path / "resumed", steps=3, checkpoint_every=3)
@@ -105,9 +110,7 @@ def test_gradient_accumulation_matches_full_batch(prepared_tiny, autoencoder, ca
 @pytest.mark.parametrize("which", ["autoencoder", "diffusion"])
 def test_activation_checkpointing_trains_the_same_weights(which, prepared_tiny, autoencoder, cache_dir, tmp_path):
     def stage():
-        if which == "autoencoder":
-            return autoencoder_stage(prepared_tiny)
-        return diffusion_stage(prepared_tiny, autoencoder, cache_dir)
+        return _stage(which, prepared_tiny, autoencoder, cache_dir)
 
     plain = train(stage(), tmp_path / "plain", steps=2)
     recomputed = train(stage(), tmp_path / "recomputed", steps=2, activation_checkpointing=True)
