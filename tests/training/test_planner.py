@@ -134,3 +134,19 @@ def test_reduced_grid_keeps_the_aspect_and_a_multiple_of_16():
 def test_dry_run_needs_a_recipe(capsys):
     assert main(["train", "--dry-run"]) == 2
     assert "--dry-run needs --recipe" in capsys.readouterr().err
+
+
+def test_the_dry_run_plans_the_recipe_with_its_profile(monkeypatch):
+    planned = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(recipe, memory):
+        planned.append(recipe)
+        raise Stop
+
+    monkeypatch.setattr(plan_report, "plan_recipe", capture)
+    with pytest.raises(Stop):
+        main(["train", "--recipe", str(ROOT / "recipes" / "liver-ct-128.yaml"), "--profile", "smoke", "--dry-run"])
+    assert planned[0]["data"]["phantom"]["size"] == 128 and planned[0]["autoencoder"]["size"] == "tiny"

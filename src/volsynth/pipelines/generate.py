@@ -146,6 +146,8 @@ class SynthesisPipeline(Pipeline):
         ``refiner_steps`` its sampling steps (default: the model's; fewer cost less, see docs/benchmarks.md).
         """
         start = time.perf_counter()
+        if refiner_steps is not None and refiner_steps < 1:  # checked before any sampling work
+            raise ConfigError(self.model_path, f"refiner steps must be >= 1, got {refiner_steps}")
         dtype = torch.float32 if dtype is None else dtype
         if dtype == torch.bfloat16:
             warn_if_emulated(self.device)
@@ -205,8 +207,6 @@ class SynthesisPipeline(Pipeline):
                     refiner_features = self._null_features(1)
                 else:
                     guidance = refine_info["refiner_guidance"] = refiner_guidance
-                if refiner_steps is not None and refiner_steps < 1:
-                    raise ConfigError(self.model_path, f"refiner steps must be >= 1, got {refiner_steps}")
                 refine_info["refiner_steps"] = int(refiner_steps or self.refiner_settings["steps"])
                 image = run_refiner(self.refiner, image.float().clamp(-1, 1), refiner_features, self.refiner_settings,
                                     seed, self.model_path, steps=refine_info["refiner_steps"], guidance=guidance)

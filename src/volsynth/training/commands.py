@@ -60,7 +60,7 @@ def train(
     if ctx.invoked_subcommand is not None:
         return
     if dry_run:
-        _dry_run(recipe, override or [], gpu_memory)
+        _dry_run(recipe, override or [], gpu_memory, profile)
         return
     if gpu_memory is not None:
         raise ConfigError(None, "--gpu-memory goes with --dry-run", "add --dry-run")
@@ -72,7 +72,7 @@ def train(
     console.print(f"model ready: {model}")
 
 
-def _dry_run(recipe: Path | None, overrides: list[str], gpu_memory: str | None) -> None:
+def _dry_run(recipe: Path | None, overrides: list[str], gpu_memory: str | None, profile: str | None) -> None:
     """``--dry-run``: plan the recipe and print the table."""
     from volsynth.training.plan_report import parse_memory, plan_recipe, print_plan
     from volsynth.training.recipe_schema import load_recipe
@@ -80,7 +80,7 @@ def _dry_run(recipe: Path | None, overrides: list[str], gpu_memory: str | None) 
     if recipe is None:
         raise ConfigError(None, "--dry-run needs --recipe", "e.g. volsynth train --recipe recipes/tiny.yaml --dry-run")
     memory = None if gpu_memory is None else parse_memory(gpu_memory)
-    plan = plan_recipe(load_recipe(recipe, overrides), memory)
+    plan = plan_recipe(load_recipe(recipe, overrides, profile=profile), memory)
     # a table that is not read in a terminal (a log, a pipe) keeps one line per stage
     print_plan(plan, console if console.is_terminal else Console(soft_wrap=True, width=200))
 
