@@ -4,9 +4,9 @@
 #   bash benchmarks/gpu_check.sh [--device cpu|cuda]     (default: cuda when nvidia-smi works)
 # --device cpu is the reduced mode: fp32 training steps at 16^3 instead of bf16 at 32^3, and scale.py at 64^3
 # instead of 256^3.
-# Not covered: the test suite has no device switch (every test runs on the CPU), so no test is run on the device.
-# The training engine places networks on the CPU; the training steps measure the machine's CPU side with either
-# --device, and their bf16 uses CPU autocast. Generation (scale.py) runs on the device.
+# Not covered: the test suite has no device switch (every test runs on the CPU), so no test is run on the device;
+# the tests check device placement on PyTorch's "meta" device instead. Training (train.device) and generation
+# (scale.py) run on the chosen device.
 set -euo pipefail
 
 DEVICE=""
@@ -68,6 +68,7 @@ else
             --set data.phantom.cases=4 --set prepare.size=16)
   STEPS=16; MODE="fp32, 16^3 (reduced)"
 fi
+for STAGE in autoencoder diffusion controlnet; do SETTINGS+=(--set "$STAGE.train.device=$DEVICE"); done
 TRAIN_START=$(date +%s.%N)
 measure "$PYTHON" -m volsynth.cli train --recipe recipes/tiny.yaml --out "$WORK/tiny" "${SETTINGS[@]}" \
   >"$WORK/train.log" 2>&1 || { STATUS=1; tail -20 "$WORK/train.log"; }

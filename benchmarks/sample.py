@@ -75,9 +75,9 @@ def main() -> None:
     parser.add_argument("--segmentor", type=Path, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (a GPU run records 128^3 / 256^3 figures)")
     args = parser.parse_args()
-    from volsynth.pipelines.jobs import resolve_device
+    from volsynth.devices import select_device
 
-    pipe = load_pipeline(args.model).to(resolve_device(args.device))
+    pipe = load_pipeline(args.model).to(select_device(args.device))
     masks = [read_label(p) for p in sorted(args.masks.glob("*.nii.gz"))[: args.count]]
     pipe(prompt="liver", mask=masks[0], seed=0, steps=2)  # warm-up
     ours, base, calls = [], [], 0

@@ -68,3 +68,19 @@ def test_train_config_takes_auto_true_false_and_nothing_else():
     assert TrainConfig.from_dict({"bf16": True}).bf16 is True
     with pytest.raises(ConfigError, match="train.bf16: expected auto, true or false"):
         TrainConfig.from_dict({"bf16": "fast"})
+
+
+def test_device_settings_resolve_or_fail_in_one_line():
+    from volsynth.devices import select_device
+
+    assert select_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():  # auto falls back to the CPU; an explicit GPU is an error, never a CPU run
+        assert select_device("auto") == torch.device("cpu")
+        for setting in ("cuda", "cuda:1"):
+            with pytest.raises(ConfigError, match="no CUDA GPU"):
+                select_device(setting)
+    for setting in ("gpu", "cuda:x", ""):
+        with pytest.raises(ConfigError, match="expected auto, cpu, cuda or cuda:N"):
+            select_device(setting)
+    with pytest.raises(ConfigError, match="train.device"):
+        TrainConfig(device="tpu")

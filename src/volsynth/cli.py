@@ -195,14 +195,15 @@ def generate(
     refiner_steps: int = typer.Option(None, help="The refiner's sampling steps (models with a refiner); default: "
                                                  "the model's. Fewer cost less: see docs/benchmarks.md."),
     overwrite: bool = typer.Option(False, help="Replace this run's files when they already exist in OUT."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Generate volumes from text and/or a mask; per volume an image, a label map (with a mask) and a sidecar.
 
     An option the model does not take (e.g. --controlnet-scale for a model without a ControlNet) is an error."""
+    from volsynth.devices import select_device
     from volsynth.pipelines import load_pipeline
-    from volsynth.pipelines.jobs import Job, jobs_from_dataset, read_jobs, resolve_device, run_jobs
+    from volsynth.pipelines.jobs import Job, jobs_from_dataset, read_jobs, run_jobs
     from volsynth.pipelines.masks import parse_mask_labels
 
     if jobs is not None and (prompt is not None or mask is not None or masks_from or prompts_from):
@@ -221,8 +222,7 @@ def generate(
                                      masks=masks_from is not None)
     else:
         job_list = [Job(prompt=prompt or "", seed=seed, n=n, mask=str(mask) if mask else None, modality=modality)]
-    target = resolve_device(device)
-    pipeline = load_pipeline(model).to(target)
+    pipeline = load_pipeline(model).to(select_device(device))
     written = run_jobs(pipeline, job_list, out, image_format=image_format, progress=progress, overwrite=overwrite,
                        steps=steps, sampler=sampler, text_guidance=text_guidance, mask_guidance=mask_guidance,
                        controlnet_scale=controlnet_scale, mask_labels=parse_mask_labels(mask_labels),

@@ -71,6 +71,33 @@ def as_device(device: torch.device | str | None) -> torch.device:
     return torch.device("cpu" if device is None else device)
 
 
+DEVICE_SETTINGS = ("auto", "cpu", "cuda")  # a recipe's train.device (also "cuda:N")
+
+
+def check_device_setting(value: object, where: str = "device") -> None:
+    """``value`` must be auto, cpu, cuda or cuda:N."""
+    text = str(value)
+    if not (text in DEVICE_SETTINGS or (text.startswith("cuda:") and text[5:].isdigit())):
+        raise ConfigError(None, f"{where}: expected auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def select_device(setting: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device a training process computes on: ``auto`` is GPU ``local_rank`` (one per torchrun process) when
+    CUDA is available, else the CPU; ``cuda`` without a usable GPU is an error, not a silent CPU run."""
+    check_device_setting(setting)
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(None, f"device {setting}: this machine has no CUDA GPU that torch can use "
+                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})",
+                          "choose auto or cpu, or install a CUDA build of torch")
+    index = int(setting[5:]) if setting.startswith("cuda:") else local_rank
+    if index >= torch.cuda.device_count():
+        raise ConfigError(None, f"device cuda:{index}: only {torch.cuda.device_count()} GPU(s) visible")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
 def native_bf16(device: torch.device | str | None = None) -> bool:
     """Whether ``device`` computes in bf16 natively (CUDA with bf16 support; a CPU with avx512_bf16 or amx_bf16)."""
     device = as_device(device)
@@ -194,3 +221,31 @@ def available_memory() -> int | None:
     except OSError:
         pass
     return None
+
+
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait for the device's queued work (a GPU runs kernels asynchronously; timings need this)."""
+    device = as_device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def memory_in_use(device: torch.device | str | None = None) -> int:
+    """Bytes in use on ``device``: the CUDA allocator's on a GPU, this process's resident memory on the CPU."""
+    device = as_device(device)
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else current_rss()
+
+
+def memory_peak(device: torch.device | str | None = None) -> int:
+    """Peak bytes on ``device`` since ``reset_memory_peak`` (CUDA allocator peak, or peak resident memory)."""
+    device = as_device(device)
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
+
+
+def reset_memory_peak(device: torch.device | str | None = None) -> None:
+    """Restart ``memory_peak`` from the memory in use now."""
+    device = as_device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()

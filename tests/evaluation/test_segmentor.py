@@ -66,6 +66,20 @@ def test_segmentor_learns(phantoms, trained):
         assert liver_dice(segmentor, dataset, index) > liver_dice(baseline, dataset, index) + 0.2
 
 
+def test_segmentation_batches_follow_the_network_to_its_device(phantoms, trained):
+    """On the "meta" device a batch left on the CPU would raise when it meets the network, as on a GPU."""
+    from volsynth.training.engine import sample_generators
+
+    dataset = load_dataset(phantoms)
+    plan = load_segmentor(trained).plan
+    stage = SegmentationStage(*stack_cases([read_case(case) for case in dataset.cases[:2]], plan), plan,
+                              SegmentorSettings(**TINY))
+    stage.to("meta")
+    assert next(stage.networks["segmentor"].parameters()).device.type == "meta"
+    losses = stage.losses([0, 1], sample_generators(0, 0, [0, 1]), 0)
+    assert losses["segmentor"].device.type == "meta"
+
+
 def test_checkpoint_round_trip(trained, phantoms):
     segmentor = load_segmentor(trained)
     again = load_segmentor(trained / "segmentor")

@@ -1,6 +1,7 @@
 """``volsynth train STAGE``: every stage kind trains alone from a prepared folder and a recipe's block, and writes
 a checkpoint the next stage takes."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import yaml
 
 from volsynth.cli import main
 from volsynth.models.checkpoint import latest_checkpoint
+from volsynth.training.engine import Trainer, sample_generators
 
 DATA = {"phantom": {"kind": "abdomen-ct", "cases": 2, "size": 16}}  # a recipe names its data; --data replaces it
 TRAIN = {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "lr": 0.001}
@@ -38,6 +40,25 @@ def configs(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(autouse=True)
+def placement(monkeypatch) -> dict[str, set[str]]:
+    """Before each stage trains, a copy of it is moved to the "meta" device and computes its losses there: a tensor
+    the stage leaves on the CPU meets the networks' device in some operation and raises, as it would on a GPU."""
+    devices: dict[str, set[str]] = {}
+    original = Trainer.__init__
+
+    def probed(self, stage, out, config) -> None:
+        probe = copy.deepcopy(stage)
+        probe.to("meta")
+        items = list(range(min(2, probe.num_items())))
+        losses = probe.losses(items, sample_generators(0, 0, items), 0)
+        devices[stage.name] = {value.device.type for value in losses.values()}
+        original(self, stage, out, config)
+
+    monkeypatch.setattr(Trainer, "__init__", probed)
+    return devices
+
+
 def _train(stage: str, out: Path, *args: str) -> Path:
     assert main(["train", stage, *args, "--out", str(out), "--no-progress"]) == 0
     checkpoint = latest_checkpoint(out / "checkpoints")
@@ -45,17 +66,19 @@ def _train(stage: str, out: Path, *args: str) -> Path:
     return checkpoint
 
 
-def test_the_latent_chain_trains_stage_by_stage(prepared_tiny, configs, tmp_path):
+def test_the_latent_chain_trains_stage_by_stage(prepared_tiny, configs, tmp_path, placement):
     data = ["--data", str(prepared_tiny), "--config", str(configs["diffusion"])]
     autoencoder = _train("autoencoder", tmp_path / "ae", *data)
     diffusion = _train("diffusion", tmp_path / "diffusion", *data, "--autoencoder", str(autoencoder))
     assert (tmp_path / "diffusion" / "latents").is_dir()  # the cache is encoded once, into OUT
     _train("controlnet", tmp_path / "controlnet", *data, "--diffusion", str(diffusion))
+    assert placement == {name: {"meta"} for name in ("autoencoder", "diffusion", "controlnet")}
 
 
 @pytest.mark.parametrize("stage", ["refiner", "segguided", "joint", "superres"])
-def test_each_pixel_stage_trains_alone(stage, prepared_tiny, configs, tmp_path):
+def test_each_pixel_stage_trains_alone(stage, prepared_tiny, configs, tmp_path, placement):
     _train(stage, tmp_path / stage, "--data", str(prepared_tiny), "--config", str(configs[stage]))
+    assert placement == {stage: {"meta"}}  # its batch follows its networks to their device
 
 
 def test_a_stage_command_with_an_unknown_key_is_refused(prepared_tiny, tmp_path, capsys):

@@ -37,6 +37,7 @@ from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import latest_checkpoint, save_checkpoint
 from volsynth.models.registry import NETWORKS
 from volsynth.training.engine import TrainConfig, Trainer
+from volsynth.training.placement import DevicePlacement
 
 
 def random_patch(image: torch.Tensor, target: torch.Tensor, patch: list[int], generator: torch.Generator,
@@ -80,7 +81,7 @@ def augment(image: torch.Tensor, target: torch.Tensor, generator: torch.Generato
     return image, labels.permute(0, 1, 4, 3, 2)[0, 0].long()
 
 
-class SegmentationStage:
+class SegmentationStage(DevicePlacement):
     """A training stage for the engine: Dice + cross-entropy of a segmentation network on in-memory cases."""
 
     name = "segmentor"
@@ -124,7 +125,7 @@ class SegmentationStage:
 
     def losses(self, indices: list[int], generators: list[torch.Generator], step: int) -> dict[str, torch.Tensor]:
         """The Dice + cross-entropy loss of a batch."""
-        images, targets = self.batch(indices, generators)
+        images, targets = self.put(*self.batch(indices, generators))
         return {"segmentor": self.loss(self.networks["segmentor"](images), targets)}
 
     def meta(self) -> dict:

@@ -166,7 +166,7 @@ def load_checkpoint(path: str | Path, verify: bool = True, use_ema: bool = False
         networks[name] = network.eval()
     training_state = None
     if with_training_state and (path / "training_state.pt").is_file():
-        training_state = torch.load(path / "training_state.pt", weights_only=False)
+        training_state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
     return Checkpoint(path, networks, config, meta, ema, training_state)
 
 

@@ -11,8 +11,6 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from volsynth.data.dataset import load_dataset
 from volsynth.errors import ConfigError
 from volsynth.io.formats import write_volume
@@ -101,15 +99,6 @@ def expand(jobs: list[Job]) -> list[tuple[str, Job, int]]:
             seen.add(name)
             items.append((name, job, job.seed + k))
     return items
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu`` or ``cuda``; asking for CUDA where there is none is an error, not a silent fallback."""
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(None, f"unknown device '{device}'", "use cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(None, "--device cuda asked for, but no CUDA GPU is available", "use --device cpu")
-    return torch.device(device)
 
 
 def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None) -> None:

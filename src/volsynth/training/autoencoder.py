@@ -22,6 +22,7 @@ from volsynth.training.losses import (
     generator_adversarial_loss,
     kl_loss,
 )
+from volsynth.training.placement import DevicePlacement
 from volsynth.viz import save_montage
 
 
@@ -53,10 +54,11 @@ class AutoencoderSettings:
         return settings
 
 
-class AutoencoderStage:
+class AutoencoderStage(DevicePlacement):
     """Trains the autoencoder (and its discriminator) on prepared images."""
 
     name = "autoencoder"
+    helper_modules = ("perceptual",)  # moved to the device with the trained networks
 
     def __init__(self, data: PreparedData, settings: AutoencoderSettings, seed: int = 0) -> None:
         self.data, self.settings = data, settings
@@ -107,6 +109,7 @@ class AutoencoderStage:
         images = self.data.images[indices]
         if self.settings.patch is not None:
             images = random_patches([images], self.settings.patch, generators)[0]
+        (images,) = self.put(images)
         reconstruction, mu, sigma = self.networks["autoencoder"](images)
         recon = (reconstruction.float() - images).abs().mean()
         kl = kl_loss(mu.float(), sigma.float())
@@ -145,7 +148,7 @@ class AutoencoderStage:
         network = self.networks["autoencoder"]
         network.eval()
         image = self.data.images[:1]
-        reconstruction = reconstruct(network, image)
+        reconstruction = reconstruct(network, image.to(self.device)).cpu()
         network.train()
         arrays = [image[0, 0].numpy(), reconstruction[0, 0].float().numpy()]
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ train_app = typer.Typer(no_args_is_help=False, help="Train models: a whole recip
 DATA = typer.Option(..., "--data", help="Prepared folder (volsynth prepare output).")
 OUT = typer.Option(..., "--out", help="Output folder (checkpoints, metrics, previews); resumes from its last one.")
 PROGRESS = typer.Option(True, help="Show a progress bar.")
-RESUMABLE = ("steps", "checkpoint_every", "preview_every", "progress", "tensorboard")  # runner.RESUMABLE_KEYS
+# runner.RESUMABLE_KEYS, spelled out so that --help does not import torch
+RESUMABLE = ("steps", "checkpoint_every", "preview_every", "progress", "tensorboard", "device")
 
 
 def _config(name: str) -> typer.Option:

@@ -18,6 +18,7 @@ from volsynth.models.registry import build_network
 from volsynth.training.denoising import denoising_loss, dropped, hide_classes, noised
 from volsynth.training.diffusion import DiffusionSettings
 from volsynth.training.latents import LatentCache
+from volsynth.training.placement import DevicePlacement
 
 
 @dataclass
@@ -38,10 +39,11 @@ class ControlNetSettings:
         return settings_from_dict(cls, data, "controlnet")
 
 
-class ControlNetStage:
+class ControlNetStage(DevicePlacement):
     """Trains the ControlNet; the UNet comes frozen from a diffusion checkpoint."""
 
     name = "controlnet"
+    helper_modules = ("unet",)  # moved to the device with the trained networks
 
     def __init__(self, cache: LatentCache, diffusion_checkpoint: str | Path, settings: ControlNetSettings,
                  seed: int = 0) -> None:
@@ -90,7 +92,9 @@ class ControlNetStage:
         known = hide_classes(self.cache.known[indices], generators, self.settings.hide_class, self.settings.hide_all)
         features = self.mask_features(indices, known)
         drop = dropped(generators, self.settings.condition_dropout)
-        context = torch.where(drop[:, None, None], self.unet.null(len(indices)), self.cache.tokens[indices])
+        z0, noisy, noise, timesteps, features, drop, tokens = self.put(
+            z0, noisy, noise, timesteps, features, drop, self.cache.tokens[indices])
+        context = torch.where(drop[:, None, None], self.unet.null(len(indices)), tokens)
         controlnet = self.networks["controlnet"]
         down, mid = controlnet(noisy, timesteps, controlnet.embed(features), context=context)
         prediction = self.unet(noisy, timesteps, context=context, down_block_additional_residuals=down,

@@ -24,6 +24,7 @@ from volsynth.models.tiled import decode
 from volsynth.sampling import build_scheduler, sample
 from volsynth.training.denoising import denoising_loss, dropped, hide_classes, noised
 from volsynth.training.latents import LatentCache
+from volsynth.training.placement import DevicePlacement
 from volsynth.viz import save_montage
 
 
@@ -51,7 +52,7 @@ class DiffusionSettings(DenoiserSettings):
         return settings
 
 
-class DiffusionStage:
+class DiffusionStage(DevicePlacement):
     """Trains the conditioned UNet on a latent cache."""
 
     name = "diffusion"
@@ -89,8 +90,9 @@ class DiffusionStage:
         z0 = self.cache.sample(indices, generators)
         noisy, noise, timesteps = noised(self.scheduler, z0, generators)
         drop = dropped(generators, self.settings.condition_dropout)
-        prediction = self.networks["unet"](noisy, timesteps, context=self.cache.tokens[indices], drop_context=drop,
-                                           cond=self.mask_condition(indices, generators))
+        z0, noisy, noise, timesteps, drop, context, cond = self.put(
+            z0, noisy, noise, timesteps, drop, self.cache.tokens[indices], self.mask_condition(indices, generators))
+        prediction = self.networks["unet"](noisy, timesteps, context=context, drop_context=drop, cond=cond)
         return {"diffusion": denoising_loss(prediction, self.scheduler, self.settings.prediction_type, z0, noise,
                                             timesteps, self.settings.loss)}
 
@@ -125,16 +127,18 @@ def preview_samples(unet, autoencoder_checkpoint, cache, settings, path: Path, s
     scheduler = build_scheduler("ddim" if settings.sampler == "ddpm" else settings.sampler, settings.prediction_type,
                                 settings.num_train_timesteps, settings.schedule, int(cache.mean[0, 0].numel()))
     arrays, titles = [], []
+    device = next(unet.parameters()).device
     for index in range(min(count, len(cache))):
         generator = torch.Generator().manual_seed(index)
-        z = torch.randn([1, *cache.mean.shape[1:]], generator=generator)
-        context = cache.tokens[index:index + 1]
+        z = torch.randn([1, *cache.mean.shape[1:]], generator=generator).to(device)
+        context = cache.tokens[index:index + 1].to(device)
         cond = None
         if getattr(unet, "cond_channels", 0):  # mask-concat UNet: the case's own mask (it is the usual use)
-            cond = combine_features(cache.occupancy[index:index + 1].float(), cache.known[index:index + 1])
+            cond = combine_features(cache.occupancy[index:index + 1].float(),
+                                    cache.known[index:index + 1]).to(device)
         z = sample(lambda x, t, c=context, m=cond: unet(x, t, context=c, cond=m), z, scheduler,
                    settings.preview_steps, generator)
-        arrays.append(decode(autoencoder, z / cache.scale_factor)[0, 0].numpy())
+        arrays.append(decode(autoencoder, z.cpu() / cache.scale_factor)[0, 0].numpy())
         titles.append(f"step {step} sample {index}")
     unet.train()
     path.parent.mkdir(parents=True, exist_ok=True)

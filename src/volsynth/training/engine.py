@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from volsynth.config import settings_from_dict
-from volsynth.devices import check_precision_setting, resolve_precision
+from volsynth.devices import check_device_setting, check_precision_setting, resolve_precision, select_device
 from volsynth.errors import VolsynthError
 from volsynth.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from volsynth.models.checkpointing import enable_activation_checkpointing
@@ -48,6 +48,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float | None = 0.999
     bf16: bool | str = "auto"  # auto: bf16 where the device runs it natively (volsynth.devices), else float32
+    device: str = "auto"  # auto: this process's GPU when CUDA is available, else the CPU; or cpu, cuda, cuda:N
     activation_checkpointing: bool = False  # recompute large blocks' activations in backward: less memory, ~1.3x time
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -60,6 +61,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_precision_setting(self.bf16, "train.bf16")
+        check_device_setting(self.device, "train.device")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> TrainConfig:
@@ -126,6 +128,10 @@ class Stage(Protocol):
 
     def preview(self, step: int, path: Path) -> None:
         """Write a preview PNG."""
+        ...
+
+    def to(self, device: torch.device) -> None:
+        """Put the networks (and any module the losses use) on ``device``; batches follow (training/placement.py)."""
         ...
 
 
@@ -207,6 +213,10 @@ class Trainer:
         if config.activation_checkpointing:
             for network in stage.networks.values():
                 enable_activation_checkpointing(network)
+        # networks, optimizer state and EMA live on the device; batches are made on the CPU and moved there
+        self.device = select_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        stage.to(self.device)
+        self.dtype = resolve_precision(config.bf16, self.device)
         if self.world > 1:  # every rank starts from rank 0's weights
             for name in self.trained:
                 for tensor in stage.networks[name].state_dict().values():
@@ -220,9 +230,6 @@ class Trainer:
                            for g, o in self.optimizers.items()}
         self.ema = {n: EMA(stage.networks[n], config.ema_decay) for n in self.trained} if config.ema_decay else {}
         self.step = 0
-        # the stages keep their networks and data on the CPU: that is the device whose bf16 support counts
-        self.device = torch.device("cpu")
-        self.dtype = resolve_precision(config.bf16, self.device)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -241,7 +248,7 @@ class Trainer:
         for name, network in checkpoint.networks.items():
             self.stage.networks[name].load_state_dict(network.state_dict())
         for name, ema in self.ema.items():
-            ema.state = {k: v.clone() for k, v in checkpoint.ema[name].items()}
+            ema.state = {k: v.to(self.device, copy=True) for k, v in checkpoint.ema[name].items()}
         for group, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][group])
             self.schedulers[group].load_state_dict(state["schedulers"][group])

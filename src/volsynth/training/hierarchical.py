@@ -24,6 +24,7 @@ from volsynth.models.stages import DenoiserSettings, check_patch_settings, upsam
 from volsynth.text import get_text_encoder
 from volsynth.training.data import PreparedData, check_patch_fits, random_patches
 from volsynth.training.denoising import denoising_loss, dropped, noised
+from volsynth.training.placement import DevicePlacement
 
 
 @dataclass
@@ -57,7 +58,7 @@ def low_resolution(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.avg_pool3d(x, factor)
 
 
-class _HierarchicalStage:
+class _HierarchicalStage(DevicePlacement):
     """Shared data handling of both stages."""
 
     def __init__(self, data: PreparedData, settings: HierarchicalSettings, seed: int, cond: bool) -> None:
@@ -95,8 +96,9 @@ class _HierarchicalStage:
         """The shared epsilon / v / flow loss with text dropout."""
         noisy, noise, timesteps = noised(self.scheduler, x0, generators)
         drop = dropped(generators, self.settings.condition_dropout)
-        prediction = self.networks["unet"](noisy, timesteps, context=self.tokens[indices], cond=cond,
-                                           drop_context=drop)
+        x0, noisy, noise, timesteps, context, cond, drop = self.put(
+            x0, noisy, noise, timesteps, self.tokens[indices], cond, drop)
+        prediction = self.networks["unet"](noisy, timesteps, context=context, cond=cond, drop_context=drop)
         return denoising_loss(prediction, self.scheduler, self.settings.prediction_type, x0, noise, timesteps,
                               self.settings.loss)
 

@@ -22,7 +22,16 @@ from pathlib import Path
 import torch
 
 from volsynth.data.prepare import load_manifest
-from volsynth.devices import PrecisionWarning, current_rss, peak_rss, reset_peak_rss
+from volsynth.devices import (
+    PrecisionWarning,
+    current_rss,
+    memory_in_use,
+    memory_peak,
+    peak_rss,
+    reset_memory_peak,
+    reset_peak_rss,
+    synchronize,
+)
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.models.index import read_model_index
 from volsynth.pipelines.auto import load_pipeline
@@ -119,15 +128,16 @@ def _measuring_fit(measured: list[StageMeasurement]):
         trainer = Trainer(stage, folder, config)
         for network in stage.networks.values():
             network.train()
-        ready = current_rss()
-        reset_peak_rss()
+        ready = memory_in_use(trainer.device)  # on a GPU: its allocator's bytes, the memory that limits it
+        reset_memory_peak(trainer.device)
         times = []
         while trainer.step < config.steps:
             start = time.perf_counter()
             trainer.train_step()
+            synchronize(trainer.device)
             times.append(time.perf_counter() - start)
             trainer.step += 1
-        peak = peak_rss()
+        peak = memory_peak(trainer.device)
         trainer.save()
         trained = [stage.networks[n] for names in stage.param_groups().values() for n in names]
         patch = getattr(getattr(stage, "settings", None), "patch", None)

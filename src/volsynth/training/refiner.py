@@ -28,6 +28,7 @@ from volsynth.models.stages import CONTEXT_DIM, RefinerSettings, degrade
 from volsynth.training.data import PreparedData, check_patch_fits, random_patches
 from volsynth.training.denoising import denoising_loss, hide_classes, noised
 from volsynth.training.latents import known_classes
+from volsynth.training.placement import DevicePlacement
 
 
 def augmented_condition(image: torch.Tensor, labels: torch.Tensor, label_ids: list[int],
@@ -49,7 +50,7 @@ def augmented_condition(image: torch.Tensor, labels: torch.Tensor, label_ids: li
     return cond
 
 
-class RefinerStage:
+class RefinerStage(DevicePlacement):
     """Trains the refiner on a prepared dataset's images and label maps (pixel space)."""
 
     name = "refiner"
@@ -95,7 +96,8 @@ class RefinerStage:
         if self.settings.residual_scale is not None:
             x0 = (x0 - cond) / self.settings.residual_scale
         noisy, noise, timesteps = noised(self.scheduler, x0, generators)
-        prediction = self.networks["refiner"](noisy, timesteps, cond=torch.cat([cond, features], dim=1))
+        x0, noisy, noise, timesteps, cond = self.put(x0, noisy, noise, timesteps, torch.cat([cond, features], dim=1))
+        prediction = self.networks["refiner"](noisy, timesteps, cond=cond)
         return {"refiner": denoising_loss(prediction, self.scheduler, self.settings.prediction_type, x0, noise,
                                           timesteps, self.settings.loss)}
 

@@ -34,7 +34,7 @@ RECIPE_FILE = "recipe.yaml"
 PARENTS = "parents"
 # Settings a resumed run may change: how long stages train and how often they report. Anything else would
 # silently mix two configurations in one run folder.
-RESUMABLE_KEYS = ("steps", "checkpoint_every", "preview_every", "progress", "tensorboard")
+RESUMABLE_KEYS = ("steps", "checkpoint_every", "preview_every", "progress", "tensorboard", "device")
 _SOURCE_LINE = re.compile(r"^# recipe: (.+)$")
 
 
@@ -64,9 +64,10 @@ def _read_pinned(path: Path) -> dict:
 def pin_recipe(recipe: dict, out: Path) -> None:
     """Store the resolved recipe in ``OUT/recipe.yaml`` on the first run; on a resume, refuse one that differs.
 
-    Changing ``train.steps`` (or how often a stage checkpoints and previews) is allowed, so a finished run can be
-    trained further; so is the ``model`` block while ``OUT/model`` has not been assembled yet. Anything else (a
-    different ``--set``, an edited recipe) raises ConfigError naming the keys: start a new ``--out`` instead.
+    Changing ``train.steps`` (or how often a stage checkpoints and previews, or the device it computes on) is
+    allowed, so a finished run can be trained further, or on a GPU; so is the ``model`` block while ``OUT/model`` has
+    not been assembled yet. Anything else (a different ``--set``, an edited recipe) raises ConfigError naming the
+    keys: start a new ``--out`` instead.
     """
     current = {key: value for key, value in recipe.items() if not key.startswith("_")}
     path = out / RECIPE_FILE

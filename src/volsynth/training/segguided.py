@@ -19,6 +19,7 @@ from volsynth.models.stages import SLICE_AXES, DenoiserSettings
 from volsynth.text import get_text_encoder
 from volsynth.training.data import PreparedData
 from volsynth.training.denoising import denoising_loss, dropped, hide_classes, noised
+from volsynth.training.placement import DevicePlacement
 
 
 @dataclass
@@ -42,7 +43,7 @@ class SegGuidedSettings(DenoiserSettings):
         return settings
 
 
-class SegGuidedStage:
+class SegGuidedStage(DevicePlacement):
     """Trains the concat-conditioned UNet on one prepared dataset per modality (same label set)."""
 
     name = "segguided"
@@ -99,8 +100,10 @@ class SegGuidedStage:
         cond = combine_features(onehot, known)
         noisy, noise, timesteps = noised(self.scheduler, x0, generators)
         drop = dropped(generators, self.settings.condition_dropout)
-        prediction = self.networks["unet"](noisy, timesteps, context=torch.stack(context), cond=cond,
-                                           class_labels=torch.tensor(modality), drop_context=drop)
+        x0, noisy, noise, timesteps, context, cond, modality, drop = self.put(
+            x0, noisy, noise, timesteps, torch.stack(context), cond, torch.tensor(modality), drop)
+        prediction = self.networks["unet"](noisy, timesteps, context=context, cond=cond, class_labels=modality,
+                                           drop_context=drop)
         return {"segguided": denoising_loss(prediction, self.scheduler, self.settings.prediction_type, x0, noise,
                                             timesteps, self.settings.loss)}
 
