@@ -1,4 +1,5 @@
-"""Prepared datasets in memory, as tensors the stages index into; per-case arrays on disk read on demand; random
+"""Prepared datasets as arrays the stages index into: each case memory-mapped from a ``.npy`` copy made once
+beside the prepared files and read only when a batch needs it, so a stage holds a batch, not the dataset; random
 training patches."""
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from volsynth.data.dataset import REPORTS_FILE
 from volsynth.data.plan import Plan
 from volsynth.data.prepare import load_manifest
 from volsynth.errors import ConfigError
+from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import read_label, read_volume
+
+ARRAYS_FOLDER = "arrays"  # in a prepared folder: memory-mappable copies of its cases, made on first use
 
 
 class CaseStack:
@@ -24,8 +28,8 @@ class CaseStack:
     cases would (a tensor, copied out of the files); further indices apply to that result.
     """
 
-    def __init__(self, files: list[Path]) -> None:
-        self.files = files
+    def __init__(self, files: list[Path], dtype: torch.dtype | None = None) -> None:
+        self.files, self.dtype = files, dtype  # dtype: what indexing returns (None: the files' own)
         self.shape = torch.Size([len(files), *self.case(0).shape])
 
     def case(self, index: int) -> np.ndarray:
@@ -44,6 +48,7 @@ class CaseStack:
         else:
             cases = range(len(self))[key] if isinstance(key, slice) else [int(i) for i in key]
             out = torch.from_numpy(np.stack([self.case(i) for i in cases]))
+        out = out if self.dtype is None else out.to(self.dtype)
         return out[rest] if rest else out
 
 
@@ -54,8 +59,8 @@ class PreparedData:
     root: Path
     plan: Plan
     case_ids: list[str]
-    images: torch.Tensor  # [N, C, X, Y, Z] in [-1, 1]
-    labels: torch.Tensor | None  # [N, X, Y, Z] integer ids of the plan
+    images: CaseStack  # [N, C, X, Y, Z] float32 in [-1, 1]; indexing gives tensors
+    labels: CaseStack | None  # [N, X, Y, Z] int64 ids of the plan
     reports: list[str]  # "" where a case has no report
     facts: list[dict]
 
@@ -68,8 +73,6 @@ def load_prepared(root: str | Path) -> PreparedData:
     root = Path(root)
     plan = Plan.load(root)
     entries = load_manifest(root)["cases"]
-    images = [np.stack([read_volume(root / name).array for name in e["images"]]) for e in entries]
-    labels = [read_label(root / e["label"]).array for e in entries if e.get("label")]
     reports: dict[str, dict] = {}
     if (root / REPORTS_FILE).is_file():
         for line in (root / REPORTS_FILE).read_text().splitlines():
@@ -77,15 +80,39 @@ def load_prepared(root: str | Path) -> PreparedData:
                 entry = json.loads(line)
                 reports[entry["case"]] = entry
     ids = [e["case"] for e in entries]
+    images = CaseStack([case_array(root, e["images"], np.float32) for e in entries], torch.float32)
+    labelled = all(e.get("label") for e in entries)
+    labels = CaseStack([case_array(root, [e["label"]], np.int16) for e in entries], torch.int64) if labelled else None
     facts = [reports.get(c, {}).get("facts", {}) for c in ids]
     # the classes prepare found annotated (``partial_labels``), unless the case's report lists its own
     facts = [f if "annotated" in f or "annotated" not in e else {**f, "annotated": e["annotated"]}
              for f, e in zip(facts, entries, strict=True)]
     return PreparedData(
-        root=root, plan=plan, case_ids=ids, images=torch.from_numpy(np.stack(images)).float(),
-        labels=torch.from_numpy(np.stack(labels).astype(np.int64)) if len(labels) == len(entries) else None,
+        root=root, plan=plan, case_ids=ids, images=images, labels=labels,
         reports=[reports.get(c, {}).get("report", "") for c in ids],
         facts=facts)
+
+
+def case_array(root: Path, names: list[str], dtype: type) -> Path:
+    """The ``.npy`` copy of one prepared case (its image channels stacked, or its label map ``[0]``), written on first
+    use under ``root/arrays``; its name carries the source files' sizes and times, so a re-prepared case gets a new
+    copy."""
+    sources = [root / name for name in names]
+    stamp = "-".join(f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in sources)
+    kind = "image" if dtype is np.float32 else "label"
+    path = root / ARRAYS_FOLDER / f"{kind}-{Path(names[0]).name.split('.')[0]}-{stamp}.npy"
+    if path.is_file():
+        return path
+    if dtype is np.float32:
+        array = np.stack([read_volume(p).array for p in sources]).astype(np.float32)
+    else:
+        array = read_label(sources[0]).array
+        if array.size and (array.min() < np.iinfo(np.int16).min or array.max() > np.iinfo(np.int16).max):
+            raise ConfigError(sources[0], "label ids outside the int16 range")
+        array = array.astype(np.int16)
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+    return path
 
 
 def check_patch_fits(root, patch: list[int] | None, grid: list[int], levels: int, name: str = "patch") -> None:
