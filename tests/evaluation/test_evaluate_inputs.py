@@ -121,6 +121,8 @@ def test_maisi_samples_named_by_a_preset(setup, tmp_path):
     generated = metrics["provenance"]["generated"]
     assert generated["labels"] == "maisi" and generated["layout"] == "plain"
     assert [v["id"] for v in generated["volumes"]] == ["sample_0", "sample_1"]
+    report = (tmp_path / "report" / "report.html").read_text()
+    assert "(plain layout, classes from --generated-labels maisi)" in report
     assert all(v["label_names_from"] == "--generated-labels" for v in generated["volumes"])
     volumes = metrics["anatomy_volumes"]["generated"]
     assert {"liver", "spleen"} <= set(volumes) and "tumour" not in volumes  # MAISI id 3 read as spleen
