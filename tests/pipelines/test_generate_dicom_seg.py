@@ -7,6 +7,7 @@ import numpy as np
 import pydicom
 
 from volsynth.cli import main
+from volsynth.evaluation.inputs import read_generated
 from volsynth.io import read_label, read_volume
 
 
@@ -31,3 +32,7 @@ def test_generate_dicom_writes_a_seg_referencing_the_series(tiny_model, nnunet_d
     mask = read_label(nnunet_dataset / "labelsTr" / "case000.nii.gz")
     assert label.present() and set(label.present()) <= set(mask.present())  # the model's classes of the mask
     assert {s.SegmentLabel for s in seg.SegmentSequence} <= {"liver", "tumour"}
+    # evaluate reads the DICOM output: the series as the image, the SEG (with its own class names) as the label map
+    (item,) = read_generated(out, {"background": 0, "other": 1}, progress=False)
+    assert item.label_names_from == "DICOM SEG" and item.label.labels == label.labels
+    np.testing.assert_array_equal(item.label.array, label.array)
