@@ -38,17 +38,18 @@ MASK_LABELS_HELP = (f"Map your mask ids to model classes: 'liver=5,tumour=6', or
 
 @app.command()
 def convert(
-    source: Path = typer.Argument(..., help="Input: .nii/.nii.gz/.nrrd/.mha/.mhd file or DICOM series folder."),
+    source: Path = typer.Argument(..., help="Input: .nii/.nii.gz/.nrrd/.mha/.mhd, DICOM series folder or DICOM SEG."),
     target: Path = typer.Argument(..., help="Output path; a name without suffix writes a DICOM series folder."),
-    label: bool = typer.Option(False, "--label", help="Treat the volume as a label map (integer, nearest)."),
+    label: bool = typer.Option(False, "--label", help="Treat it as a label map (a DICOM SEG always is one)."),
     modality: str = typer.Option(None, help="Modality to record (CT, MR) when the input does not say."),
     compression: str = typer.Option(None, help="DICOM pixel compression: jpeg2000."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
 ) -> None:
     """Convert a volume between NIfTI, NRRD, MHA and DICOM, keeping its geometry."""
-    from volsynth.io import read_label, read_volume, write_volume
+    from volsynth.io import read_label, read_volume, seg_file, write_volume
 
-    obj = read_label(source) if label else read_volume(source, modality=modality.upper() if modality else None)
+    modality = modality.upper() if modality else None
+    obj = read_label(source) if label or seg_file(source) else read_volume(source, modality=modality)
     write_volume(obj, target, overwrite=overwrite, compression=compression)
     console.print(f"wrote {target}  shape {obj.shape}  spacing {[round(s, 4) for s in obj.spacing]} mm  "
                   f"orientation {obj.orientation}")

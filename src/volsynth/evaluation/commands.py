@@ -62,7 +62,11 @@ def command_line(ctx: typer.Context) -> str:
 def evaluate(
     ctx: typer.Context,
     real: Path = typer.Option(..., "--real", help="Real dataset (nnU-Net v2 / MSD layout, or a prepared folder)."),
-    generated: Path = typer.Option(..., "--generated", help="Folder written by volsynth generate."),
+    generated: Path = typer.Option(..., "--generated", help="Generated volumes: volsynth generate output, an nnU-Net/"
+                                   "MSD dataset, or a folder of images with optional <id>_label / <id>_seg files."),
+    generated_labels: str = typer.Option(None, "--generated-labels", help="Class names of the generated label "
+                                         "files: 'liver=1,tumour=2', a YAML file or a preset (maisi, "
+                                         "totalsegmentator...). Default: the folder's own, else the real dataset's."),
     out: Path = typer.Option(..., "--out", help="Output folder for metrics.json and report.html."),
     segmentor: Path = typer.Option(None, help="Segmentor folder (volsynth train segmentor output) for "
                                               "Dice_gen/Dice_orig."),
@@ -84,7 +88,7 @@ def evaluate(
                                 max_generated=max_generated, nsd_tolerance_mm=nsd_tolerance, progress=progress,
                                 command=command_line(ctx))
     metrics = run_evaluation(real, generated, out, segmentor=segmentor, study=study, options=options,
-                             training=training)
+                             training=training, generated_labels=generated_labels)
     fid = metrics["fid"]
     floor = fid.get("real_vs_real_mean")
     console.print(f"FID (mean of planes, {fid['extractor']}): {fid['fid_mean']:.4g}"

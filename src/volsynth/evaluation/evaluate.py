@@ -2,8 +2,9 @@
 
 Recipe (``run_evaluation``):
 1. read the real dataset (verified; a folder written by ``volsynth prepare`` is mapped back to its units with
-   each case's window) and the generated folder (``<id>_image`` + ``<id>.json`` sidecar [+ ``<id>_label``]),
-   in ``inputs.py``;
+   each case's window) and the generated folder: volsynth output (``<id>_image`` + ``<id>.json`` sidecar
+   [+ ``<id>_label``]), an nnU-Net / MSD dataset, or a plain folder of images with optional ``<id>_label`` /
+   ``<id>_seg`` files (``inputs.py``, ``generated.py``);
 2. put both sets on one comparison shape (the generated volumes' most common shape): a volume of another
    shape is resized over its own field of view (RAS); fix one intensity range (CT: the prepared plan's window,
    else the real set's pooled 0.5/99.5 percentiles; MR: per-volume percentiles);
@@ -35,7 +36,8 @@ from volsynth.evaluation import adherence
 from volsynth.evaluation.distribution import compute_mmd_volumes
 from volsynth.evaluation.fid import FIDPerPlane, split_halves
 from volsynth.evaluation.figures import build_figures
-from volsynth.evaluation.inputs import Item, read_generated, read_real, to_shape
+from volsynth.evaluation.generated import generated_classes
+from volsynth.evaluation.inputs import Item, read_generated_set, read_real, to_shape
 from volsynth.evaluation.memorization import check_memorization
 from volsynth.evaluation.overlap import (
     compute_dice_per_class,
@@ -216,14 +218,17 @@ def intensity_summary(real: dict[str, np.ndarray], generated: dict[str, np.ndarr
 
 def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, segmentor: str | Path | None = None,
                    study: str | Path | None = None, options: EvaluationOptions | None = None,
-                   training: str | Path | None = None) -> dict:
+                   training: str | Path | None = None, generated_labels: str | None = None) -> dict:
     """Evaluate a generated folder against a real dataset; writes ``out``/metrics.json and report.html.
 
     ``training``: the generator's training set, for the memorization check (default: the real set).
+    ``generated_labels``: class names of the generated label files (``liver=1,tumour=2``, a YAML file or a preset
+    such as ``maisi``) where the folder does not name them (default: the real dataset's names).
     """
     options = options or EvaluationOptions()
     start, out = time.perf_counter(), Path(out)
     check_report_folder(out)
+    gen_classes = generated_classes(generated_labels)
     study_data = None
     if study is not None:  # bad inputs fail before any work
         study_data = load_study(study)
@@ -231,7 +236,8 @@ def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, seg
     real_info, real_items, plan = read_real(real, options.max_real, options.progress)
     if not real_items:
         raise DatasetError(real, "the real dataset has no cases")
-    gen_items = read_generated(generated, real_info["labels"], options.max_generated, options.progress)
+    scanned, gen_items = read_generated_set(generated, real_info["labels"], options.max_generated, options.progress,
+                                            gen_classes)
     seg = None
     if segmentor is not None:
         seg = load_segmentor(segmentor)
@@ -247,6 +253,7 @@ def run_evaluation(real: str | Path, generated: str | Path, out: str | Path, seg
     window = intensity_range(real_items, plan, real_info["modality"], options.seed)
     # 3.-7. the metrics
     metrics: dict = {"provenance": provenance(real_info, generated, gen_items, seg, options, shape, window)}
+    metrics["provenance"]["generated"].update(layout=scanned.layout, labels=generated_labels)
     metrics.update(distribution_metrics(real_volumes, gen_volumes, options, window))
     reason = {"computed": False, "reason": "no segmentor given (--segmentor; train one with volsynth train segmentor)"}
     metrics["mask_faithfulness"] = (mask_faithfulness(seg, real_items, gen_items, options.nsd_tolerance_mm)
@@ -296,7 +303,8 @@ def provenance(real_info: dict, folder: str | Path, generated: list[Item], seg, 
     volumes = [{"id": i.id, "model": i.sidecar.get("model"), "model_sha256": i.sidecar.get("model_sha256"),
                 "seed": i.sidecar.get("seed"), "prompt": i.prompt, "mask": i.sidecar.get("mask"),
                 "steps": i.sidecar.get("steps"), "sampler": i.sidecar.get("sampler"),
-                "image_sha256": i.sidecar.get("image_sha256"), "has_label": i.label is not None} for i in generated]
+                "image_sha256": i.sidecar.get("image_sha256"), "has_label": i.label is not None,
+                "label_names_from": i.label_names_from} for i in generated]
     models = Counter((v["model"], v["model_sha256"]) for v in volumes)
     return {
         "command": options.command, "volsynth_version": __version__, "python": platform.python_version(),

@@ -1,11 +1,11 @@
 """The inputs of ``volsynth evaluate``: the real dataset (verified; a prepared folder mapped back to its units
-with each case's window) and a generated folder (``<id>_image`` + ``<id>.json`` sidecar [+ ``<id>_label``]),
-read into ``Item``s; and ``to_shape``, which puts a volume on the comparison shape over its own field of view.
+with each case's window) and a generated folder (volsynth output, a dataset or a plain folder of images, see
+``generated.py``), read into ``Item``s; and ``to_shape``, which puts a volume on the comparison shape over its own
+field of view.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,12 +15,13 @@ from volsynth.data.dataset import load_dataset
 from volsynth.data.plan import PLAN_FILE, Plan
 from volsynth.data.prepare import MANIFEST_FILE, case_windows, dataset_digest
 from volsynth.data.verify import verify_dataset
-from volsynth.errors import DatasetError, ReadError
+from volsynth.errors import DatasetError
+from volsynth.evaluation.generated import GeneratedEntry, GeneratedFolder, check_generated_labels, scan_generated
+from volsynth.io.dicom_seg import seg_file
 from volsynth.io.formats import read_label, read_volume
 from volsynth.io.resample import grid_affine, grid_centre, resample_to
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.parallel import progress_bar
-from volsynth.pipelines.sidecar import read_sidecar
 
 
 @dataclass
@@ -34,83 +35,66 @@ class Item:
     facts: dict | None = None
     sidecar: dict = field(default_factory=dict)
     prediction: LabelMap | None = None  # the segmentor's, when one is given
+    label_names_from: str | None = None  # where a generated label map's class names come from
 
 
-@dataclass
-class GeneratedEntry:
-    """A generated volume on disk: its files, sidecar and the class names of its label file."""
+def named_label(label: LabelMap, classes: dict[str, list[int]]) -> LabelMap:
+    """The label map with these class names; a class given several ids has them merged onto its first."""
+    array = label.array
+    for ids in classes.values():
+        for extra in ids[1:]:
+            array = np.where(array == extra, ids[0], array)
+    return LabelMap(array.astype(label.array.dtype, copy=False), label.affine,
+                    labels={"background": 0, **{name: ids[0] for name, ids in classes.items()}})
 
-    id: str
-    image_path: Path
-    label_path: Path | None
-    sidecar: dict
-    label_names: dict[str, int] | None
 
-
-def _model_labels(sidecar: dict) -> dict[str, int] | None:
-    """Class names of a generated label file: the sidecar's ``labels``, else the model plan's labels."""
-    if isinstance(sidecar.get("labels"), dict):
-        return {str(k): int(v) for k, v in sidecar["labels"].items()}
-    model = sidecar.get("model")
-    meta = Path(model) / "meta.json" if model else None
-    if meta is not None and meta.is_file():
-        plan = json.loads(meta.read_text()).get("plan") or {}
-        if plan.get("labels"):
-            return {"background": 0, **{str(k): int(v) for k, v in plan["labels"].items()}}
-    return None
+def read_named_label(path: Path, classes: dict[str, list[int]]) -> LabelMap:
+    """A generated label file with class names: a DICOM SEG's own, else ``classes``."""
+    label = read_label(path)
+    return label if seg_file(path) is not None else named_label(label, classes)
 
 
 def read_generated_folder(folder: str | Path) -> list[GeneratedEntry]:
-    """Generated volumes of a ``volsynth generate`` folder (sidecars), or bare ``<id>_image`` files."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ReadError(folder, "generated folder not found")
-    entries, seen = [], set()
-    for path in sorted(folder.glob("*.json")):
-        sidecar = read_sidecar(path)
-        if sidecar is None:
-            continue  # not a sidecar (e.g. a metrics file)
-        image = folder / str(sidecar["image"])
-        if not image.exists():
-            raise ReadError(image, f"image named by sidecar {path.name} not found")
-        label = folder / sidecar["label"] if sidecar.get("label") else None
-        if label is not None and not label.exists():
-            raise ReadError(label, f"label map named by sidecar {path.name} not found")
-        entry_id = str(sidecar.get("id") or path.stem)
-        entries.append(GeneratedEntry(entry_id, image, label, sidecar, _model_labels(sidecar)))
-        seen.add(image.name)
-    for image in sorted(folder.glob("*_image*")):  # volumes without a sidecar
-        if image.name in seen:
-            continue
-        stem = image.name.split("_image")[0]
-        labels = sorted(folder.glob(f"{stem}_label*"))
-        entries.append(GeneratedEntry(stem, image, labels[0] if labels else None, {}, None))
-    if not entries:
-        raise ReadError(folder, "no generated volumes found",
-                        "expected <id>_image.nii.gz files with <id>.json sidecars (volsynth generate output)")
-    return entries
+    """Generated volumes of a folder in any layout ``scan_generated`` knows (volsynth output, a dataset, a plain
+    folder of images with optional label files)."""
+    return scan_generated(folder).entries
 
 
-def read_generated(folder: str | Path, fallback_labels: dict[str, int], limit: int | None = None,
-                   progress: bool = True) -> list[Item]:
-    """Generated volumes with their label maps (class names from the model, else the real dataset's)."""
-    entries = read_generated_folder(folder)[:limit]
+def read_generated_set(folder: str | Path, fallback_labels: dict[str, int], limit: int | None = None,
+                       progress: bool = True, generated_labels: dict[str, list[int]] | None = None
+                       ) -> tuple[GeneratedFolder, list[Item]]:
+    """The generated folder's layout and its volumes with their label maps. Class names of a label file: the
+    folder's own (sidecar, dataset.json), else ``generated_labels``, else the real dataset's (``fallback_labels``);
+    a DICOM SEG names its own classes."""
+    scanned = scan_generated(folder)
+    check_generated_labels(generated_labels, scanned.layout)
+    entries = scanned.entries[:limit]
+    fallback = {name: [i] for name, i in fallback_labels.items()}
     items = []
     with progress_bar(progress) as bar:
         task = bar.add_task("read generated", total=len(entries))
         for entry in entries:
             image = read_volume(entry.image_path)
-            label = (read_label(entry.label_path, labels=entry.label_names or fallback_labels)
-                     if entry.label_path else None)
+            label, names_from = None, None
+            if entry.label_path is not None:
+                names_from, classes = next((source, c) for source, c in (
+                    ("dataset.json" if scanned.layout == "dataset" else "sidecar", entry.label_classes),
+                    ("--generated-labels", generated_labels), ("real dataset", fallback)) if c is not None)
+                label = read_named_label(entry.label_path, classes)
+                names_from = "DICOM SEG" if seg_file(entry.label_path) is not None else names_from
             if label is not None and (label.shape != image.shape or not np.allclose(label.affine, image.affine,
                                                                                     atol=1e-3)):
                 label = resample_to(label, image.affine, image.shape)  # nearest: onto the image's grid
-            job = entry.sidecar.get("job") or {}
-            facts = entry.sidecar.get("facts") or job.get("facts")
-            items.append(Item(entry.id, image, label,
-                              str(entry.sidecar.get("prompt", job.get("prompt", "")) or ""), facts, entry.sidecar))
+            items.append(Item(entry.id, image, label, entry.prompt, entry.facts, entry.sidecar,
+                              label_names_from=names_from))
             bar.advance(task)
-    return items
+    return scanned, items
+
+
+def read_generated(folder: str | Path, fallback_labels: dict[str, int], limit: int | None = None,
+                   progress: bool = True, generated_labels: dict[str, list[int]] | None = None) -> list[Item]:
+    """Generated volumes with their label maps (see ``read_generated_set``)."""
+    return read_generated_set(folder, fallback_labels, limit, progress, generated_labels)[1]
 
 
 def read_real(root: str | Path, limit: int | None = None,

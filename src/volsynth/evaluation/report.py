@@ -118,7 +118,8 @@ def _provenance(m: dict, figures: dict) -> str:
             ["real data", f"{real['path']} ({real['name']}, {real['layout']}, {real['modality']}, {real['cases']} "
                           f"cases{', prepared folder mapped back to its units' if real['prepared'] else ''})"],
             ["real data sha256", real["sha256"]],
-            ["generated", f"{gen['count']} volumes in {gen['path']}"],
+            ["generated", f"{gen['count']} volumes in {gen['path']} ({gen.get('layout', 'volsynth')} layout"
+                          + (f", classes from --generated-labels {gen['labels']}" if gen.get("labels") else "") + ")"],
             ["segmentor", "none" if seg is None else f"{seg['path']} ({seg['architecture']}, {seg['spatial_dims']}D, "
                           f"seed {seg['seed']}, {seg['steps']} steps, trained on "
                           f"{len(seg['training_cases'] or [])} cases of {seg['dataset']})"],

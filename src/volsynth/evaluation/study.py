@@ -30,7 +30,7 @@ import numpy as np
 
 from volsynth import __version__
 from volsynth.errors import ConfigError, DatasetError
-from volsynth.evaluation.inputs import read_generated_folder
+from volsynth.evaluation.inputs import read_generated_folder, read_named_label
 from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class
 from volsynth.evaluation.report import to_json_ready
 from volsynth.evaluation.segmentor import (
@@ -44,7 +44,7 @@ from volsynth.evaluation.segmentor import (
     read_case,
 )
 from volsynth.evaluation.segtrain import train_segmentor
-from volsynth.io.formats import read_label, read_volume
+from volsynth.io.formats import read_volume
 from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.volume import LabelMap
 
@@ -116,7 +116,8 @@ def synthetic_pairs(generated: str | Path, count: int | None, fallback_labels: d
         if count > len(items):
             raise ConfigError(None, f"n_synthetic {count} exceeds the {len(items)} generated pairs in {generated}")
         items = items[:count]
-    pairs = [(read_volume(item.image_path), read_label(item.label_path, labels=item.label_names or fallback_labels))
+    fallback = {name: [i] for name, i in fallback_labels.items()}
+    pairs = [(read_volume(item.image_path), read_named_label(item.label_path, item.label_classes or fallback))
              for item in items]
     return pairs, [item.id for item in items]
 

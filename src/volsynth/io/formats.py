@@ -1,5 +1,6 @@
 """Read and write volumes by path: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage
-(.mha, .mhd) and DICOM series folders. Every writer is atomic and keeps the affine."""
+(.mha, .mhd) and DICOM series folders; a DICOM SEG (a .dcm file, or a folder holding one) reads as a label map.
+Every writer is atomic and keeps the affine."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import SimpleITK as sitk
 from volsynth.errors import GeometryError, ReadError, VolsynthError, WriteError
 from volsynth.io.atomic import atomic_output
 from volsynth.io.dicom import SERIES_SLICE, arrays_to_sitk, read_dicom_series, sitk_to_arrays, write_dicom_series
+from volsynth.io.dicom_seg import read_dicom_seg, seg_file
 from volsynth.io.volume import LabelMap, Volume
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -22,7 +24,7 @@ FORMATS = ("nifti", "nrrd", "mha", "dicom")
 
 
 def format_of(path: str | Path) -> str:
-    """The format a path names: by suffix, or ``dicom`` for a folder or a suffix-less name."""
+    """The format a path names: by suffix, or ``dicom`` for a folder, a suffix-less name or a .dcm file."""
     path = Path(path)
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
@@ -31,10 +33,10 @@ def format_of(path: str | Path) -> str:
         return "nrrd"
     if name.endswith((".mha", ".mhd")):
         return "mha"
-    if path.is_dir() or path.suffix == "":
+    if path.is_dir() or path.suffix == "" or name.endswith(".dcm"):
         return "dicom"
     raise ReadError(path, f"unknown volume format '{path.suffix}'",
-                    "use .nii.gz, .nii, .nrrd, .mha, .mhd or a DICOM folder")
+                    "use .nii.gz, .nii, .nrrd, .mha, .mhd, a DICOM folder or a DICOM SEG .dcm file")
 
 
 def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray, str | None]:
@@ -47,8 +49,12 @@ def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray, str | None]:
         raise ReadError(path, "file not found")
     fmt = format_of(path)
     if fmt == "dicom":
+        if seg_file(path) is not None:
+            label = read_dicom_seg(path)
+            return label.array, label.affine, "SEG"
         if not path.is_dir():
-            raise ReadError(path, "a DICOM series must be given as a folder")
+            raise ReadError(path, "a DICOM series must be given as a folder (a single .dcm file is read only "
+                            "when it is a DICOM SEG)")
         return read_dicom_series(path)
     if fmt == "nifti":
         return (*_read_nifti(path), None)
@@ -101,8 +107,10 @@ def read_volume(path: str | Path, modality: str | None = None) -> Volume:
 
 
 def read_label(path: str | Path, labels: dict[str, int] | None = None) -> LabelMap:
-    """Read a 3D integer label map (any supported format) as a ``LabelMap``."""
+    """Read a 3D integer label map (any supported format) as a ``LabelMap``; a DICOM SEG names its own classes."""
     path = Path(path)
+    if path.exists() and seg_file(path) is not None:
+        return read_dicom_seg(path)
     array, affine, _ = read_array(path)
     array = _require_3d(path, array)
     try:
@@ -124,6 +132,9 @@ def write_volume(obj: Volume | LabelMap, path: str | Path, overwrite: bool = Tru
     """
     path = Path(path)
     fmt = format_of(path)
+    if path.name.lower().endswith(".dcm"):
+        raise WriteError(path, "a .dcm file is written only as a DICOM SEG, beside its image series "
+                         "(volsynth generate --format dicom)", "give a name without suffix for a DICOM series folder")
     if obj.array.ndim != 3:
         raise WriteError(path, f"can only write 3D volumes, got shape {obj.shape}")
     try:

@@ -1,4 +1,5 @@
-"""Batch generation: jobs (prompt, seed, n) -> files ``<id>_image.nii.gz`` + ``<id>.json`` sidecars.
+"""Batch generation: jobs (prompt, seed, n) -> files ``<id>_image.nii.gz`` + ``<id>.json`` sidecars
+(``--format dicom``: an ``<id>_image`` series folder and the label map as a DICOM SEG ``<id>_label.dcm``).
 
 Every job is checked before anything is generated, so bad input leaves OUT untouched. Under
 ``torchrun`` the expanded jobs are split across ranks (each volume once, same files as one process).
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from volsynth.data.dataset import load_dataset
 from volsynth.errors import ConfigError
+from volsynth.io.dicom_seg import write_dicom_seg
 from volsynth.io.formats import write_volume
 from volsynth.parallel import progress_bar
 from volsynth.pipelines.base import GenerationRequest, Pipeline
@@ -111,7 +113,8 @@ def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None) -> None:
 def output_paths(out: Path, name: str, image_format: str) -> dict[str, Path]:
     """The files one generated volume is written to."""
     suffix = ".nii.gz" if image_format == "nifti" else ""
-    return {"image": out / f"{name}_image{suffix}", "label": out / f"{name}_label{suffix}",
+    label_suffix = suffix if image_format == "nifti" else ".dcm"  # DICOM: a SEG object referencing the series
+    return {"image": out / f"{name}_image{suffix}", "label": out / f"{name}_label{label_suffix}",
             "sidecar": out / f"{name}.json"}
 
 
@@ -156,7 +159,9 @@ def run_jobs(pipeline: Pipeline, jobs: list[Job], out: str | Path, image_format:
             paths = output_paths(out, name, image_format)
             write_volume(result.image, paths["image"], description=f"volsynth synthetic: {job.prompt}"[:64])
             label = None
-            if result.label is not None:
+            if result.label is not None and image_format == "dicom":
+                label = write_dicom_seg(result.label, paths["image"], paths["label"])
+            elif result.label is not None:
                 label = write_volume(result.label, paths["label"], description="volsynth synthetic label map")
             written.append(write_sidecar(paths["sidecar"], sidecar_record(result, name, paths["image"], label,
                                                                            image_format, job=asdict(job))))
