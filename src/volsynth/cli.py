@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from volsynth.config import parse_floats
+from volsynth.config import parse_floats as _floats
 from volsynth.data.vocabularies import vocabulary_names
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.training.commands import train_app
@@ -30,7 +30,6 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
     """volsynth: 3D medical volume synthesis guided by text and masks."""
 
 
-_floats = parse_floats
 PRESETS = ", ".join(vocabulary_names())  # the label vocabularies shipped (data/vocabularies)
 MASK_LABELS_HELP = (f"Map your mask ids to model classes: 'liver=5,tumour=6', or a preset of another tool's ids "
                     f"({PRESETS}; 'totalsegmentator:liver,spleen' selects classes).")
@@ -150,15 +149,17 @@ def phantom(
     console.print(f"wrote {cases} {kind} case(s) to {path}")
 
 
-def _register_evaluation() -> None:
-    """evaluate and study augment live in volsynth.evaluation.commands; so does ``train segmentor``."""
+def _register_commands() -> None:
+    """Commands defined beside the CLI: evaluation's (evaluate, study augment, train segmentor) and studio."""
     from volsynth.evaluation import commands
+    from volsynth.studio.commands import studio
 
     app.command("evaluate")(commands.evaluate)
     train_app.command("segmentor")(commands.train_seg)
     study_app = typer.Typer(no_args_is_help=True, help="Studies: downstream segmentation with synthetic data.")
     study_app.command("augment")(commands.study_augment)
     app.add_typer(study_app, name="study")
+    app.command("studio")(studio)
 
 
 app.add_typer(train_app, name="train")  # volsynth train [--recipe R --out OUT | --resume --out OUT | STAGE ...]
@@ -369,7 +370,7 @@ def demo(
     run_demo(out, cases=cases, size=size, console=console, steps=steps, tiny=tiny)
 
 
-_register_evaluation()
+_register_commands()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
