@@ -86,8 +86,9 @@ class Uploads:
             source = self._unzip(raw, name)
         try:
             label = read_label(source)
-        except VolsynthError as exc:  # name the user's file, not the workdir's copy
-            raise type(exc)(name, exc.problem, exc.hint) from exc
+        except VolsynthError as exc:  # name the user's file, not the workdir's copy (readers may quote its path)
+            problem, hint = (text.replace(str(source), name) if text else text for text in (exc.problem, exc.hint))
+            raise type(exc)(name, problem, hint) from exc
         write_volume(label, raw.parent / MASK_FILE)
         if source.is_dir():
             shutil.rmtree(source)
