@@ -81,10 +81,15 @@ async function chooseModel() {
     const option = label.dataset.option;
     label.hidden = option !== "seed" && !card.options.includes(option);
   }
-  for (const [key, value] of Object.entries(card.sampling)) {
-    if ($(key) && key !== "sampler") $(key).value = value;
+  // empty fields show the model's default and are not sent, so the model's own settings (and the ones it
+  // recommends with a mask) apply unless the user types a value
+  for (const input of document.querySelectorAll("#settings input[type=number]:not(#seed)")) {
+    input.value = "";
+    input.placeholder = card.sampling[input.id] ?? "model's";
   }
-  $("sampler").innerHTML = card.samplers.map((s) => `<option${s === card.sampling.sampler ? " selected" : ""}>${s}</option>`).join("");
+  $("refine").checked = true;
+  $("sampler").innerHTML = `<option value="">${card.sampling.sampler || "model's"}</option>`
+    + card.samplers.map((s) => `<option value="${s}">${s}</option>`).join("");
   $("modality").innerHTML = card.modalities.map((m) => `<option>${m}</option>`).join("");
   $("mask-section").hidden = !card.takes_mask;
   if (!card.takes_mask) setMode("none");
@@ -161,7 +166,7 @@ function settings() {
   for (const option of state.card.options) {
     const input = $(option);
     if (!input) continue;
-    if (input.type === "checkbox") values[option] = input.checked;
+    if (input.type === "checkbox") { if (!input.checked) values[option] = false; }
     else if (input.type === "number") { if (input.value !== "") values[option] = Number(input.value); }
     else if (input.value) values[option] = input.value;
   }
