@@ -156,15 +156,17 @@ def _register_pipelines() -> None:
         app.command(name)(getattr(commands, name))
 
 
-def _register_evaluation() -> None:
-    """evaluate and study augment live in volsynth.evaluation.commands; so does ``train segmentor``."""
+def _register_commands() -> None:
+    """Commands defined beside the CLI: evaluation's (evaluate, study augment, train segmentor) and studio."""
     from volsynth.evaluation import commands
+    from volsynth.studio.commands import studio
 
     app.command("evaluate")(commands.evaluate)
     train_app.command("segmentor")(commands.train_seg)
     study_app = typer.Typer(no_args_is_help=True, help="Studies: downstream segmentation with synthetic data.")
     study_app.command("augment")(commands.study_augment)
     app.add_typer(study_app, name="study")
+    app.command("studio")(studio)
 
 
 app.add_typer(train_app, name="train")  # volsynth train [--recipe R --out OUT | --resume --out OUT | STAGE ...]
@@ -254,7 +256,7 @@ def demo(
 
 
 _register_pipelines()
-_register_evaluation()
+_register_commands()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

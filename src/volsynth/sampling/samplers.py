@@ -6,7 +6,9 @@ Parameterisations: ``epsilon`` (predict the noise), ``v_prediction`` (predict v)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
@@ -88,6 +90,22 @@ def sample_timesteps(scheduler, x0: torch.Tensor, generators: list[torch.Generat
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepObserver = Callable[[int, int], None]
+# Observers of every sampling step run in the current context (thread or task): a caller that cannot reach the
+# sampling loops inside a pipeline (a progress bar, a cancel button) watches them here instead of each pipeline
+# threading a callback through its stages.
+_STEP_OBSERVERS: ContextVar[tuple[StepObserver, ...]] = ContextVar("volsynth_step_observers", default=())
+
+
+@contextmanager
+def observe_steps(observer: StepObserver) -> Iterator[None]:
+    """Call ``observer(step, total)`` after each sampling step run inside this block (1-based step); an exception
+    it raises stops the sampling (a cancelled job)."""
+    token = _STEP_OBSERVERS.set((*_STEP_OBSERVERS.get(), observer))
+    try:
+        yield
+    finally:
+        _STEP_OBSERVERS.reset(token)
 
 
 @torch.no_grad()
@@ -113,4 +131,6 @@ def sample(denoiser: Denoiser, x: torch.Tensor, scheduler, steps: int, generator
             x, _ = scheduler.step(prediction, int(t), x, eta=0.0, generator=generator)
         if callback is not None:
             callback(index, len(timesteps), x)
+        for observer in _STEP_OBSERVERS.get():
+            observer(index + 1, len(timesteps))
     return x
