@@ -25,6 +25,7 @@ from volsynth.evaluation.study_stats import bootstrap_interval, paired_compariso
 from volsynth.evaluation.study_units import largest_equivalent_diameter_mm
 from volsynth.io.formats import read_label
 from volsynth.models.checkpoint import sha256_file
+from volsynth.training.recipe_schema import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = {"recipe": str(ROOT / "recipes" / "tiny.yaml"), "sampling": {"steps": 2},
@@ -201,6 +202,10 @@ def test_study_file_schema(tmp_path, real):
             parse_study({**good, **change}, "s.yaml")
     with pytest.raises(ConfigError, match="dataset: required"):
         parse_study({k: v for k, v in good.items() if k != "dataset"}, "s.yaml")
+    shipped = load_study_spec(ROOT / "studies" / "liver-lesions-8.yaml")  # the study docs/evidence.md describes
+    assert (shipped.n_real, len(shipped.seeds), shipped.architectures) == (8, 3, ["segresnet", "unet"])
+    assert load_recipe(ROOT / shipped.generator.recipe, [*shipped.generator.set, "data.dataset=x"])["data"] == {
+        "dataset": "x"}
     (tmp_path / "bad.yaml").write_text("dataset: x\nn_real: 1\nn_test: 1\ncolour: red\n")
     assert main(["study", "run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
