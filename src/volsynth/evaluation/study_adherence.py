@@ -11,24 +11,30 @@ binned by the real size. Each measurement is a unit (DIR/adherence/ID.json), ski
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from volsynth.errors import ConfigError
 from volsynth.evaluation.adherence import lesion_class_ids, measure_lesions
-from volsynth.evaluation.segmentor import load_segmentor, predict, read_case
+from volsynth.evaluation.segmentor import Segmentor, load_segmentor, predict, read_case
+from volsynth.evaluation.study_units import StudyFolder
 from volsynth.io.formats import read_volume
 from volsynth.io.jsonfile import read_json, write_json
+from volsynth.io.volume import Volume
+
+if TYPE_CHECKING:  # study_run imports this module
+    from volsynth.evaluation.study_run import StudyRun
 
 
-def largest_predicted_mm(segmentor, image) -> float:
+def largest_predicted_mm(segmentor: Segmentor, image: Volume) -> float:
     """Diameter (mm) of the largest lesion the segmentor finds in an image; 0 when it finds none."""
     prediction = predict(segmentor, image)
     sizes = measure_lesions(prediction, lesion_class_ids(segmentor.labels))
     return float(sizes[0]) if sizes else 0.0
 
 
-def _measured(folder, unit: str, segmentor, image, record: dict) -> dict:
+def _measured(folder: StudyFolder, unit: str, segmentor: Segmentor, image: Volume, record: dict) -> dict:
     """One measurement unit: ``record`` with ``measured_mm`` added, written once to DIR/adherence/UNIT.json."""
     path = folder.path("adherence", f"{unit}.json")
     if not path.is_file():
@@ -49,7 +55,7 @@ def bin_errors(rows: list[dict], edges: list[float]) -> list[dict]:
     return result
 
 
-def measure_adherence(study, segmentor_path: str | Path) -> dict:
+def measure_adherence(study: StudyRun, segmentor_path: str | Path) -> dict:
     """Stated against measured lesion size of every text-guided volume, and the real test cases' floor."""
     segmentor = load_segmentor(segmentor_path)
     if not lesion_class_ids(segmentor.labels):

@@ -26,6 +26,7 @@ from volsynth.evaluation.figures import _png, _pyplot
 from volsynth.evaluation.report import to_json_ready
 from volsynth.evaluation.study_spec import StudySpec
 from volsynth.evaluation.study_stats import bootstrap_interval, paired_comparison
+from volsynth.evaluation.study_units import StudyFolder
 from volsynth.io.atomic import atomic_output
 from volsynth.io.jsonfile import write_json
 
@@ -139,7 +140,7 @@ def study_html(record: dict) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'>{style}</head><body>{''.join(parts)}</body></html>"
 
 
-def write_outputs(folder, spec: StudySpec, runs: list[dict], data: dict, adherence: dict | None,
+def write_outputs(folder: StudyFolder, spec: StudySpec, runs: list[dict], data: dict, adherence: dict | None,
                   command: str | None, synthetic: dict) -> dict:
     """Summarise the runs and write DIR/study.json and DIR/study.html; returns the record."""
     summary, comparisons = summarise_runs(runs, spec)

@@ -53,8 +53,10 @@ from volsynth.evaluation.study_units import (
 )
 from volsynth.io.formats import read_label, read_volume
 from volsynth.io.jsonfile import read_json, write_json
+from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import sha256_file
 from volsynth.pipelines.auto import load_pipeline
+from volsynth.pipelines.base import Pipeline
 
 MASK_SET, LARGE_SET, TEXT_SET = "mask", "large", "text"
 
@@ -94,7 +96,8 @@ class StudyRun:
         self.organ = class_id(labels, spec.synthetic.organ_class, "synthetic.organ_class")
         self.lesion = class_id(labels, spec.synthetic.lesion_class, "synthetic.lesion_class")
         self.large_class = class_id(labels, spec.balance.lesion_class, "balance.lesion_class")
-        self._pipeline = None
+        self._pipeline: Pipeline | None = None
+        self.model: Path | None = None  # the trained generator (None when no arm needs one)
         self.synthetic: dict[str, list[str]] = {}
 
     # -- 1-2: split, training data, generator -------------------------------------------------------------------
@@ -110,7 +113,7 @@ class StudyRun:
             self.model = train_generator(self.folder, self.spec, self.data, self.progress)
 
     @property
-    def pipeline(self):
+    def pipeline(self) -> Pipeline:
         """The trained generator's pipeline (loaded on first use: a finished set needs none)."""
         if self._pipeline is None:
             self._pipeline = load_pipeline(self.model)
@@ -118,7 +121,7 @@ class StudyRun:
 
     # -- 3: synthetic sets ------------------------------------------------------------------------------------
 
-    def _prompt(self, template: str | None, mask) -> str:
+    def _prompt(self, template: str | None, mask: LabelMap) -> str:
         if not template:
             return ""
         sizes = measure_lesions(mask, [self.lesion]) or [0.0]  # max extent, as phantom reports state sizes
@@ -155,7 +158,7 @@ class StudyRun:
                               pair_seed(spec.seed, pair_id, k), spec.generator.sampling, {"stated_mm": float(size)})
                 self.synthetic.setdefault(TEXT_SET, []).append(pair_id)
 
-    def is_large(self, label) -> bool:
+    def is_large(self, label: LabelMap) -> bool:
         """Whether a label map's largest lesion of the balance class reaches the threshold."""
         labels = label.labels or self.dataset.labels
         named = int(labels.get(self.spec.balance.lesion_class, self.large_class))
@@ -177,7 +180,7 @@ class StudyRun:
             index += 1
         return chosen
 
-    def _read_pair(self, set_name: str, pair_id: str):
+    def _read_pair(self, set_name: str, pair_id: str) -> tuple[Volume, LabelMap]:
         folder = self.folder.path("synthetic", set_name)
         record = read_json(folder / f"{pair_id}.json")
         return read_volume(folder / record["image"]), read_label(folder / record["label"], labels=record["labels"])
@@ -253,5 +256,5 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
         adherence = measure_adherence(study, segmentor)
     data = {"dataset": str(study.dataset.root), "train_cases": study.train_ids, "test_cases": study.test_ids,
             "large_test_cases": study.large_test_cases(), "synthetic": study.synthetic,
-            "generator": str(study.folder.path("generator")) if hasattr(study, "model") else None}
+            "generator": str(study.model) if study.model is not None else None}
     return write_outputs(study.folder, spec, runs, data, adherence, command, asdict(spec.synthetic))
