@@ -19,10 +19,11 @@ import volsynth
 from volsynth.cli import main
 from volsynth.data.phantom import write_phantom_dataset
 from volsynth.errors import ConfigError
+from volsynth.evaluation.adherence import measure_lesions
 from volsynth.evaluation.study_run import balance_count, run_study
 from volsynth.evaluation.study_spec import load_study_spec, parse_study
 from volsynth.evaluation.study_stats import bootstrap_interval, paired_comparison
-from volsynth.evaluation.study_units import largest_equivalent_diameter_mm
+from volsynth.evaluation.study_units import edit_mask, largest_equivalent_diameter_mm
 from volsynth.io.formats import read_label
 from volsynth.models.checkpoint import sha256_file
 from volsynth.training.recipe_schema import load_recipe
@@ -237,3 +238,17 @@ def test_paired_test_detects_a_shift_and_not_a_null():
     assert constant["p_wilcoxon"] == pytest.approx(0.0625)  # 5 cases all up: the smallest two-sided exact p
     empty = paired_comparison(np.full((2, 3), np.nan), np.full((2, 3), 0.5), replicates=100)
     assert empty["mean"] is None and empty["p_wilcoxon"] is None
+
+
+def test_edit_mask_keeps_inserts_and_moves(real):
+    mask = read_label(real / "labelsTr" / "abdomen_ct_0000.nii.gz")
+    rng = np.random.default_rng(0)
+    kept, facts = edit_mask(mask, "keep", [60, 80], 1, 4, rng)
+    assert kept is mask and facts == []
+    inserted, facts = edit_mask(mask, "insert", [60, 80], 1, 4, rng)
+    assert len(facts) == 1 and (inserted.array == 4).sum() > (mask.array == 4).sum()
+    assert np.array_equal(inserted.array[mask.array != 1], mask.array[mask.array != 1])  # only liver changes
+    moved, facts = edit_mask(mask, "move", [60, 80], 1, 4, rng)
+    assert len(facts) == len(measure_lesions(mask, [4])) >= 1
+    assert not np.array_equal(moved.array == 4, mask.array == 4)
+    assert np.array_equal(np.isin(moved.array, (1, 4)), np.isin(mask.array, (1, 4)))  # the liver's outline stays
