@@ -165,6 +165,7 @@ def _register_commands() -> None:
     train_app.command("segmentor")(commands.train_seg)
     study_app = typer.Typer(no_args_is_help=True, help="Studies: downstream segmentation with synthetic data.")
     study_app.command("augment")(commands.study_augment)
+    study_app.command("run")(commands.study_run)
     app.add_typer(study_app, name="study")
     app.command("studio")(studio)
 

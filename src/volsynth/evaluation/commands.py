@@ -240,3 +240,23 @@ def study_augment(
                           f"{entry['real+synthetic']['dice']['mean']:.3f}, difference {diff['mean']:+.3f} "
                           f"[{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]")
     console.print(f"wrote {Path(out) / 'study.json'}")
+
+
+def study_run(
+    ctx: typer.Context,
+    study: Path = typer.Argument(..., help="Study file (YAML): data, split, generator recipe, synthetic sets, arms."),
+    out: Path = typer.Option(..., "--out", help="Study folder: new, empty, or a study to continue."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run a study file: generator trained on the real training cases, synthetic sets, segmentors per arm, seed
+    and architecture, held-out Dice/NSD with 95% CIs and paired tests -> study.json and study.html. Running it
+    again continues where it stopped."""
+    from volsynth.evaluation.study_run import run_study
+
+    result = run_study(study, out, progress, log=lambda m: console.print(m), command=command_line(ctx))
+    for arm, metrics in result["comparisons"]["pooled"].items():
+        for name, diff in metrics["dice"].items():
+            if diff["mean"] is not None:
+                console.print(f"{arm} - real, {name} Dice: {diff['mean']:+.3f} [{diff['ci'][0]:+.3f}, "
+                              f"{diff['ci'][1]:+.3f}] p={diff['p_wilcoxon']}")
+    console.print(f"wrote {Path(out) / 'study.json'} and {Path(out) / 'study.html'}")

@@ -1,0 +1,260 @@
+"""``volsynth study run STUDY.yaml --out DIR``: the augmentation study from a study file, resumable unit by unit.
+
+1. split the real dataset's labelled cases (``study_units.split_ids``; saved in DIR/split.json);
+2. write the training cases as DIR/train-data and train the generator recipe on them only;
+3. generate the synthetic sets: mask-guided pairs from the real training masks (lesions kept, inserted or
+   moved), ``max(ratios) x n_real`` of them (ratio r uses the first ``r x n_real``); large-lesion pairs for the
+   balance arm; text-guided volumes whose prompt states a lesion size (for text adherence only: they have no
+   label map, so no arm trains on them);
+4. train a segmentor per arm, architecture and seed (one plan, fingerprinted on the real training cases) and
+   score it on the held-out real test cases;
+5. measure the text-guided lesions in the image (``study_adherence``) and summarise (``study_report``):
+   DIR/study.json and DIR/study.html.
+
+Arms: ``real`` (the n_real cases), ``real+synthetic xR`` (plus R x n_real synthetic pairs), ``synthetic xR``
+(the synthetic pairs alone), ``balance`` (the real cases plus large-lesion pairs until cases whose largest lesion
+is at least ``balance.min_diameter_mm`` make up ``balance.share`` of the training set).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from volsynth.errors import ConfigError
+from volsynth.evaluation.adherence import measure_lesions
+from volsynth.evaluation.report import to_json_ready
+from volsynth.evaluation.segmentor import (
+    SegmentorSettings,
+    labelled_cases,
+    load_segmentor_dataset,
+    make_segmentor_plan,
+    read_case,
+)
+from volsynth.evaluation.segtrain import train_segmentor
+from volsynth.evaluation.study import evaluate_run
+from volsynth.evaluation.study_adherence import measure_adherence
+from volsynth.evaluation.study_report import write_outputs
+from volsynth.evaluation.study_spec import StudySpec, load_study_spec
+from volsynth.evaluation.study_units import (
+    StudyFolder,
+    class_id,
+    edit_mask,
+    generate_pair,
+    largest_equivalent_diameter_mm,
+    pair_seed,
+    split_ids,
+    train_generator,
+    write_training_subset,
+)
+from volsynth.io.formats import read_label, read_volume
+from volsynth.io.jsonfile import read_json, write_json
+from volsynth.io.volume import LabelMap, Volume
+from volsynth.models.checkpoint import sha256_file
+from volsynth.pipelines.auto import load_pipeline
+from volsynth.pipelines.base import Pipeline
+
+MASK_SET, LARGE_SET, TEXT_SET = "mask", "large", "text"
+
+
+def arm_names(spec: StudySpec) -> list[str]:
+    """The arms of a study, ratios expanded: real, real+synthetic x1, ..., synthetic x1, ..., balance."""
+    names = []
+    for arm in spec.arms:
+        if arm in ("real+synthetic", "synthetic"):
+            names += [f"{arm} x{r}" for r in sorted(spec.synthetic.ratios)]
+        else:
+            names.append(arm)
+    return sorted(set(names), key=names.index)
+
+
+def run_name(arm: str, architecture: str, seed: int) -> str:
+    """The folder name of one segmentor run under DIR/runs."""
+    return f"{arm.replace('+', '_').replace(' ', '_')}_{architecture}_seed{seed}"
+
+
+def balance_count(n_real: int, n_large: int, share: float) -> int:
+    """Large-lesion pairs to add so that large cases make up at least ``share`` of the training set."""
+    return max(0, math.ceil((share * n_real - n_large) / (1.0 - share) - 1e-9))
+
+
+class StudyRun:
+    """One run (or resume) of a study into its folder."""
+
+    def __init__(self, spec: StudySpec, out: str | Path, progress: bool = True,
+                 log: Callable[[str], None] = print) -> None:
+        self.spec, self.progress = spec, progress
+        self.folder = StudyFolder(out, log)
+        self.dataset = load_segmentor_dataset(spec.dataset)
+        self.cases = {c.case_id: c for c in labelled_cases(self.dataset)}
+        self.train_ids, self.test_ids = split_ids(list(self.cases), spec.n_real, spec.n_test)
+        labels = self.dataset.labels
+        self.organ = class_id(labels, spec.synthetic.organ_class, "synthetic.organ_class")
+        self.lesion = class_id(labels, spec.synthetic.lesion_class, "synthetic.lesion_class")
+        self.large_class = class_id(labels, spec.balance.lesion_class, "balance.lesion_class")
+        self._pipeline: Pipeline | None = None
+        self.model: Path | None = None  # the trained generator (None when no arm needs one)
+        self.synthetic: dict[str, list[str]] = {}
+
+    # -- 1-2: split, training data, generator -------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Pin the spec and the split, write the training subset and train the generator when an arm needs it."""
+        self.folder.pin_spec(self.spec)
+        self.folder.pin_split({"dataset": str(self.dataset.root), "train": self.train_ids, "test": self.test_ids,
+                               "label_sha256": {c: sha256_file(self.cases[c].label)
+                                                for c in self.train_ids + self.test_ids}})
+        self.data = write_training_subset(self.folder, self.dataset, self.train_ids)
+        if set(arm_names(self.spec)) != {"real"} or self.spec.text.sizes_mm:
+            self.model = train_generator(self.folder, self.spec, self.data, self.progress)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The trained generator's pipeline (loaded on first use: a finished set needs none)."""
+        if self._pipeline is None:
+            self._pipeline = load_pipeline(self.model)
+        return self._pipeline
+
+    # -- 3: synthetic sets ------------------------------------------------------------------------------------
+
+    def _prompt(self, template: str | None, mask: LabelMap) -> str:
+        if not template:
+            return ""
+        sizes = measure_lesions(mask, [self.lesion]) or [0.0]  # max extent, as phantom reports state sizes
+        return template.replace("{diameter}", f"{sizes[0]:.0f}")
+
+    def _mask_pair(self, set_name: str, index: int, mode: str, diameters: list[float], prompt: str | None) -> str:
+        pair_id = f"{set_name}-{index:04d}"
+        if (self.folder.path("synthetic", set_name, f"{pair_id}.json")).is_file():
+            return pair_id
+        source = self.train_ids[index % len(self.train_ids)]
+        label_path = Path(self.cases[source].label)
+        mask = read_label(label_path, labels=self.dataset.labels)
+        seed = pair_seed(self.spec.seed, set_name, index)
+        edited, facts = edit_mask(mask, mode, diameters, self.organ, self.lesion, np.random.default_rng(seed))
+        generate_pair(self.folder, self.pipeline, set_name, pair_id, (source, label_path), edited,
+                      self._prompt(prompt, edited), seed, self.spec.generator.sampling,
+                      {"edit": {"mode": mode, "inserted": facts}})
+        return pair_id
+
+    def make_synthetic(self) -> None:
+        """Generate every synthetic pair an arm needs (existing ones are kept)."""
+        spec, names = self.spec, arm_names(self.spec)
+        if any(" x" in a for a in names):
+            count = max(spec.synthetic.ratios) * spec.n_real
+            self.synthetic[MASK_SET] = [self._mask_pair(MASK_SET, i, spec.synthetic.lesions, spec.synthetic.diameter_mm,
+                                                        spec.synthetic.prompt) for i in range(count)]
+        if "balance" in names:
+            self.synthetic[LARGE_SET] = self._large_pairs()
+        for size in spec.text.sizes_mm:
+            for k in range(spec.text.per_size):
+                pair_id = f"{TEXT_SET}-{float(size):g}mm-{k}"
+                prompt = spec.text.prompt.replace("{diameter}", f"{float(size):g}")
+                generate_pair(self.folder, self.pipeline, TEXT_SET, pair_id, ("", None), None, prompt,
+                              pair_seed(spec.seed, pair_id, k), spec.generator.sampling, {"stated_mm": float(size)})
+                self.synthetic.setdefault(TEXT_SET, []).append(pair_id)
+
+    def is_large(self, label: LabelMap) -> bool:
+        """Whether a label map's largest lesion of the balance class reaches the threshold."""
+        labels = label.labels or self.dataset.labels
+        named = int(labels.get(self.spec.balance.lesion_class, self.large_class))
+        return largest_equivalent_diameter_mm(label, named) >= self.spec.balance.min_diameter_mm
+
+    def _large_pairs(self) -> list[str]:
+        """Large-lesion pairs (a lesion inserted into a real training mask) until the balance share is reached."""
+        spec = self.spec.balance
+        large_real = sum(self.is_large(read_label(self.cases[c].label)) for c in self.train_ids)
+        needed = balance_count(len(self.train_ids), large_real, spec.share)
+        chosen, index = [], 0
+        while len(chosen) < needed:
+            if index >= 4 * needed + 8:
+                raise ConfigError(None, f"could not make {needed} pairs with a {spec.lesion_class} of "
+                                  f"{spec.min_diameter_mm:g} mm or more", "raise balance.diameter_mm")
+            pair_id = self._mask_pair(LARGE_SET, index, "insert", spec.diameter_mm, self.spec.synthetic.prompt)
+            if self.is_large(self._read_pair(LARGE_SET, pair_id)[1]):
+                chosen.append(pair_id)
+            index += 1
+        return chosen
+
+    def _read_pair(self, set_name: str, pair_id: str) -> tuple[Volume, LabelMap]:
+        folder = self.folder.path("synthetic", set_name)
+        record = read_json(folder / f"{pair_id}.json")
+        return read_volume(folder / record["image"]), read_label(folder / record["label"], labels=record["labels"])
+
+    # -- 4: segmentors ----------------------------------------------------------------------------------------
+
+    def arm_pairs(self, arm: str) -> tuple[list[tuple[str, str]], list]:
+        """(source names, (image, label) pairs) of an arm's training set."""
+        real = [("real", c) for c in self.train_ids]
+        if arm == "real":
+            names = real
+        elif arm == "balance":
+            names = real + [(LARGE_SET, p) for p in self.synthetic.get(LARGE_SET, [])]
+        else:
+            ratio = int(arm.rsplit(" x", 1)[1])
+            synthetic = [(MASK_SET, p) for p in self.synthetic[MASK_SET][:ratio * len(self.train_ids)]]
+            names = (real if arm.startswith("real+") else []) + synthetic
+        pairs = [read_case(self.cases[i]) if s == "real" else self._read_pair(s, i) for s, i in names]
+        return names, pairs
+
+    def train_and_score(self) -> list[dict]:
+        """Every (arm, architecture, seed) segmentor trained and scored (finished ones are read back)."""
+        base = SegmentorSettings.from_dict(self.spec.segmentor)
+        plan = None
+        test_pairs = None
+        runs = []
+        for arm in arm_names(self.spec):
+            names = pairs = None
+            for architecture in self.spec.architectures:
+                for seed in self.spec.seeds:
+                    name = run_name(arm, architecture, seed)
+                    folder = self.folder.path("runs", name)
+                    scores_path = folder / "scores.json"
+                    if not scores_path.is_file():
+                        if not (folder / "segmentor" / "meta.json").is_file():
+                            if pairs is None:
+                                names, pairs = self.arm_pairs(arm)
+                                plan = plan or make_segmentor_plan(self.dataset, [self.cases[c] for c in
+                                                                                  self.train_ids], base)
+                            meta = {"study_run": name, "arm": arm, "training_cases": self.train_ids,
+                                    "training_set": [f"{s}/{i}" for s, i in names]}
+                            train_segmentor(pairs, plan, folder, self.spec.segmentor_settings(architecture, seed),
+                                            meta, self.progress)
+                            self.folder.finished(f"runs/{name}/segmentor", {"training_set": len(names)})
+                        test_pairs = test_pairs or [read_case(self.cases[c]) for c in self.test_ids]
+                        scores = evaluate_run(folder / "segmentor", test_pairs, self.spec.nsd_tolerance_mm)
+                        write_json(scores_path, to_json_ready({"test_cases": self.test_ids, **scores}))
+                        self.folder.finished(f"runs/{name}/scores")
+                    record = read_json(scores_path)
+                    runs.append({"name": name, "arm": arm, "architecture": architecture, "seed": int(seed),
+                                 "training_set_size": len(read_json(folder / "segmentor" / "meta.json")
+                                                          .get("training_set", [])),
+                                 "scores": {m: record[m] for m in ("dice", "nsd")}})
+        return runs
+
+    def large_test_cases(self) -> list[str]:
+        """Test cases whose largest lesion of the balance class reaches the threshold."""
+        return [c for c in self.test_ids if self.is_large(read_label(self.cases[c].label))]
+
+
+def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log: Callable[[str], None] = print,
+              command: str | None = None) -> dict:
+    """Run (or continue) a study file into ``out``; returns the study.json record."""
+    spec = load_study_spec(spec_path)
+    study = StudyRun(spec, out, progress, log)
+    study.prepare()
+    study.make_synthetic()
+    runs = study.train_and_score()
+    adherence = None
+    if spec.text.sizes_mm:
+        segmentor = Path(spec.text.segmentor) if spec.text.segmentor else study.folder.path(
+            "runs", run_name("real", spec.architectures[0], spec.seeds[0]), "segmentor")
+        adherence = measure_adherence(study, segmentor)
+    data = {"dataset": str(study.dataset.root), "train_cases": study.train_ids, "test_cases": study.test_ids,
+            "large_test_cases": study.large_test_cases(), "synthetic": study.synthetic,
+            "generator": str(study.model) if study.model is not None else None}
+    return write_outputs(study.folder, spec, runs, data, adherence, command, asdict(spec.synthetic))

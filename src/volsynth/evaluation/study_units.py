@@ -1,0 +1,209 @@
+"""The units of work of ``volsynth study run`` and their bookkeeping: every unit writes its result atomically
+under the study folder and is skipped when that result is there, so a killed study run again continues where
+it stopped. DIR/log.jsonl gets one line per unit finished (a unit redone would appear twice).
+
+Folders under DIR::
+
+    study.yaml        the study spec as first run (a resume with another spec is refused)
+    split.json        the real training and test case ids (checked on resume)
+    train-data/       the n_real training cases as a dataset of their own: the generator's only data
+    generator/        the generator's training run (volsynth train --out), resumable by itself
+    synthetic/SET/    generated pairs: <id>_image, <id>_label, <id>.json sidecar (written last: the unit's mark)
+    runs/RUN/         segmentor/ (a trained segmentor), scores.json (its Dice and NSD on the test cases)
+    adherence/        text-guided lesion sizes measured in the image, and the real cases' own measurement
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import ndimage as ndi
+
+from volsynth.data.dataset import Dataset, write_dataset
+from volsynth.data.phantom.measure import FULL_CONNECTIVITY
+from volsynth.errors import ConfigError, VolsynthError
+from volsynth.evaluation.adherence import measure_lesions
+from volsynth.evaluation.segmentor import read_case
+from volsynth.evaluation.study_spec import SPEC_VERSION, StudySpec, spec_changes
+from volsynth.io.atomic import atomic_output
+from volsynth.io.formats import write_volume
+from volsynth.io.jsonfile import read_json, write_json
+from volsynth.io.volume import LabelMap
+from volsynth.models.checkpoint import sha256_file
+from volsynth.pipelines.base import GenerationRequest, Pipeline
+from volsynth.pipelines.edit import insert_lesion, remove_lesions
+from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
+from volsynth.training.runner import run_recipe
+
+SPEC_FILE, SPLIT_FILE, LOG_FILE = "study.yaml", "split.json", "log.jsonl"
+TRAIN_DATA, GENERATOR = "train-data", "generator"
+
+
+class StudyFolder:
+    """The study folder DIR: its paths, its log of finished units, and the checks made on resume."""
+
+    def __init__(self, root: str | Path, log: Callable[[str], None] = print) -> None:
+        self.root, self.say = Path(root), log
+
+    def path(self, *parts: str) -> Path:
+        """A path under DIR."""
+        return self.root.joinpath(*parts)
+
+    def finished(self, unit: str, detail: dict | None = None) -> None:
+        """Record a finished unit in DIR/log.jsonl (after its result was written)."""
+        line = json.dumps({"unit": unit, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(detail or {})})
+        with open(self.path(LOG_FILE), "a") as handle:
+            handle.write(line + "\n")
+        self.say(f"done: {unit}")
+
+    def units_done(self) -> list[str]:
+        """Every unit named in DIR/log.jsonl, in order (duplicates kept)."""
+        path = self.path(LOG_FILE)
+        if not path.is_file():
+            return []
+        return [json.loads(line)["unit"] for line in path.read_text().splitlines() if line.strip()]
+
+    def pin_spec(self, spec: StudySpec) -> None:
+        """Store the spec on the first run; on a resume, refuse one that changes anything but the summary."""
+        path = self.path(SPEC_FILE)
+        current = {"version": SPEC_VERSION, **spec.to_dict()}
+        if path.is_file():
+            changes = spec_changes(yaml.safe_load(path.read_text()) or {}, current)
+            if changes:
+                raise ConfigError(path, f"this study was started with other settings: {', '.join(changes)}",
+                                  "resume with the same study file, or run into a new --out")
+        elif self.root.is_dir() and any(self.root.iterdir()):
+            raise ConfigError(self.root, "the output folder is not empty and holds no study (no study.yaml)",
+                              "run into a new or empty --out; nothing was written")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as tmp:
+            tmp.write_text(yaml.safe_dump(current, sort_keys=False))
+
+    def pin_split(self, split: dict) -> dict:
+        """Save the split on the first run; on a resume, the split must be the one saved."""
+        path = self.path(SPLIT_FILE)
+        if path.is_file():
+            saved = read_json(path)
+            if {k: saved.get(k) for k in split} != split:
+                raise ConfigError(path, "the dataset's split differs from the one this study started with",
+                                  "restore the dataset (same case ids and files), or run into a new --out")
+            return saved
+        write_json(path, split)
+        self.finished("split", {"train": split["train"], "test": split["test"]})
+        return split
+
+
+def split_ids(ids: list[str], n_real: int, n_test: int) -> tuple[list[str], list[str]]:
+    """(training ids, test ids): the last ``n_test`` sorted ids are held out, the first ``n_real`` others train."""
+    ids = sorted(ids)
+    if n_test >= len(ids) or n_real > len(ids) - n_test:
+        raise ConfigError(None, f"cannot take {n_real} training and {n_test} test cases from {len(ids)} labelled "
+                          "cases", "lower n_real or n_test, or use a larger dataset")
+    return ids[:n_real], ids[-n_test:]
+
+
+def write_training_subset(folder: StudyFolder, dataset: Dataset, train_ids: list[str]) -> Path:
+    """DIR/train-data: the training cases (image, label, report) as a dataset of their own, written once."""
+    out = folder.path(TRAIN_DATA)
+    if (out / "dataset.json").is_file():
+        return out
+    cases = {c.case_id: c for c in dataset.cases}
+    with atomic_output(out, overwrite=False) as tmp:
+        rows = []
+        for case_id in train_ids:
+            image, label = read_case(cases[case_id])
+            rows.append((case_id, image, label, cases[case_id].report, cases[case_id].facts))
+        write_dataset(tmp, rows, dataset.labels, dataset.channel_names, f"{dataset.name}-train",
+                      f"the {len(train_ids)} training cases of a volsynth study of {dataset.root.name}")
+    folder.finished("train-data", {"cases": train_ids})
+    return out
+
+
+def train_generator(folder: StudyFolder, spec: StudySpec, data: Path, progress: bool) -> Path:
+    """The generator recipe trained on DIR/train-data only (volsynth train; resumes a run under way)."""
+    out = folder.path(GENERATOR)
+    model = out / "model"
+    if (model / "meta.json").is_file():
+        return model
+    overrides = [*spec.generator.set, f"data.dataset={data}"]  # last: the study's data wins over any --set
+    model = run_recipe(spec.generator.recipe, out, progress=progress, log=folder.say, overrides=overrides,
+                       resume=(out / "recipe.yaml").is_file(), profile=spec.generator.profile)
+    folder.finished("generator", {"recipe": spec.generator.recipe, "dataset": str(data)})
+    return model
+
+
+# -- lesions ----------------------------------------------------------------------------------------------------
+
+def largest_equivalent_diameter_mm(label: LabelMap, class_id: int) -> float:
+    """Equivalent diameter (of the sphere of the same volume) of the class's largest 26-connected component."""
+    components, count = ndi.label(np.asarray(label.array) == class_id, structure=FULL_CONNECTIVITY)
+    if count == 0:
+        return 0.0
+    voxels = np.bincount(components.ravel())[1:].max()
+    volume = float(voxels) * float(np.prod(label.spacing))
+    return (6.0 * volume / math.pi) ** (1.0 / 3.0)
+
+
+def class_id(labels: dict[str, int], name: str, where: str) -> int:
+    """The id of a class name in a dataset's labels (ConfigError naming the spec key otherwise)."""
+    if name not in labels:
+        raise ConfigError(None, f"{where}: no class '{name}' in the dataset", f"its classes: {', '.join(labels)}")
+    return int(labels[name])
+
+
+def edit_mask(mask: LabelMap, mode: str, diameters: list[float], organ: int, lesion: int,
+              rng: np.random.Generator) -> tuple[LabelMap, list[dict]]:
+    """The mask with lesions kept, one inserted (diameter drawn from ``diameters``' range) or every lesion moved
+    to a random place in the organ (same diameters); the inserted lesions' facts."""
+    if mode == "keep":
+        return mask, []
+    sizes = []
+    if mode == "move":
+        sizes = measure_lesions(mask, [lesion])
+        if sizes:
+            mask = remove_lesions(mask, lesion_id=lesion, fill_id=organ)
+    if not sizes:
+        sizes = [float(rng.uniform(*diameters))]
+    facts = []
+    for size in sizes:
+        for attempt in range(8):  # a random centre deep enough in the organ; smaller when none fits
+            try:
+                mask, fact = insert_lesion(mask, size * (0.85 ** attempt), organ, lesion, seed=int(rng.integers(2**31)))
+                facts.append(fact)
+                break
+            except VolsynthError:
+                continue
+    return mask, facts
+
+
+# -- synthetic pairs --------------------------------------------------------------------------------------------
+
+def generate_pair(folder: StudyFolder, pipeline: Pipeline, set_name: str, pair_id: str, source: tuple[str, Path],
+                  mask: LabelMap | None, prompt: str, seed: int, sampling: dict, extra: dict) -> Path:
+    """One synthetic volume (and its label map when mask-guided) under DIR/synthetic/SET, its sidecar last."""
+    out = folder.path("synthetic", set_name)
+    sidecar = out / f"{pair_id}.json"
+    if sidecar.is_file():
+        return sidecar
+    result = pipeline(GenerationRequest(prompt=prompt, mask=mask, seed=seed, **sampling))
+    image = write_volume(result.image, out / f"{pair_id}_image.nii.gz")
+    label = write_volume(result.label, out / f"{pair_id}_label.nii.gz") if result.label is not None else None
+    record = sidecar_record(result, pair_id, image, label, set=set_name, source_case=source[0],
+                            source_label_sha256=sha256_file(source[1]) if source[1] else None,
+                            labels=result.label.labels if result.label is not None else None, **extra)
+    record["mask"] = None  # the edited mask is held in memory only; source_case names where it came from
+    write_sidecar(sidecar, record)
+    folder.finished(f"synthetic/{set_name}/{pair_id}", {"source_case": source[0]})
+    return sidecar
+
+
+def pair_seed(base: int, set_name: str, index: int) -> int:
+    """A pair's seed from the study seed, its set and its number (the same on every run)."""
+    return int(np.random.SeedSequence([base, sum(map(ord, set_name)), index]).generate_state(1)[0])
+

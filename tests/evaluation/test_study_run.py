@@ -1,0 +1,254 @@
+"""``volsynth study run`` on test-sized data (16^3 phantoms, a tiny generator, tiny segmentors): splits never leak,
+a study killed by SIGKILL continues without redoing a unit, the balance arm's composition, the study outputs, and
+the statistics (interval coverage on a known distribution, the paired test on a known shift and a null one)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import volsynth
+from volsynth.cli import main
+from volsynth.data.phantom import write_phantom_dataset
+from volsynth.errors import ConfigError
+from volsynth.evaluation.adherence import measure_lesions
+from volsynth.evaluation.study_run import balance_count, run_study
+from volsynth.evaluation.study_spec import load_study_spec, parse_study
+from volsynth.evaluation.study_stats import bootstrap_interval, paired_comparison
+from volsynth.evaluation.study_units import edit_mask, largest_equivalent_diameter_mm
+from volsynth.io.formats import read_label
+from volsynth.models.checkpoint import sha256_file
+from volsynth.training.recipe_schema import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+GENERATOR = {"recipe": str(ROOT / "recipes" / "tiny.yaml"), "sampling": {"steps": 2},
+             "set": ["prepare.size=16", "prepare.roi=null"] + [f"{stage}.train.{key}=2" for stage in
+                                                                ("autoencoder", "diffusion", "controlnet")
+                                                                for key in ("steps", "checkpoint_every")]}
+SEGMENTOR = {"size": [16, 16, 16], "features": 4, "steps": 4, "labels": "liver=1,tumour=4"}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def study_file(path: Path, real: Path, **changes) -> Path:
+    """A test-sized study file."""
+    spec = {"name": "tiny-study", "dataset": str(real), "n_real": 3, "n_test": 3, "seeds": [0, 1],
+            "architectures": ["unet"], "segmentor": SEGMENTOR, "generator": GENERATOR,
+            "synthetic": {"ratios": [1, 2], "lesions": "insert", "diameter_mm": [60, 80],
+                          "prompt": "A {diameter} mm hypodense lesion."},
+            "balance": {"min_diameter_mm": 45, "share": 0.75, "diameter_mm": [90, 110]},
+            "text": {"sizes_mm": [40, 80], "per_size": 1, "bins_mm": [0, 60, 1000]}, "bootstrap": 200, **changes}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    return write_phantom_dataset("abdomen-ct", root / "real", cases=7, size=16, spacing=20.0, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, real):
+    root = tmp_path_factory.mktemp("study")
+    spec = study_file(root / "study.yaml", real)
+    result = run_study(spec, root / "out", progress=False, log=lambda m: None, command="volsynth study run")
+    return root / "out", result
+
+
+def test_splits_never_leak(study, real):
+    out, result = study
+    split = json.loads((out / "split.json").read_text())
+    train, test = split["train"], split["test"]
+    assert train == ["abdomen_ct_0000", "abdomen_ct_0001", "abdomen_ct_0002"] and not set(train) & set(test)
+    # the generator learnt from DIR/train-data only, which holds the training cases only
+    pinned = yaml.safe_load((out / "generator" / "recipe.yaml").read_text())
+    assert Path(pinned["data"]["dataset"]) == out / "train-data"
+    subset = sorted(p.name.removesuffix("_0000.nii.gz") for p in (out / "train-data" / "imagesTr").iterdir())
+    assert subset == train
+    for case in train:  # the very files of the real training cases
+        assert sha256_file(out / "train-data" / "labelsTr" / f"{case}.nii.gz") == split["label_sha256"][case]
+    # every mask-guided pair's source mask is a training case's label file; text-guided ones have no source
+    sidecars = sorted((out / "synthetic").glob("*/*.json"))
+    assert len(sidecars) >= 6 + 2
+    for path in sidecars:
+        record = json.loads(path.read_text())
+        if path.parent.name == "text":
+            assert record["source_case"] == "" and record["label"] is None
+            continue
+        assert record["source_case"] in train
+        assert record["source_label_sha256"] == split["label_sha256"][record["source_case"]]
+    # each segmentor saw the training cases and synthetic pairs only
+    for run in (out / "runs").iterdir():
+        meta = json.loads((run / "segmentor" / "meta.json").read_text())
+        assert all(s.split("/", 1)[1] in train if s.startswith("real/") else s.split("/")[0] in ("mask", "large")
+                   for s in meta["training_set"])
+
+
+def test_study_outputs(study):
+    out, result = study
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["kind"] == "augmentation-study-run" and saved["study_version"] == 1
+    arms = ["real", "real+synthetic x1", "real+synthetic x2", "synthetic x1", "synthetic x2", "balance"]
+    assert list(saved["summary"]["pooled"]) == arms and set(saved["summary"]) == {"unet", "pooled"}
+    sizes = {r["name"]: r["training_set_size"] for r in saved["runs"]}
+    assert sizes["real_unet_seed0"] == 3 and sizes["real_synthetic_x2_unet_seed1"] == 9
+    assert sizes["synthetic_x1_unet_seed0"] == 3
+    for arm in arms[1:]:
+        for metric in ("dice", "nsd"):
+            for name, entry in saved["comparisons"]["pooled"][arm][metric].items():
+                assert name in ("liver", "tumour")
+                if entry["mean"] is not None:
+                    assert entry["ci"][0] <= entry["mean"] <= entry["ci"][1] and 0 <= entry["p_bootstrap"] <= 1
+    liver = saved["comparisons"]["pooled"]["real+synthetic x1"]["dice"]["liver"]
+    assert liver["mean"] == pytest.approx(saved["summary"]["pooled"]["real+synthetic x1"]["dice"]["liver"]["mean"]
+                                          - saved["summary"]["pooled"]["real"]["dice"]["liver"]["mean"])
+    large = saved["large_lesion"]
+    expected = [c for c in saved["data"]["test_cases"] if largest_equivalent_diameter_mm(
+        read_label(Path(saved["data"]["dataset"]) / "labelsTr" / f"{c}.nii.gz"), 4) >= 45]
+    assert large["test_cases"] == expected and expected, "the fixture should hold large-lesion test cases"
+    assert list(large["summary"]["pooled"]["balance"]["dice"]) == ["tumour"]
+    adherence = saved["adherence"]
+    assert [b["n"] for b in adherence["generated"]] == [1, 1] and sum(b["n"] for b in adherence["real_floor"]) >= 1
+    page = (out / "study.html").read_text()
+    assert "data:image/png;base64," in page and "p Wilcoxon" in page and "Large lesions" in page
+
+
+def test_balance_arm_composition(study):
+    out, result = study
+    split = json.loads((out / "split.json").read_text())
+    real = Path(result["data"]["dataset"])
+
+    def large(label_path: Path, labels=None) -> bool:
+        label = read_label(label_path, labels=labels)
+        return largest_equivalent_diameter_mm(label, int((label.labels or {"tumour": 4}).get("tumour", 4))) >= 45
+
+    large_real = sum(large(real / "labelsTr" / f"{c}.nii.gz") for c in split["train"])
+    meta = json.loads((out / "runs" / "balance_unet_seed0" / "segmentor" / "meta.json").read_text())
+    synthetic = [s.split("/")[1] for s in meta["training_set"] if s.startswith("large/")]
+    assert len(synthetic) == balance_count(3, large_real, 0.75) > 0
+    for pair in synthetic:
+        record = json.loads((out / "synthetic" / "large" / f"{pair}.json").read_text())
+        assert large(out / "synthetic" / "large" / record["label"], record["labels"])
+    total = 3 + len(synthetic)
+    assert (large_real + len(synthetic)) / total >= 0.75 > (large_real + len(synthetic) - 1) / (total - 1)
+    assert [balance_count(8, n, 0.5) for n in (0, 1, 4, 6)] == [8, 6, 0, 0]
+
+
+def test_study_resumes_after_sigkill(tmp_path, real):
+    spec = study_file(tmp_path / "study.yaml", real, seeds=[0, 1, 2], arms=["real", "real+synthetic"],
+                      text={"sizes_mm": []})
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(volsynth.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "volsynth.cli", "study", "run", str(spec), "--out", str(out),
+                                "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if log.is_file() and "/segmentor" in log.read_text():
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "study.json").exists(), "the study finished before it was killed"
+    before = log.read_text().splitlines()
+    finished = {json.loads(line)["unit"] for line in before}
+    assert "generator" in finished and len(finished) < 3 + 6 + 2 * 6
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "synthetic").glob("*/*.json")}
+    result = run_study(spec, out, progress=False, log=lambda m: None)
+    units = [json.loads(line)["unit"] for line in log.read_text().splitlines()]
+    assert units[:len(before)] == [json.loads(line)["unit"] for line in before]
+    counts = Counter(units)
+    assert max(counts.values()) == 1, [u for u, n in counts.items() if n > 1]  # no unit redone
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len(result["runs"]) == 3 * 3 and all(f"runs/{r['name']}/scores" in counts for r in result["runs"])
+    run_study(spec, out, progress=False, log=lambda m: None)  # a finished study: nothing is redone
+    assert Counter(json.loads(line)["unit"] for line in log.read_text().splitlines()) == counts
+
+
+def test_resume_refuses_other_settings_and_split(study, tmp_path, real):
+    out, _ = study
+    with pytest.raises(ConfigError, match="started with other settings: n_real"):
+        run_study(study_file(tmp_path / "other.yaml", real, n_real=2), out, progress=False, log=lambda m: None)
+    split = out / "split.json"
+    saved = split.read_text()
+    try:
+        split.write_text(saved.replace("abdomen_ct_0000", "abdomen_ct_0003"))
+        with pytest.raises(ConfigError, match="split differs"):
+            run_study(study_file(tmp_path / "same.yaml", real), out, progress=False, log=lambda m: None)
+    finally:
+        split.write_text(saved)
+
+
+def test_study_file_schema(tmp_path, real):
+    good = yaml.safe_load(study_file(tmp_path / "s.yaml", real).read_text())
+    assert load_study_spec(tmp_path / "s.yaml").synthetic.ratios == [1, 2]
+    for change, message in (({"n_reel": 3}, "unknown key n_reel"),
+                            ({"synthetic": {"ratio": [1]}}, "unknown key synthetic.ratio"),
+                            ({"n_real": "eight"}, "n_real: expected int"),
+                            ({"arms": ["real", "fake"]}, "arms"),
+                            ({"synthetic": {"lesions": "paint"}}, "synthetic.lesions"),
+                            ({"balance": {"share": 1.5}}, "balance.share"),
+                            ({"segmentor": {"size": [15, 15, 15]}}, "segmentor: segmentor grid"),
+                            ({"generator": {"sampling": {"stesp": 2}}}, "unknown generator.sampling")):
+        with pytest.raises(ConfigError, match=message):
+            parse_study({**good, **change}, "s.yaml")
+    with pytest.raises(ConfigError, match="dataset: required"):
+        parse_study({k: v for k, v in good.items() if k != "dataset"}, "s.yaml")
+    shipped = load_study_spec(ROOT / "studies" / "liver-lesions-8.yaml")  # the study docs/evidence.md describes
+    assert (shipped.n_real, len(shipped.seeds), shipped.architectures) == (8, 3, ["segresnet", "unet"])
+    assert load_recipe(ROOT / shipped.generator.recipe, [*shipped.generator.set, "data.dataset=x"])["data"] == {
+        "dataset": "x"}
+    (tmp_path / "bad.yaml").write_text("dataset: x\nn_real: 1\nn_test: 1\ncolour: red\n")
+    assert main(["study", "run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_intervals_cover_the_true_mean_at_about_the_nominal_rate():
+    rng = np.random.default_rng(7)
+    hits, trials = 0, 200
+    for trial in range(trials):  # 6 runs x 8 test cases: case effects, run effects and noise around 0.7
+        values = (0.7 + rng.normal(0, 0.1, 8)[None] + rng.normal(0, 0.03, 6)[:, None]
+                  + rng.normal(0, 0.05, (6, 8)))
+        interval = bootstrap_interval(values, replicates=500, confidence=0.95, seed=trial)["ci"]
+        hits += interval[0] <= 0.7 <= interval[1]
+    assert 0.88 <= hits / trials <= 0.99  # measured 0.93: the percentile bootstrap is a little narrow at 8 cases
+
+
+def test_paired_test_detects_a_shift_and_not_a_null():
+    rng = np.random.default_rng(3)
+    rejected_null = rejected_shift = 0
+    for trial in range(100):
+        base = 0.7 + rng.normal(0, 0.1, 12)[None] + rng.normal(0, 0.05, (6, 12))
+        null = paired_comparison(base + rng.normal(0, 0.05, (6, 12)), base, replicates=300, seed=trial)
+        shift = paired_comparison(base + 0.05 + rng.normal(0, 0.05, (6, 12)), base, replicates=300, seed=trial)
+        rejected_null += null["p_wilcoxon"] < 0.05
+        rejected_shift += shift["p_wilcoxon"] < 0.05 and shift["ci"][0] > 0
+    assert rejected_null <= 10 and rejected_shift >= 90
+    constant = paired_comparison(np.full((3, 5), 0.8), np.full((3, 5), 0.7), replicates=100)
+    assert constant["mean"] == pytest.approx(0.1) and constant["p_bootstrap"] == 0.0
+    assert constant["p_wilcoxon"] == pytest.approx(0.0625)  # 5 cases all up: the smallest two-sided exact p
+    empty = paired_comparison(np.full((2, 3), np.nan), np.full((2, 3), 0.5), replicates=100)
+    assert empty["mean"] is None and empty["p_wilcoxon"] is None
+
+
+def test_edit_mask_keeps_inserts_and_moves(real):
+    mask = read_label(real / "labelsTr" / "abdomen_ct_0000.nii.gz")
+    rng = np.random.default_rng(0)
+    kept, facts = edit_mask(mask, "keep", [60, 80], 1, 4, rng)
+    assert kept is mask and facts == []
+    inserted, facts = edit_mask(mask, "insert", [60, 80], 1, 4, rng)
+    assert len(facts) == 1 and (inserted.array == 4).sum() > (mask.array == 4).sum()
+    assert np.array_equal(inserted.array[mask.array != 1], mask.array[mask.array != 1])  # only liver changes
+    moved, facts = edit_mask(mask, "move", [60, 80], 1, 4, rng)
+    assert len(facts) == len(measure_lesions(mask, [4])) >= 1
+    assert not np.array_equal(moved.array == 4, mask.array == 4)
+    assert np.array_equal(np.isin(moved.array, (1, 4)), np.isin(mask.array, (1, 4)))  # the liver's outline stays
