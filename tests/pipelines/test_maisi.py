@@ -184,3 +184,14 @@ def test_bit_planes_spell_each_label_id():
     assert planes.shape == (1, 8, 1, 1, 4)
     weights = (2 ** torch.arange(8)).view(1, 8, 1, 1, 1)
     assert (planes * weights).sum(1).flatten().tolist() == [0, 1, 200, 132]
+
+
+def test_windowed_decode_covers_the_whole_grid(model):
+    pipe = load_pipeline(model)
+    latents = torch.randn(1, 4, 16, 16, 24, generator=torch.Generator().manual_seed(0))
+    whole = pipe.decode(latents)
+    pipe.settings["decode"] = {"window": [12, 12, 12], "overlap": 0.5}
+    windowed = pipe.decode(latents)
+    assert windowed.shape == whole.shape == (1, 1, 64, 64, 96)
+    # windows normalise with their own statistics: close to the whole decode, not equal to it
+    assert torch.corrcoef(torch.stack([whole.flatten(), windowed.flatten()]))[0, 1] > 0.9
