@@ -17,7 +17,7 @@ from rich.table import Table
 from volsynth.config import parse_floats
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.pipeline_commands import MASK_LABELS_HELP, PRESETS
-from volsynth.training.commands import train_app
+from volsynth.training.commands import import_app, train_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Synthesise 3D CT/MR volumes with label maps: prepare data, train, generate, evaluate.")
@@ -171,6 +171,7 @@ def _register_commands() -> None:
 
 
 app.add_typer(train_app, name="train")  # volsynth train [--recipe R --out OUT | --resume --out OUT | STAGE ...]
+app.add_typer(import_app, name="import")  # volsynth import maisi WEIGHTS_DIR --variant V --out OUT
 
 
 @app.command()

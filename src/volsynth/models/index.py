@@ -23,7 +23,7 @@ from volsynth.models.checkpoint import network_configs, sha256_file
 MODEL_INDEX = "model_index.json"
 FORMAT = "volsynth-model"
 VERSION = 1
-KINDS = ("latent", "segguided", "hierarchical")
+KINDS = ("latent", "segguided", "hierarchical", "maisi")
 WEIGHTS = "model.safetensors"
 
 

@@ -10,10 +10,11 @@ from volsynth.models.index import MODEL_INDEX
 from volsynth.pipelines.base import Pipeline
 from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.pipelines.hierarchical import HierarchicalPipeline
+from volsynth.pipelines.maisi import MaisiPipeline
 from volsynth.pipelines.segguided import SegGuidedPipeline
 
 PIPELINES: dict[str, type[Pipeline]] = {"latent": SynthesisPipeline, "segguided": SegGuidedPipeline,
-                                        "hierarchical": HierarchicalPipeline}
+                                        "hierarchical": HierarchicalPipeline, "maisi": MaisiPipeline}
 RUN_RECIPE = "recipe.yaml"  # what ``volsynth train --out RUN`` pins in a run folder
 
 

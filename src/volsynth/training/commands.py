@@ -5,7 +5,7 @@
 ``volsynth train segmentor`` (the evaluation segmentor) is added to ``train_app`` by the CLI from
 ``volsynth.evaluation.commands``: training does not import evaluation. Each stage command takes ``--data`` (a
 prepared folder), ``--out`` and ``--config`` (a recipe whose block of that stage is used) and resumes from OUT's
-last checkpoint.
+last checkpoint. ``import_app`` is ``volsynth import``: published models (MAISI) turned into model folders.
 
 The stages' modules load torch and MONAI: they are imported inside the commands, so ``volsynth --help`` stays
 fast.
@@ -227,3 +227,29 @@ def train_superres(data: Path = DATA, out: Path = OUT, config: Path = _config("s
                    progress: bool = PROGRESS) -> None:
     """Train the hierarchical model's super-resolution stage."""
     _hierarchical("superres", "SuperResolutionStage", data, out, config, progress)
+
+
+import_app = typer.Typer(no_args_is_help=True, help="Import published models into volsynth model folders.")
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+@import_app.command("maisi")
+def import_maisi(
+    weights_dir: Path = typer.Argument(..., help="Folder holding NV-Generate-CT's files as its download script lays "
+                                                 "them out (models/autoencoder_v1.pt, models/diff_unet_3d_*.pt, "
+                                                 "models/controlnet_3d_*.pt)."),
+    variant: str = typer.Option(..., help="rflow-ct or ddpm-ct."),
+    out: Path = typer.Option(..., help="Model folder to write (e.g. models/maisi-rflow-ct)."),
+    overwrite: bool = typer.Option(False, help="Replace a model folder volsynth wrote at OUT."),
+) -> None:
+    """Import NVIDIA's MAISI (NV-Generate-CT) weights, loading every network strictly; each mismatch is listed."""
+    from volsynth.models.maisi.importer import import_maisi as run_import
+    from volsynth.models.maisi.networks import WeightsMismatchError
+
+    try:
+        path = run_import(weights_dir, variant, out, overwrite=overwrite)
+    except WeightsMismatchError as exc:
+        for problem in exc.problems:  # one line per problem; the error line follows (exit code 2)
+            err_console.print(problem, markup=False, highlight=False, soft_wrap=True)
+        raise
+    console.print(f"wrote {path} (MAISI {variant}, every network loaded strictly)")
