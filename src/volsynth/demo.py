@@ -38,6 +38,7 @@ DEMO_MODELS = {
     "sgd": [("abdomen-sgd-64", "abdomen-sgd-64"), ("tiny-sgd", "tiny-sgd")],
     "chest": [("chest-hierarchical-64", "chest-hierarchical-64"), ("tiny-hierarchical", "tiny-hierarchical")],
 }
+SHIPPED_PHANTOM_GENERATOR = 1  # the phantom generator version the shipped models learnt from
 SGD_LABELS = {"liver": [1], "vessels": [2, 3], "tumour": [4]}  # phantom ids -> segmentation-guided classes
 # A 2D slice model denoises every slice at every step (64 UNet images per step at 64^3): fewer steps keep
 # the demo under two minutes on 2 cores.
@@ -110,7 +111,7 @@ def run_demo(out: Path, cases: int = 6, size: int = 64, console: Console | None 
     phantoms = out / "phantoms"
     step(f"phantoms: abdomen CT x{cases} ({size}^3) with reports", str(phantoms / "preview.png"),
          lambda: write_phantom_dataset("abdomen-ct", phantoms, cases=cases, size=size, seed=123, progress=False,
-                                       preview=True))
+                                       preview=True, generator_version=SHIPPED_PHANTOM_GENERATOR))
     problems = step("verify the phantom dataset", "(no problems)", lambda: verify_dataset(phantoms))
     if problems:
         raise VolsynthError(problems[0].file, f"phantom dataset failed verification: {problems[0].problem}")

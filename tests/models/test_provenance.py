@@ -79,3 +79,16 @@ def test_read_model_index_names_the_file_and_key(tmp_path):
         with pytest.raises(ConfigError, match=message) as caught:
             read_model_index(tmp_path)
         assert str(tmp_path / MODEL_INDEX) in str(caught.value)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda p: p.name)
+def test_shipped_model_names_the_phantom_generator_its_recipe_pins(model):
+    index = read_model_index(model)
+    data = index.provenance.resolved_recipe["data"]["phantom"]
+    entries = data if isinstance(data, list) else [data]
+    assert all(entry.get("generator_version") == 1 for entry in entries)  # rebuilt on the phantoms it learnt from
+    assert index.provenance.phantom_generators == [
+        {"kind": kind, "version": 1} for kind in dict.fromkeys(entry["kind"] for entry in entries)]
+    card = (model / "MODEL_CARD.md").read_text()
+    assert "phantom generator version 1" in card
+    assert all("--generator-version 1" in line for line in card.splitlines() if "volsynth phantom " in line)

@@ -14,6 +14,10 @@ MSD::
                     "training": [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}]}
 
 ``reports.jsonl``: one ``{"case": ..., "report": "...", "facts": {...}}`` per line.
+
+A dataset written by ``volsynth phantom`` also says which generator made it:
+``"phantom_generator": {"kind": "abdomen-ct", "version": 2}`` in ``dataset.json``; ``volsynth prepare`` carries
+it into the prepared folder's ``dataset.json`` and the plan's ``source``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.volume import LabelMap, Volume
 
 REPORTS_FILE = "reports.jsonl"
+PHANTOM_GENERATOR_KEY = "phantom_generator"
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Dataset:
     cases: list[Case]
     reports_file: Path | None = None
     problems: list[tuple[str, str]] = field(default_factory=list)  # (file, problem) found while loading
+    phantom_generator: dict | None = None  # {"kind", "version"} of a phantom dataset
 
     @property
     def modality(self) -> str:
@@ -108,6 +114,11 @@ def load_dataset(root: str | Path) -> Dataset:
         dataset = _load_nnunet(root, meta_path, meta)
     else:
         raise DatasetError(meta_path, "neither nnU-Net v2 ('channel_names') nor MSD ('training') layout")
+    generator = meta.get(PHANTOM_GENERATOR_KEY)
+    if generator is not None and not (isinstance(generator, dict) and isinstance(generator.get("version"), int)):
+        raise DatasetError(meta_path, f"{PHANTOM_GENERATOR_KEY} must be a mapping with an integer 'version'",
+                           "it is written by volsynth phantom; remove the key if the data is not a phantom dataset")
+    dataset.phantom_generator = generator
     _attach_reports(dataset)
     return dataset
 
@@ -233,11 +244,13 @@ def write_dataset(root: str | Path, cases: Iterable[tuple[str, Volume, LabelMap,
 
 
 def write_dataset_json(root: Path, labels: dict[str, int], channel_names: dict[str, str], count: int,
-                       name: str, description: str = "") -> Path:
-    """Write an nnU-Net v2 ``dataset.json`` atomically."""
+                       name: str, description: str = "", phantom_generator: dict | None = None) -> Path:
+    """Write an nnU-Net v2 ``dataset.json`` atomically (with the phantom generator that made it, if any)."""
     labels = {"background": 0, **{k: int(v) for k, v in labels.items() if k != "background"}}
     meta = {"name": name, "description": description, "channel_names": channel_names, "labels": labels,
             "numTraining": count, "file_ending": ".nii.gz"}
+    if phantom_generator is not None:
+        meta[PHANTOM_GENERATOR_KEY] = phantom_generator
     return write_json(root / "dataset.json", meta)
 
 

@@ -187,7 +187,9 @@ def make_plan(dataset: Dataset, fingerprints: list[dict], options: PrepareOption
                 roi={"labels": options.roi, "margin_mm": options.margin_mm} if options.roi else None,
                 partial_labels=list(options.partial_labels) if options.partial_labels else None,
                 fingerprint=summary, source={"dataset": str(dataset.root), "name": dataset.name,
-                                             "sha256": dataset_digest(dataset)})
+                                             "sha256": dataset_digest(dataset),
+                                             **({"phantom_generator": dataset.phantom_generator}
+                                                if dataset.phantom_generator else {})})
 
 
 def _pool_label_intensities(fingerprints: list[dict]) -> dict[str, list[float]]:
@@ -276,7 +278,7 @@ def prepare_dataset(root: str | Path, out: str | Path, options: PrepareOptions |
                                     "prepare", progress))
         plan.save(tmp / PLAN_FILE)
         write_dataset_json(tmp, plan.labels, plan.channel_names, len(entries), f"{dataset.name}-prepared",
-                           f"prepared by volsynth from {root}")
+                           f"prepared by volsynth from {root}", dataset.phantom_generator)
         write_json(tmp / MANIFEST_FILE, {"plan": PLAN_FILE, "cases": entries})
         if dataset.reports_file is not None:
             prepared = {e["case"] for e in entries}

@@ -3,14 +3,15 @@
 One typed record per model folder: its kind, every network (file, sha256 of that file, parameter count, class),
 its plan(s), the recommended sampling settings (the same dict as ``meta.json``'s ``"sampling"``) and its whole
 provenance: the recipe file that rebuilds it, the resolved recipe, per trained stage its steps and the parent
-model it started from (by sha256 and step count), and the fingerprint of the data it was trained on.
+model it started from (by sha256 and step count), the fingerprint of the data it was trained on and, for phantom
+data, the phantom generator (kind and version) that wrote it.
 ``meta.json``, ``config.yaml`` and ``model.safetensors`` stay as they are; loading uses them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from safetensors import safe_open
@@ -60,12 +61,14 @@ class StageRecord:
 
 @dataclass
 class Provenance:
-    """How the model was made: recipe file, resolved recipe, stages and data."""
+    """How the model was made: recipe file, resolved recipe, stages and data (phantom generators: one
+    ``{"kind", "version"}`` per distinct phantom dataset it learnt from; empty for other data)."""
 
     recipe: str | None
     resolved_recipe: dict
     stages: dict[str, StageRecord]
     data_fingerprint: str | None
+    phantom_generators: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -132,7 +135,9 @@ def model_index_from_dict(data: object, path: Path) -> ModelIndex:
         if not isinstance(entry["parameters"], int):
             raise ConfigError(path, f"components.{name}.parameters: expected an integer")
         components[name] = Component(**entry)
-    prov = _fields(Provenance, data["provenance"], "provenance", path)
+    prov = _fields(Provenance, data["provenance"], "provenance", path, ("phantom_generators",))
+    if not all(isinstance(g, dict) and isinstance(g.get("version"), int) for g in prov.get("phantom_generators", [])):
+        raise ConfigError(path, "provenance.phantom_generators: expected a list of {kind, version}")
     stages = {}
     for name, entry in (prov["stages"] or {}).items():
         where = f"provenance.stages.{name}"

@@ -134,6 +134,13 @@ def data_fingerprint(meta: dict) -> str | None:
     return hashlib.sha256(",".join(digests).encode()).hexdigest() if digests else None
 
 
+def phantom_generators(meta: dict) -> list[dict]:
+    """The phantom generators (kind and version) of the model's training data, one per distinct plan source."""
+    plans = meta.get("plans") or ({"": meta["plan"]} if meta.get("plan") else {})
+    found = [(plan.get("source") or {}).get("phantom_generator") for _, plan in sorted(plans.items())]
+    return [g for i, g in enumerate(found) if g and g not in found[:i]]
+
+
 def model_index_for(model: Path, recipe: dict, parents: dict[str, Path | Parent] | None = None) -> ModelIndex:
     """The model_index.json of an assembled model folder: from its meta.json, config.yaml and weights, the
     resolved recipe, and the models its stages started from (``parents``: stage -> folder or record, for
@@ -164,7 +171,7 @@ def model_index_for(model: Path, recipe: dict, parents: dict[str, Path | Parent]
     source = recipe.get("_source") or recipe.get("_path")
     provenance = Provenance(recipe=display_path(Path(source)) if source else None,
                             resolved_recipe=clean_recipe(recipe), stages=stages,
-                            data_fingerprint=data_fingerprint(meta))
+                            data_fingerprint=data_fingerprint(meta), phantom_generators=phantom_generators(meta))
     return ModelIndex(name=str(recipe.get("name") or meta.get("recipe") or model.name), kind=kind,
                       components=model_components(model), plans=plans_of(meta), sampling=meta.get("sampling") or {},
                       provenance=provenance)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from volsynth.data.phantom import lesions as lesions_v2
 from volsynth.data.phantom.body import (
     Diaphragm,
     paint_back_muscles,
@@ -94,8 +95,10 @@ def _chain(rng: np.random.Generator, start, steps: int, step: float, lo, hi) -> 
     return np.array(points)
 
 
-def build_abdomen(rng: np.random.Generator, grid: Grid, lesion_count: int | None = None) -> Scene:
-    """Sample an abdomen and paint it on the grid (anatomy only; intensities come from the renderer)."""
+def build_abdomen(rng: np.random.Generator, grid: Grid, lesion_count: int | None = None,
+                  generator_version: int = 2) -> Scene:
+    """Sample an abdomen and paint it on the grid (anatomy only; intensities come from the renderer).
+    Generator version 1 draws the liver lesions of ``liver``, version 2 those of ``lesions``."""
     torso = sample_torso(rng, "abdomen")
     spine = sample_spine(rng, torso, "abdomen")
     a, b = torso.a, 0.5 * (torso.b_ant + torso.b_post)
@@ -220,18 +223,27 @@ def build_abdomen(rng: np.random.Generator, grid: Grid, lesion_count: int | None
     paint_spine(tissue, grid, spine)
 
     # 6. tumours (last: nothing paints over them)
-    drawn = int(rng.choice(len(LESION_COUNT_P), p=LESION_COUNT_P))
-    count = drawn if lesion_count is None else int(lesion_count)
-    s_max = max(grid.spacing)
-    lesions = sample_lesions(rng, liver, count, min_diameter=max(5.0, 2.5 * s_max), gap=2.0 * s_max)
-    placed = paint_lesions(tissue, grid, liver, lesions)
+    contrast = None
+    if generator_version == 1:
+        drawn = int(rng.choice(len(LESION_COUNT_P), p=LESION_COUNT_P))
+        count = drawn if lesion_count is None else int(lesion_count)
+        s_max = max(grid.spacing)
+        lesions = sample_lesions(rng, liver, count, min_diameter=max(5.0, 2.5 * s_max), gap=2.0 * s_max)
+        placed = [(lesion, {"pattern": lesion.pattern}) for lesion in paint_lesions(tissue, grid, liver, lesions)]
+    else:
+        drawn = lesions_v2.sample_count(rng)
+        count = drawn if lesion_count is None else int(lesion_count)
+        painted, contrast = lesions_v2.paint_lesions(tissue, grid, liver.solid,
+                                                     lesions_v2.sample_lesions(rng, liver.solid, count))
+        placed = [(lesion, {"pattern": lesion.type, "appearance": lesions_v2.appearance_facts(lesion, grid.spacing)})
+                  for lesion in painted]
     measured = []
-    for lesion in placed:
+    for lesion, extra in placed:
         info = describe_lesion(grid, lesion.window, lesion.mask)
         segment = int(liver.segment(np.asarray([info["centre_mm"]]))[0])
         lobe = "caudate" if segment == 1 else ("right" if segment >= 5 else "left")
-        measured.append({**info, "segment": segment, "segment_roman": ROMAN[segment], "lobe": lobe,
-                         "pattern": lesion.pattern})
+        measured.append({**info, "segment": segment, "segment_roman": ROMAN[segment], "lobe": lobe, **extra})
     measured.sort(key=lambda m: -m["diameter_mm"])
     findings = {"gallbladder": bool((tissue == T["bile"]).any())}
-    return Scene(grid, tissue, LABEL_LUT[tissue], measured, findings, body_scale=torso.a / 155.0)
+    return Scene(grid, tissue, LABEL_LUT[tissue], measured, findings, body_scale=torso.a / 155.0,
+                 lesion_contrast=contrast)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from volsynth.data.phantom import abdomen, chest
+from volsynth.data.phantom.lesions import modality_facts
 from volsynth.data.phantom.measure import label_volumes_ml
 from volsynth.data.phantom.render import render_ct, render_mr
 from volsynth.data.phantom.reports import abdomen_report, chest_report
@@ -20,6 +21,8 @@ from volsynth.data.phantom.tissues import CHEST_PHASES, PHASES, SEQUENCES, ct_de
 from volsynth.errors import ConfigError
 
 PHANTOM_KINDS = ("abdomen-ct", "abdomen-mr", "chest-ct")
+GENERATOR_VERSIONS = (1, 2)  # 1: the lesions of volsynth.data.phantom.liver; 2: volsynth.data.phantom.lesions
+GENERATOR_VERSION = 2  # the default
 LABELS = {"abdomen-ct": abdomen.LABELS, "abdomen-mr": abdomen.LABELS, "chest-ct": chest.LABELS}
 FIELD_OF_VIEW_MM = 360.0  # default: spacing = FIELD_OF_VIEW_MM / size, isotropic
 _OPTIONS = {"abdomen-ct": {"phase": PHASES, "lesions": None}, "abdomen-mr": {"sequence": SEQUENCES, "lesions": None},
@@ -41,8 +44,13 @@ class PhantomCase:
     facts: dict
 
 
-def check_request(kind: str, size: int, spacing: float | None, options: dict | None = None) -> None:
-    """Raise ``ConfigError`` for an unknown kind, a size or spacing out of range, or a bad option."""
+def check_request(kind: str, size: int, spacing: float | None, options: dict | None = None,
+                  generator_version: int = GENERATOR_VERSION) -> None:
+    """Raise ``ConfigError`` for an unknown kind or generator version, a size or spacing out of range, or a bad
+    option."""
+    if generator_version not in GENERATOR_VERSIONS or isinstance(generator_version, bool):
+        raise ConfigError(None, f"unknown phantom generator version {generator_version!r}",
+                          f"choose one of {', '.join(map(str, GENERATOR_VERSIONS))}")
     if kind not in PHANTOM_KINDS:
         raise ConfigError(None, f"unknown phantom kind {kind!r}", f"choose one of {', '.join(PHANTOM_KINDS)}")
     if not isinstance(size, (int, np.integer)) or not 8 <= size <= 1024:
@@ -62,17 +70,17 @@ def check_request(kind: str, size: int, spacing: float | None, options: dict | N
 
 
 def generate_case(kind: str, seed: int, size: int = 64, spacing: float | None = None, case_id: str | None = None,
-                  **options) -> PhantomCase:
+                  generator_version: int = GENERATOR_VERSION, **options) -> PhantomCase:
     """Generate one phantom case of ``kind``; the same arguments always give the same case."""
-    scene, image, report, facts = generate_scene(kind, seed, size, spacing, **options)
+    scene, image, report, facts = generate_scene(kind, seed, size, spacing, generator_version, **options)
     case_id = case_id or f"{kind.replace('-', '_')}_{seed}"
     return PhantomCase(case_id, image, scene.labels, scene.grid.affine, report, facts)
 
 
 def generate_scene(kind: str, seed: int, size: int = 64, spacing: float | None = None,
-                   **options) -> tuple[Scene, np.ndarray, str, dict]:
+                   generator_version: int = GENERATOR_VERSION, **options) -> tuple[Scene, np.ndarray, str, dict]:
     """Like ``generate_case`` but also returns the tissue-level scene (for tests and inspection)."""
-    check_request(kind, size, spacing, options)
+    check_request(kind, size, spacing, options, generator_version)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(None, f"seed must be a non-negative integer, got {seed!r}")
     spacing = FIELD_OF_VIEW_MM / size if spacing is None else float(spacing)
@@ -82,7 +90,8 @@ def generate_scene(kind: str, seed: int, size: int = 64, spacing: float | None =
 
     # 1. anatomy (shared by abdomen CT and MR)
     if kind.startswith("abdomen"):
-        scene = abdomen.build_abdomen(anatomy, grid, lesion_count=options.get("lesions"))
+        scene = abdomen.build_abdomen(anatomy, grid, lesion_count=options.get("lesions"),
+                                      generator_version=generator_version)
     else:
         scene = chest.build_chest(anatomy, grid, lesion_count=options.get("lesions"),
                                   emphysema=options.get("emphysema"), effusion=options.get("effusion"))
@@ -110,8 +119,11 @@ def _measured_facts(kind: str, scene: Scene, facts: dict) -> dict:
                  "volumes_ml": volumes, "lesion_count": len(scene.lesions)}
     lesions = []
     for lesion in scene.lesions:
-        entry = {k: v for k, v in lesion.items() if k != "pattern"}
-        if kind.startswith("abdomen"):
+        entry = {k: v for k, v in lesion.items() if k not in ("pattern", "appearance")}
+        if "appearance" in lesion:  # generator version 2
+            rendering = facts["phase"] if facts["modality"] == "CT" else facts["sequence"]
+            entry.update(modality_facts(lesion["appearance"], facts["modality"], rendering))
+        elif kind.startswith("abdomen"):
             if facts["modality"] == "CT":
                 entry["density"] = ct_density(lesion["pattern"], facts["phase"])
             else:

@@ -44,7 +44,12 @@ def render_ct(scene: Scene, rng: np.random.Generator, phase: str) -> np.ndarray:
     values[_FIXED_CT] = base[_FIXED_CT] + rng.normal(0, 15, len(_FIXED_CT)).astype(np.float32)
     values[_TUMOUR_ROWS] = values[T["liver"]] + base[_TUMOUR_ROWS] * rng.uniform(0.8, 1.25, len(_TUMOUR_ROWS))
     sigma = rng.uniform(0.5, 0.9)
-    image = _textured_blur(values, ct_texture(), scene.tissue, sigma, rng, scene.hu_offset)
+    offset = scene.hu_offset
+    if scene.lesion_contrast is not None:  # generator version 2: each lesion's own contrast to the liver
+        values[_TUMOUR_ROWS] = values[T["liver"]]
+        lesions = scene.lesion_contrast.ct_offset(phase)
+        offset = lesions if offset is None else offset + lesions
+    image = _textured_blur(values, ct_texture(), scene.tissue, sigma, rng, offset)
     noise_sd = rng.uniform(6.0, 14.0) * scene.body_scale**2  # larger patients: fewer photons, more noise
     image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(noise_sd)
     return np.clip(image, -1024, 3071, out=image)
@@ -56,7 +61,11 @@ def render_mr(scene: Scene, rng: np.random.Generator, sequence: str) -> np.ndarr
     values = base * rng.uniform(0.9, 1.1, len(TISSUES)).astype(np.float32)
     values[_TUMOUR_ROWS] = values[T["liver"]] * base[_TUMOUR_ROWS] * rng.uniform(0.85, 1.15, len(_TUMOUR_ROWS))
     sigma = rng.uniform(0.5, 0.9)
-    image = _textured_blur(values, 0.05 * values, scene.tissue, sigma, rng)
+    offset = None
+    if scene.lesion_contrast is not None:  # generator version 2: each lesion's own signal ratio to the liver
+        values[_TUMOUR_ROWS] = values[T["liver"]]
+        offset = scene.lesion_contrast.mr_offset(sequence, float(values[T["liver"]]))
+    image = _textured_blur(values, 0.05 * values, scene.tissue, sigma, rng, offset)
     grid = scene.grid
     bias = SmoothField(rng, -np.asarray(grid.spacing) * grid.shape, np.asarray(grid.spacing) * grid.shape, 160.0)
     image *= np.exp(np.float32(rng.uniform(0.1, 0.25)) * bias(*grid.open_axes(grid.full())))

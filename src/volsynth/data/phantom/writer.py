@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from volsynth.data.dataset import REPORTS_FILE, write_dataset_json, write_reports
-from volsynth.data.phantom.generate import FIELD_OF_VIEW_MM, LABELS, PhantomCase, check_request, generate_case
+from volsynth.data.phantom.generate import (
+    FIELD_OF_VIEW_MM,
+    GENERATOR_VERSION,
+    LABELS,
+    PhantomCase,
+    check_request,
+    generate_case,
+)
 from volsynth.errors import ConfigError
 from volsynth.io import LabelMap, Volume, atomic_output, write_volume
 from volsynth.io.volume import spacing_of
@@ -33,9 +40,9 @@ def case_seed(seed: int, index: int) -> int:
 
 
 def _make_case(job: tuple[int, int, str], kind: str, size: int, spacing: float | None, root: str,
-               keep: int) -> tuple[str, str, dict, tuple | None]:
+               keep: int, generator_version: int) -> tuple[str, str, dict, tuple | None]:
     index, seed, case_id = job
-    case = generate_case(kind, seed, size=size, spacing=spacing, case_id=case_id)
+    case = generate_case(kind, seed, size=size, spacing=spacing, case_id=case_id, generator_version=generator_version)
     write_case(case, Path(root), kind)
     arrays = (case.image, case.labels, case.affine) if index < keep else None
     return case.case_id, case.report, case.facts, arrays
@@ -49,9 +56,11 @@ def write_case(case: PhantomCase, root: Path, kind: str) -> None:
 
 
 def write_phantom_dataset(kind: str, out: Path, cases: int, size: int = 64, spacing: float | None = None,
-                          seed: int = 0, workers: int = 1, progress: bool = True, preview: bool = False) -> Path:
-    """Generate ``cases`` phantoms of ``kind`` into a new dataset folder ``out``; returns its path."""
-    check_request(kind, size, spacing)
+                          seed: int = 0, workers: int = 1, progress: bool = True, preview: bool = False,
+                          generator_version: int = GENERATOR_VERSION) -> Path:
+    """Generate ``cases`` phantoms of ``kind`` into a new dataset folder ``out``; returns its path. The generator
+    version (recorded in ``dataset.json``) picks the lesion model: 1 the original, 2 (default) ``lesions``."""
+    check_request(kind, size, spacing, generator_version=generator_version)
     if not isinstance(cases, (int, np.integer)) or cases < 1:
         raise ConfigError(None, f"cases must be a positive integer, got {cases!r}")
     out = Path(out)
@@ -61,13 +70,14 @@ def write_phantom_dataset(kind: str, out: Path, cases: int, size: int = 64, spac
         (tmp / "imagesTr").mkdir(parents=True)
         (tmp / "labelsTr").mkdir()
         make = partial(_make_case, kind=kind, size=size, spacing=spacing, root=str(tmp),
-                       keep=PREVIEW_CASES if preview else 0)
+                       keep=PREVIEW_CASES if preview else 0, generator_version=generator_version)
         results = list(map_progress(make, jobs, workers, f"phantom {kind}", progress))
         modality = "MR" if kind.endswith("mr") else "CT"
         fov = FIELD_OF_VIEW_MM if spacing is None else spacing * size
         description = (f"volsynth procedural {kind} phantoms: {cases} cases, {size}^3 voxels, {fov:g} mm field "
                        f"of view, seed {seed}")
-        write_dataset_json(tmp, LABELS[kind], {"0": modality}, cases, out.name, description)
+        write_dataset_json(tmp, LABELS[kind], {"0": modality}, cases, out.name, description,
+                           phantom_generator={"kind": kind, "version": int(generator_version)})
         write_reports(tmp / REPORTS_FILE, [{"case": c, "report": r, "facts": f} for c, r, f, _ in results])
         if preview:
             _write_preview(tmp / "preview.png", kind, [r for r in results if r[3] is not None])
