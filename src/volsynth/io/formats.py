@@ -167,6 +167,9 @@ def _write_itk(obj: Volume | LabelMap, path: Path) -> None:
         array = array.astype(np.float32, copy=False)
     try:
         image = arrays_to_sitk(array, obj.affine)
-        sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as exc:
         raise GeometryError(path, f"cannot write this geometry ({_last_line(exc)})") from exc
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as exc:
+        raise WriteError(path, f"cannot write ({_last_line(exc)})") from exc
