@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from volsynth.errors import GeometryError, ReadError, VolsynthError, WriteError
 from volsynth.io.atomic import atomic_output
 from volsynth.io.dicom import SERIES_SLICE, arrays_to_sitk, read_dicom_series, sitk_to_arrays, write_dicom_series
-from volsynth.io.volume import LabelMap, Volume
+from volsynth.io.volume import LabelMap, Volume, spacing_of
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -49,14 +49,42 @@ def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     if fmt == "dicom":
         if not path.is_dir():
             raise ReadError(path, "a DICOM series must be given as a folder")
-        return read_dicom_series(path)
+        array, affine, modality = read_dicom_series(path)
+        check_affine(path, affine)
+        return array, affine, modality
     if fmt == "nifti":
-        return (*_read_nifti(path), None)
-    try:
-        array, affine = sitk_to_arrays(sitk.ReadImage(str(path)))
-    except RuntimeError as exc:
-        raise ReadError(path, f"unreadable {fmt.upper()} file ({_last_line(exc)})") from exc
+        array, affine = _read_nifti(path)
+    else:
+        try:
+            array, affine = sitk_to_arrays(sitk.ReadImage(str(path)))
+        except RuntimeError as exc:
+            raise ReadError(path, f"unreadable {fmt.upper()} file ({_last_line(exc)})") from exc
+    check_affine(path, affine)
     return array, affine, None
+
+
+def check_affine(path: Path, affine: np.ndarray) -> None:
+    """A header's geometry must be usable: finite, every voxel size within ``SPACING_RANGE`` mm, axes independent.
+
+    A zero, negative-zero or absurd voxel size, or a singular direction matrix, would otherwise be carried silently
+    into every later step."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise GeometryError(path, "the header's geometry is not finite (NaN or infinite spacing, origin or "
+                            "orientation)", "fix or re-export the file's header")
+    spacing = spacing_of(affine)
+    lo, hi = SPACING_RANGE
+    if np.any(spacing < lo) or np.any(spacing > hi):
+        raise GeometryError(path, f"absurd spacing {[float(f'{v:.6g}') for v in spacing]} mm in the header "
+                            f"(must lie in {lo:g}..{hi:g} mm)",
+                            "fix the header's pixdim / spacing, or re-export the file")
+    if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-3 or np.any(np.abs(affine[:3, 3]) > MAX_ORIGIN):
+        raise GeometryError(path, "the header's orientation is degenerate (axes nearly parallel) or its origin "
+                            "is beyond 1 km", "fix the header's qform/sform or direction, or re-export the file")
+
+
+SPACING_RANGE = (1e-4, 1e4)  # mm: from 0.1 micrometre to 10 m per voxel
+MAX_ORIGIN = 1e6  # mm
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +93,12 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:  # nibabel raises many types for a bad header
         raise ReadError(path, f"unreadable NIfTI header ({_last_line(exc)})") from exc
     proxy = image.dataobj
-    scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
+    slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        raise ReadError(path, f"the header's intensity scaling is not finite (scl_slope {slope}, scl_inter {inter})",
+                        "fix or re-export the file's header")
+    scaled = slope != 1.0 or inter != 0.0
+    _check_data_size(path, image)
     try:
         # scaled integers (scl_slope / scl_inter) straight to float32: nibabel would make a float64 copy
         array = image.get_fdata(dtype=np.float32, caching="unchanged") if scaled else np.asanyarray(proxy)
@@ -74,6 +107,29 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:
         raise ReadError(path, f"unreadable NIfTI data ({_last_line(exc)})") from exc
     return np.asarray(array), np.asarray(image.affine, dtype=np.float64)
+
+
+def _check_data_size(path: Path, image) -> None:
+    """An uncompressed file must hold the data its header's dims and datatype promise (before anything is read:
+    a garbage dim must not make the reader allocate terabytes)."""
+    header = image.header
+    try:
+        expected = int(header.get_data_offset()) + int(np.prod(image.shape, dtype=np.float64)) \
+            * np.dtype(header.get_data_dtype()).itemsize
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ReadError(path, f"unreadable NIfTI header ({_last_line(exc)})") from exc
+    if expected > MAX_BYTES:
+        raise ReadError(path, f"the header's dims {tuple(image.shape)} promise {expected / 1e9:.3g} GB of data",
+                        "the header is corrupt, or the file is not a single volume")
+    if path.name.lower().endswith(".nii"):
+        size = path.stat().st_size
+        if size < expected:
+            raise ReadError(path, f"the file holds {size} bytes, its header (dims {tuple(image.shape)}, "
+                            f"{header.get_data_dtype()}) needs {expected}", "the file is truncated or its header "
+                            "is wrong: re-export it")
+
+
+MAX_BYTES = 64e9  # one volume of more than 64 GB is a corrupt header here
 
 
 def _last_line(exc: BaseException) -> str:
