@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
+import struct
 import zlib
 from pathlib import Path
 
@@ -87,7 +90,33 @@ SPACING_RANGE = (1e-4, 1e4)  # mm: from 0.1 micrometre to 10 m per voxel
 MAX_ORIGIN = 1e6  # mm
 
 
+def _check_raw_pixdim(path: Path) -> None:
+    """Voxel sizes as stored, before nibabel repairs them: a qform (or a header with no transform) takes its voxel
+    sizes from pixdim, and nibabel would silently turn a zero into 1 and a negative into its absolute value."""
+    try:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as handle:
+            raw = handle.read(348)
+    except (OSError, EOFError, zlib.error):
+        return  # nibabel reports the damage
+    if len(raw) < 348:
+        return
+    order = "<" if struct.unpack_from("<i", raw, 0)[0] == 348 else ">"
+    if struct.unpack_from(order + "i", raw, 0)[0] != 348:
+        return  # not a NIfTI-1 header (NIfTI-2 or not NIfTI): nibabel decides
+    qform_code, sform_code = struct.unpack_from(order + "hh", raw, 252)
+    if sform_code in SFORM_CODES:
+        return  # the sform gives the geometry, pixdim does not enter it
+    pixdim = np.asarray(struct.unpack_from(order + "8f", raw, 76)[1:4], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise GeometryError(path, f"absurd spacing: pixdim {pixdim.tolist()} mm in the header (voxel sizes must be "
+                            "positive)", "fix the header's pixdim, or re-export the file")
+
+
+SFORM_CODES = (1, 2, 3, 4, 5)  # the sform codes nibabel takes the affine from
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    _check_raw_pixdim(path)
     try:
         image = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for a bad header
@@ -106,7 +135,13 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ReadError(path, "truncated or corrupt gzip data", "re-export or re-download the file") from exc
     except Exception as exc:
         raise ReadError(path, f"unreadable NIfTI data ({_last_line(exc)})") from exc
-    return np.asarray(array), np.asarray(image.affine, dtype=np.float64)
+    array = np.asarray(array)
+    if array.dtype.fields is not None or not (np.issubdtype(array.dtype, np.integer)
+                                              or np.issubdtype(array.dtype, np.floating)):
+        raise ReadError(path, f"voxels of type {image.header.get_data_dtype()} (datatype "
+                        f"{int(image.header['datatype'])}) are not scalar intensities or labels",
+                        "convert the image to a scalar integer or float type")
+    return array, np.asarray(image.affine, dtype=np.float64)
 
 
 def _check_data_size(path: Path, image) -> None:
@@ -190,7 +225,7 @@ def write_volume(obj: Volume | LabelMap, path: str | Path, overwrite: bool = Tru
                 tmp.mkdir()
                 write_dicom_series(obj, tmp, description=description, compression=compression)
             else:
-                _write_itk(obj, tmp)
+                _write_itk(obj, tmp, path.name)
     except VolsynthError as exc:
         if exc.path is None:
             raise type(exc)(path, exc.problem, exc.hint) from exc
@@ -215,7 +250,10 @@ def _write_nifti(obj: Volume | LabelMap, path: Path) -> None:
     nib.save(image, str(path))
 
 
-def _write_itk(obj: Volume | LabelMap, path: Path) -> None:
+def _write_itk(obj: Volume | LabelMap, path: Path, name: str) -> None:
+    """Write ``path`` (a temporary name); a header with a separate data file (.mhd, .nhdr) is written under its
+    final ``name`` in a staging folder, so that the header names the data file by its final name, and the data
+    file is moved beside it before the header."""
     array = obj.array
     if isinstance(obj, LabelMap):
         array = array.astype(np.uint8 if array.min() >= 0 and array.max() <= 255 else np.int16)
@@ -225,6 +263,22 @@ def _write_itk(obj: Volume | LabelMap, path: Path) -> None:
         image = arrays_to_sitk(array, obj.affine)
     except RuntimeError as exc:
         raise GeometryError(path, f"cannot write this geometry ({_last_line(exc)})") from exc
+    if not name.lower().endswith((".mhd", ".nhdr")):
+        _sitk_write(image, path)
+        return
+    staging = path.with_name(path.name + ".d")
+    staging.mkdir()
+    try:
+        _sitk_write(image, staging / name)
+        for data in staging.iterdir():
+            if data.name != name:
+                os.replace(data, path.parent / data.name)
+        os.replace(staging / name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sitk_write(image: sitk.Image, path: Path) -> None:
     try:
         sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as exc:
