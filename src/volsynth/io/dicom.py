@@ -81,6 +81,12 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.n
         raise ReadError(folder, f"series {series_uid} not found", f"series here: {', '.join(ids)}")
     files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
     headers = [_header(Path(f)) for f in files]
+    # in order along the normal of the image plane (GDCM's own order is not that for a tilted stack)
+    orientation = _floats(headers[0], "ImageOrientationPatient", 6, files[0])
+    normal = np.cross(orientation[:3], orientation[3:])
+    order = sorted(range(len(files)), key=lambda i: float(normal @ _floats(headers[i], "ImagePositionPatient", 3,
+                                                                            files[i])))
+    files, headers = [files[i] for i in order], [headers[i] for i in order]
     positions = slice_positions(folder, files, headers)
     reader.SetFileNames(files)
     try:
