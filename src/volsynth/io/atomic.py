@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,6 +72,7 @@ def atomic_output(path: str | Path, overwrite: bool = True,
         raise WriteError(path, "output file exists", "choose a new path or allow overwriting")
     tmp = temporary_sibling(path)
     _remove(tmp)
+    remove_stale_temporaries(path)
     try:
         yield tmp
         if not tmp.exists():
@@ -112,6 +114,33 @@ def disk_full(exc: BaseException, folder: Path) -> bool:
     except OSError:
         return False
     return stats.f_bavail * stats.f_frsize < LOW_SPACE
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of ``path`` that a killed process left (``.partial-<pid>-<name>`` of a pid that is no
+    longer running); returns them. A live process's temporary is left alone."""
+    pattern = re.compile(rf"\.partial-(\d+)-{re.escape(path.name)}")
+    removed = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+            _remove(sibling)
+            removed.append(sibling)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:
