@@ -75,6 +75,7 @@ def test_generate_into_a_folder_another_run_writes(tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # nothing generated
 
 
+@pytest.mark.slow
 def test_two_generate_runs_at_once_clobber_nothing(tmp_path):
     out = tmp_path / "generated"
     runs = [_cli("generate", str(TINY_MODEL), "--out", str(out), "--prompt", "liver", "--n", "3", "--steps", "2",
