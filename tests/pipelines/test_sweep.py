@@ -57,6 +57,8 @@ def test_a_failed_figure_write_leaves_nothing_behind(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(fig, "savefig", half_written)
-    with pytest.raises(OSError, match="disk full"):
+    from volsynth.errors import WriteError
+
+    with pytest.raises(WriteError, match="out.png: cannot write \\(disk full\\)"):  # one line naming the output
         save_figure(fig, tmp_path / "out.png")
     assert list(tmp_path.iterdir()) == []

@@ -3,13 +3,15 @@ a half-written file or folder and never destroys what was already there."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from volsynth.errors import WriteError
+from volsynth.errors import VolsynthError, WriteError
 
 
 def _fsync_path(path: Path) -> None:
@@ -70,6 +72,7 @@ def atomic_output(path: str | Path, overwrite: bool = True,
         raise WriteError(path, "output file exists", "choose a new path or allow overwriting")
     tmp = temporary_sibling(path)
     _remove(tmp)
+    remove_stale_temporaries(path)
     try:
         yield tmp
         if not tmp.exists():
@@ -83,9 +86,61 @@ def atomic_output(path: str | Path, overwrite: bool = True,
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
+        # A full disk shows as OSError from Python, but as RuntimeError from torch and ITK and as other types from
+        # other writers: judged by the free space left (before the partial output is removed and frees it).
+        full = isinstance(exc, Exception) and (not isinstance(exc, VolsynthError) or isinstance(exc, WriteError)) \
+            and disk_full(exc, path.parent)
         _remove(tmp)
+        if full:
+            raise WriteError(path, "cannot write: no space left on device",
+                             "free disk space or choose another output folder, then run the command again") from exc
+        if isinstance(exc, OSError):
+            raise WriteError(path, f"cannot write ({exc.strerror or exc})") from exc
         raise
+
+
+LOW_SPACE = 1 << 20  # bytes: a write that fails with less than this free failed for want of space
+
+
+def disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed because the file system of ``folder`` is full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "no space left" in str(exc).lower():
+        return True
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < LOW_SPACE
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of ``path`` that a killed process left (``.partial-<pid>-<name>`` of a pid that is no
+    longer running); returns them. A live process's temporary is left alone."""
+    pattern = re.compile(rf"\.partial-(\d+)-{re.escape(path.name)}")
+    removed = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+            _remove(sibling)
+            removed.append(sibling)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:

@@ -80,18 +80,89 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.n
     elif series_uid not in ids:
         raise ReadError(folder, f"series {series_uid} not found", f"series here: {', '.join(ids)}")
     files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    headers = [_header(Path(f)) for f in files]
+    # in order along the normal of the image plane (GDCM's own order is not that for a tilted stack)
+    orientation = _floats(headers[0], "ImageOrientationPatient", 6, files[0])
+    normal = np.cross(orientation[:3], orientation[3:])
+    order = sorted(range(len(files)), key=lambda i: float(normal @ _floats(headers[i], "ImagePositionPatient", 3,
+                                                                            files[i])))
+    files, headers = [files[i] for i in order], [headers[i] for i in order]
+    positions = slice_positions(folder, files, headers)
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise ReadError(folder, f"unreadable DICOM series ({_first_line(exc)})") from exc
     array, affine = sitk_to_arrays(image)
-    modality = None
-    try:
-        modality = str(pydicom.dcmread(files[0], stop_before_pixels=True).get("Modality", "")) or None
-    except Exception:  # the image read fine; a missing modality tag is not an error
-        pass
+    if array.ndim == 3 and len(files) > 1 and array.shape[2] == len(files):
+        # the slice axis from the slices' own positions: with a gantry tilt it is not the normal of the image plane
+        # (SimpleITK assumes it is), and the first slice is the origin
+        affine[:3, 2] = _LPS @ ((positions[-1] - positions[0]) / (len(files) - 1))
+        affine[:3, 3] = _LPS @ positions[0]
+    modality = str(headers[0].get("Modality", "")) or None
     return array, affine, modality
+
+
+GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+SPACING_TOLERANCE = 0.01  # relative deviation of a slice step from the mean step, and mm of position noise
+
+
+def _header(path: Path) -> pydicom.Dataset:
+    """A slice's header (no pixels), its geometry tags present."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for a damaged file
+        raise ReadError(path, f"unreadable DICOM file ({_first_line(exc)})") from exc
+    missing = [tag for tag in GEOMETRY_TAGS if ds.get(tag) in (None, "", [])]
+    if missing:
+        raise ReadError(path, f"DICOM slice without {', '.join(missing)}: its geometry is unknown",
+                        "re-export the series with its geometry tags")
+    return ds
+
+
+def _floats(ds: pydicom.Dataset, tag: str, count: int, path: str) -> np.ndarray:
+    try:
+        values = np.asarray([float(v) for v in ds.get(tag)], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ReadError(path, f"DICOM tag {tag} is not numeric ({ds.get(tag)!r})") from exc
+    if values.shape != (count,) or not np.all(np.isfinite(values)):
+        raise ReadError(path, f"DICOM tag {tag} must hold {count} finite numbers, got {ds.get(tag)!r}")
+    return values
+
+
+def slice_positions(folder: Path, files: list[str], headers: list[pydicom.Dataset]) -> np.ndarray:
+    """ImagePositionPatient (LPS mm) of each slice in read order, checked to form one regular stack: one
+    orientation, one slice size and pixel spacing, no two slices at one position, even steps between slices."""
+    first = headers[0]
+    orientation = _floats(first, "ImageOrientationPatient", 6, files[0])
+    pixel_spacing = _floats(first, "PixelSpacing", 2, files[0])
+    for path, ds in zip(files, headers, strict=True):
+        if np.abs(_floats(ds, "ImageOrientationPatient", 6, path) - orientation).max() > 1e-4:
+            raise ReadError(path, "slices of one series differ in ImageOrientationPatient",
+                            "the folder mixes acquisitions: keep one series per folder")
+        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns) or \
+                np.abs(_floats(ds, "PixelSpacing", 2, path) - pixel_spacing).max() > 1e-4:
+            raise ReadError(path, f"slice of {ds.Rows}x{ds.Columns} pixels at {list(ds.PixelSpacing)} mm in a series "
+                            f"of {first.Rows}x{first.Columns} at {list(first.PixelSpacing)} mm",
+                            "the folder mixes acquisitions: keep one series per folder")
+    positions = np.stack([_floats(ds, "ImagePositionPatient", 3, path)
+                          for path, ds in zip(files, headers, strict=True)])
+    if len(files) < 2:
+        return positions
+    steps = np.diff(positions, axis=0)
+    lengths = np.linalg.norm(steps, axis=1)
+    if lengths.min() < 1e-3:
+        at = int(np.argmin(lengths))
+        raise ReadError(folder, f"two slices at one position {positions[at].round(3).tolist()} "
+                        f"({Path(files[at]).name}, {Path(files[at + 1]).name})",
+                        "a slice is duplicated or two acquisitions are mixed: keep one copy of each slice")
+    mean = (positions[-1] - positions[0]) / (len(files) - 1)
+    deviation = np.linalg.norm(steps - mean, axis=1).max()
+    if deviation > max(SPACING_TOLERANCE * np.linalg.norm(mean), SPACING_TOLERANCE):
+        raise ReadError(folder, f"uneven slice spacing: steps from {lengths.min():.4g} to {lengths.max():.4g} mm "
+                        f"between {len(files)} slices", "slices are missing, or the series mixes stacks: "
+                        "re-export it, or resample it to even spacing")
+    return positions
 
 
 def _first_line(exc: Exception) -> str:

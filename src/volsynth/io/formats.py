@@ -5,6 +5,9 @@ Every writer is atomic and keeps the affine."""
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
+import struct
 import zlib
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from volsynth.errors import GeometryError, ReadError, VolsynthError, WriteError
 from volsynth.io.atomic import atomic_output
 from volsynth.io.dicom import SERIES_SLICE, arrays_to_sitk, read_dicom_series, sitk_to_arrays, write_dicom_series
 from volsynth.io.dicom_seg import read_dicom_seg, seg_file
-from volsynth.io.volume import LabelMap, Volume
+from volsynth.io.volume import LabelMap, Volume, spacing_of
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -51,27 +54,87 @@ def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     if fmt == "dicom":
         if seg_file(path) is not None:
             label = read_dicom_seg(path)
+            check_affine(path, label.affine)
             return label.array, label.affine, "SEG"
         if not path.is_dir():
             raise ReadError(path, "a DICOM series must be given as a folder (a single .dcm file is read only "
                             "when it is a DICOM SEG)")
-        return read_dicom_series(path)
+        array, affine, modality = read_dicom_series(path)
+        check_affine(path, affine)
+        return array, affine, modality
     if fmt == "nifti":
-        return (*_read_nifti(path), None)
-    try:
-        array, affine = sitk_to_arrays(sitk.ReadImage(str(path)))
-    except RuntimeError as exc:
-        raise ReadError(path, f"unreadable {fmt.upper()} file ({_last_line(exc)})") from exc
+        array, affine = _read_nifti(path)
+    else:
+        try:
+            array, affine = sitk_to_arrays(sitk.ReadImage(str(path)))
+        except RuntimeError as exc:
+            raise ReadError(path, f"unreadable {fmt.upper()} file ({_last_line(exc)})") from exc
+    check_affine(path, affine)
     return array, affine, None
 
 
+def check_affine(path: Path, affine: np.ndarray) -> None:
+    """A header's geometry must be usable: finite, every voxel size within ``SPACING_RANGE`` mm, axes independent.
+
+    A zero, negative-zero or absurd voxel size, or a singular direction matrix, would otherwise be carried silently
+    into every later step."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise GeometryError(path, "the header's geometry is not finite (NaN or infinite spacing, origin or "
+                            "orientation)", "fix or re-export the file's header")
+    spacing = spacing_of(affine)
+    lo, hi = SPACING_RANGE
+    if np.any(spacing < lo) or np.any(spacing > hi):
+        raise GeometryError(path, f"absurd spacing {[float(f'{v:.6g}') for v in spacing]} mm in the header "
+                            f"(must lie in {lo:g}..{hi:g} mm)",
+                            "fix the header's pixdim / spacing, or re-export the file")
+    if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-3 or np.any(np.abs(affine[:3, 3]) > MAX_ORIGIN):
+        raise GeometryError(path, "the header's orientation is degenerate (axes nearly parallel) or its origin "
+                            "is beyond 1 km", "fix the header's qform/sform or direction, or re-export the file")
+
+
+SPACING_RANGE = (1e-4, 1e4)  # mm: from 0.1 micrometre to 10 m per voxel
+MAX_ORIGIN = 1e6  # mm
+
+
+def _check_raw_pixdim(path: Path) -> None:
+    """Voxel sizes as stored, before nibabel repairs them: a qform (or a header with no transform) takes its voxel
+    sizes from pixdim, and nibabel would silently turn a zero into 1 and a negative into its absolute value."""
+    try:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as handle:
+            raw = handle.read(348)
+    except (OSError, EOFError, zlib.error):
+        return  # nibabel reports the damage
+    if len(raw) < 348:
+        return
+    order = "<" if struct.unpack_from("<i", raw, 0)[0] == 348 else ">"
+    if struct.unpack_from(order + "i", raw, 0)[0] != 348:
+        return  # not a NIfTI-1 header (NIfTI-2 or not NIfTI): nibabel decides
+    qform_code, sform_code = struct.unpack_from(order + "hh", raw, 252)
+    if sform_code in SFORM_CODES:
+        return  # the sform gives the geometry, pixdim does not enter it
+    pixdim = np.asarray(struct.unpack_from(order + "8f", raw, 76)[1:4], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise GeometryError(path, f"absurd spacing: pixdim {pixdim.tolist()} mm in the header (voxel sizes must be "
+                            "positive)", "fix the header's pixdim, or re-export the file")
+
+
+SFORM_CODES = (1, 2, 3, 4, 5)  # the sform codes nibabel takes the affine from
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    _check_raw_pixdim(path)
     try:
         image = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for a bad header
         raise ReadError(path, f"unreadable NIfTI header ({_last_line(exc)})") from exc
     proxy = image.dataobj
-    scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
+    slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        raise ReadError(path, f"the header's intensity scaling is not finite (scl_slope {slope}, scl_inter {inter})",
+                        "fix or re-export the file's header")
+    scaled = slope != 1.0 or inter != 0.0
+    _check_data_size(path, image)
     try:
         # scaled integers (scl_slope / scl_inter) straight to float32: nibabel would make a float64 copy
         array = image.get_fdata(dtype=np.float32, caching="unchanged") if scaled else np.asanyarray(proxy)
@@ -79,7 +142,36 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ReadError(path, "truncated or corrupt gzip data", "re-export or re-download the file") from exc
     except Exception as exc:
         raise ReadError(path, f"unreadable NIfTI data ({_last_line(exc)})") from exc
-    return np.asarray(array), np.asarray(image.affine, dtype=np.float64)
+    array = np.asarray(array)
+    if array.dtype.fields is not None or not (np.issubdtype(array.dtype, np.integer)
+                                              or np.issubdtype(array.dtype, np.floating)):
+        raise ReadError(path, f"voxels of type {image.header.get_data_dtype()} (datatype "
+                        f"{int(image.header['datatype'])}) are not scalar intensities or labels",
+                        "convert the image to a scalar integer or float type")
+    return array, np.asarray(image.affine, dtype=np.float64)
+
+
+def _check_data_size(path: Path, image) -> None:
+    """An uncompressed file must hold the data its header's dims and datatype promise (before anything is read:
+    a garbage dim must not make the reader allocate terabytes)."""
+    header = image.header
+    try:
+        expected = int(header.get_data_offset()) + int(np.prod(image.shape, dtype=np.float64)) \
+            * np.dtype(header.get_data_dtype()).itemsize
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ReadError(path, f"unreadable NIfTI header ({_last_line(exc)})") from exc
+    if expected > MAX_BYTES:
+        raise ReadError(path, f"the header's dims {tuple(image.shape)} promise {expected / 1e9:.3g} GB of data",
+                        "the header is corrupt, or the file is not a single volume")
+    if path.name.lower().endswith(".nii"):
+        size = path.stat().st_size
+        if size < expected:
+            raise ReadError(path, f"the file holds {size} bytes, its header (dims {tuple(image.shape)}, "
+                            f"{header.get_data_dtype()}) needs {expected}", "the file is truncated or its header "
+                            "is wrong: re-export it")
+
+
+MAX_BYTES = 64e9  # one volume of more than 64 GB is a corrupt header here
 
 
 def _last_line(exc: BaseException) -> str:
@@ -145,7 +237,7 @@ def write_volume(obj: Volume | LabelMap, path: str | Path, overwrite: bool = Tru
                 tmp.mkdir()
                 write_dicom_series(obj, tmp, description=description, compression=compression)
             else:
-                _write_itk(obj, tmp)
+                _write_itk(obj, tmp, path.name)
     except VolsynthError as exc:
         if exc.path is None:
             raise type(exc)(path, exc.problem, exc.hint) from exc
@@ -170,7 +262,10 @@ def _write_nifti(obj: Volume | LabelMap, path: Path) -> None:
     nib.save(image, str(path))
 
 
-def _write_itk(obj: Volume | LabelMap, path: Path) -> None:
+def _write_itk(obj: Volume | LabelMap, path: Path, name: str) -> None:
+    """Write ``path`` (a temporary name); a header with a separate data file (.mhd, .nhdr) is written under its
+    final ``name`` in a staging folder, so that the header names the data file by its final name, and the data
+    file is moved beside it before the header."""
     array = obj.array
     if isinstance(obj, LabelMap):
         array = array.astype(np.uint8 if array.min() >= 0 and array.max() <= 255 else np.int16)
@@ -178,6 +273,25 @@ def _write_itk(obj: Volume | LabelMap, path: Path) -> None:
         array = array.astype(np.float32, copy=False)
     try:
         image = arrays_to_sitk(array, obj.affine)
-        sitk.WriteImage(image, str(path), useCompression=True)
     except RuntimeError as exc:
         raise GeometryError(path, f"cannot write this geometry ({_last_line(exc)})") from exc
+    if not name.lower().endswith((".mhd", ".nhdr")):
+        _sitk_write(image, path)
+        return
+    staging = path.with_name(path.name + ".d")
+    staging.mkdir()
+    try:
+        _sitk_write(image, staging / name)
+        for data in staging.iterdir():
+            if data.name != name:
+                os.replace(data, path.parent / data.name)
+        os.replace(staging / name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sitk_write(image: sitk.Image, path: Path) -> None:
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as exc:
+        raise WriteError(path, f"cannot write ({_last_line(exc)})") from exc

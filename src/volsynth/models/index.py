@@ -114,15 +114,25 @@ def _parent(data: object, where: str, path: Path) -> Parent | None:
     return Parent(**_fields(Parent, data, where, path, ("path", "recipe")))
 
 
+def check_index_version(data: dict, path: Path) -> None:
+    """A ``model_index.json`` this volsynth can read: its format, and a version no newer than ``VERSION``."""
+    if data.get("format") != FORMAT:
+        raise ConfigError(path, f"format: expected '{FORMAT}', got {data.get('format')!r}",
+                          "a model folder of volsynth holds its own model_index.json")
+    version = data.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+        raise ConfigError(path, f"written by a newer volsynth (model_index.json version {version}; this volsynth "
+                          f"reads version {VERSION})", "upgrade volsynth (pip install -U volsynth) to load this model")
+    if version != VERSION:
+        raise ConfigError(path, f"version: expected {VERSION}, got {version!r}",
+                          f"this volsynth reads version {VERSION}")
+
+
 def model_index_from_dict(data: object, path: Path) -> ModelIndex:
     """Parse and check the JSON form; ConfigError naming the file and the key path."""
     if not isinstance(data, dict):
         raise ConfigError(path, "model_index.json must be a mapping")
-    if data.get("format") != FORMAT:
-        raise ConfigError(path, f"format: expected '{FORMAT}', got {data.get('format')!r}")
-    if data.get("version") != VERSION:
-        raise ConfigError(path, f"version: expected {VERSION}, got {data.get('version')!r}",
-                          "this volsynth reads version 1")
+    check_index_version(data, path)
     data = _fields(ModelIndex, data, "", path, ("format", "version"))
     if data["kind"] not in KINDS:
         raise ConfigError(path, f"kind: expected one of {', '.join(KINDS)}, got {data['kind']!r}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from volsynth.errors import ConfigError
 from volsynth.io.jsonfile import read_json
-from volsynth.models.index import MODEL_INDEX
+from volsynth.models.index import MODEL_INDEX, check_index_version
 from volsynth.pipelines.base import Pipeline
 from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.pipelines.hierarchical import HierarchicalPipeline
@@ -41,7 +41,10 @@ def model_kind(path: str | Path) -> str:
     """The kind of model in a folder (``model_index.json``'s kind; else meta.json's, latent by default)."""
     path = Path(path)
     source = path / MODEL_INDEX if (path / MODEL_INDEX).is_file() else path / "meta.json"
-    kind = read_json(source).get("kind", "latent")
+    data = read_json(source)
+    if source.name == MODEL_INDEX:
+        check_index_version(data, source)  # a newer model says so before its kind or networks are read
+    kind = data.get("kind", "latent")
     if kind not in PIPELINES:
         raise ConfigError(source, f"unknown model kind '{kind}'", f"known: {', '.join(PIPELINES)}")
     return kind

@@ -67,6 +67,11 @@ class GenerationResult:
     sidecar: dict = field(default_factory=dict)
 
 
+def meta_file(model_path: str | Path | None) -> Path | None:
+    """A model folder's meta.json (errors about what it names point at it), or None without a folder."""
+    return None if model_path is None else Path(model_path) / "meta.json"
+
+
 def sampling_recommendation(model_path: str | Path | None) -> dict:
     """The ``sampling`` recommendation stored in a model folder's meta.json ({} when none)."""
     meta = Path(model_path) / "meta.json" if model_path is not None else None

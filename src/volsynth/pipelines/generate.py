@@ -16,7 +16,7 @@ from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint, optional_sha256
 from volsynth.models.controlnet import mask_features
 from volsynth.models.tiled import decode
-from volsynth.pipelines.base import GenerationResult, Pipeline, sampling_recommendation
+from volsynth.pipelines.base import GenerationResult, Pipeline, meta_file, sampling_recommendation
 from volsynth.pipelines.masks import class_flags, place_mask
 from volsynth.pipelines.refine import run_refiner
 from volsynth.sampling import dual_guidance, sample
@@ -69,7 +69,7 @@ class SynthesisPipeline(Pipeline):
     def text_encoder(self):
         """The text encoder named in the model's metadata (loaded on first use)."""
         if self._text_encoder is None:
-            self._text_encoder = get_text_encoder(self.text_encoder_id)
+            self._text_encoder = get_text_encoder(self.text_encoder_id, source=meta_file(self.model_path))
         return self._text_encoder
 
     @property

@@ -14,7 +14,7 @@ from volsynth.errors import ConfigError
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint
 from volsynth.models.stages import upsample
-from volsynth.pipelines.base import GenerationResult, Pipeline, sampling_recommendation
+from volsynth.pipelines.base import GenerationResult, Pipeline, meta_file, sampling_recommendation
 from volsynth.sampling import classifier_free, sample
 from volsynth.sampling.samplers import scheduler_for
 from volsynth.text import get_text_encoder
@@ -82,7 +82,7 @@ class HierarchicalPipeline(Pipeline):
         start = time.perf_counter()
         # 1. encode the prompt
         if self._text_encoder is None:
-            self._text_encoder = get_text_encoder(self.meta["text_encoder"])
+            self._text_encoder = get_text_encoder(self.meta["text_encoder"], source=meta_file(self.model_path))
         context = self._text_encoder.encode([prompt])[0].to(self.device) if prompt else None
         generator = torch.Generator().manual_seed(seed)
         channels = 2 + len(self.label_ids)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from volsynth.data.dataset import load_dataset
 from volsynth.errors import ConfigError
 from volsynth.io.dicom_seg import write_dicom_seg
 from volsynth.io.formats import write_volume
+from volsynth.io.locks import folder_lock
 from volsynth.parallel import progress_bar
 from volsynth.pipelines.base import GenerationRequest, Pipeline
 from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
@@ -145,16 +147,23 @@ def run_jobs(pipeline: Pipeline, jobs: list[Job], out: str | Path, image_format:
         pipeline.scheduler(sampler)  # a sampler the model cannot use fails now, once per sampler
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     mine = items[rank::world]  # each rank checks its own files: another rank may be writing its own already
-    existing = [p for name, _, _ in mine for p in output_paths(out, name, image_format).values() if p.exists()]
-    if existing and not overwrite:
-        raise ConfigError(existing[0], f"output exists ({len(existing)} file(s) of this run are already in {out})",
-                          "choose another --out, or give --overwrite to replace them")
     check_masks(pipeline, jobs, options.get("mask_labels"))
-    out.mkdir(parents=True, exist_ok=True)
+    # one run writes into OUT at a time (under torchrun rank 0 holds the lock for all ranks)
+    with folder_lock(out, "generate") if rank == 0 else nullcontext():
+        existing = [p for name, _, _ in mine for p in output_paths(out, name, image_format).values() if p.exists()]
+        if existing and not overwrite:
+            raise ConfigError(existing[0], f"output exists ({len(existing)} file(s) of this run are already in {out})",
+                              "choose another --out, or give --overwrite to replace them")
+        out.mkdir(parents=True, exist_ok=True)
+        return _generate_items(pipeline, mine, out, image_format, progress and rank == 0)
+
+
+def _generate_items(pipeline: Pipeline, items: list, out: Path, image_format: str, progress: bool) -> list[Path]:
+    """Generate and write each (name, job, request); the sidecar paths written."""
     written = []
-    with progress_bar(progress and rank == 0) as bar:
-        task = bar.add_task("generate", total=len(mine))
-        for name, job, request in mine:
+    with progress_bar(progress) as bar:
+        task = bar.add_task("generate", total=len(items))
+        for name, job, request in items:
             result = pipeline(request)
             paths = output_paths(out, name, image_format)
             write_volume(result.image, paths["image"], description=f"volsynth synthetic: {job.prompt}"[:64])

@@ -16,7 +16,7 @@ from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint, optional_sha256
 from volsynth.models.controlnet import combine_features
 from volsynth.models.stages import SLICE_AXES
-from volsynth.pipelines.base import GenerationResult, Pipeline, sampling_recommendation
+from volsynth.pipelines.base import GenerationResult, Pipeline, meta_file, sampling_recommendation
 from volsynth.pipelines.masks import class_flags, place_mask
 from volsynth.sampling import dual_guidance, sample
 from volsynth.sampling.samplers import scheduler_for
@@ -110,7 +110,7 @@ class SegGuidedPipeline(Pipeline):
         modality = plan.modality
         # 1. encode the prompt
         if self._text_encoder is None:
-            self._text_encoder = get_text_encoder(self.text_encoder_id)
+            self._text_encoder = get_text_encoder(self.text_encoder_id, source=meta_file(self.model_path))
         context = self._text_encoder.encode([prompt])[0] if prompt else None
         # 2. prepare the mask condition (one per slice for 2D models)
         mapped, grid, cond, given, source = self.prepare_mask(mask, mask_labels, known, modality)

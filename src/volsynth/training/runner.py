@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
 
 from volsynth.errors import ConfigError
 from volsynth.io.atomic import atomic_output
+from volsynth.io.locks import folder_lock
 from volsynth.training.engine import distributed_info
 from volsynth.training.recipe_files import apply_overrides, display_path
 from volsynth.training.recipe_schema import STAGE_SETTINGS, check_recipe, load_recipe, split_block
@@ -154,6 +156,14 @@ def run_resolved(recipe: dict, out: Path, progress: bool = True, log: Callable[[
     source = str(Path(recipe.get("_source", recipe["_path"])).resolve())
     if source in chain:
         raise ConfigError(recipe["_path"], "init: recipes name each other in a cycle")
+    # one run trains in OUT at a time (under torchrun rank 0 holds the lock for all ranks)
+    with folder_lock(out, "train") if rank == 0 else nullcontext():
+        return _run_locked(recipe, out, progress, log, chain, source, rank, world)
+
+
+def _run_locked(recipe: dict, out: Path, progress: bool, log: Callable[[str], None], chain: tuple[str, ...],
+                source: str, rank: int, world: int) -> Path:
+    """run_resolved's work, with OUT locked."""
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         pin_recipe(recipe, out)
