@@ -38,21 +38,20 @@ def main() -> None:
     if pipe.refiner is None:
         parser.error(f"{args.model} has no refiner")
     masks = sorted(args.masks.glob("*.nii.gz"))[: args.count] if args.masks.is_dir() else [args.masks]
-    default_steps = int(pipe.refiner_settings["steps"])
+    default_steps = int(pipe.recommended.get("refiner_steps") or pipe.refiner_settings["steps"])
     step_counts = [int(s) for s in args.refiner_steps.split(",")] if args.refiner_steps else [default_steps]
     segmentor = load_segmentor(args.segmentor) if args.segmentor is not None else None
     sampling = {"prompt": "", "seed": 0, "text_guidance": 1.0, "mask_guidance": 4.0}
     pipe(**sampling, mask=masks[0], refine=False)  # warm-up (text encoder, first allocations)
-    variants = {"without the refiner (baseline)": ({"refine": False}, None)}
+    variants = {"without the refiner (baseline)": {"refine": False}}
     for steps in step_counts:
-        variants[f"refiner {steps} steps"] = ({"refine": True, "refiner_guidance": 1.0}, steps)
-        variants[f"refiner {steps} steps, guidance {args.refiner_guidance:g}"] = (
-            {"refine": True, "refiner_guidance": args.refiner_guidance}, steps)
+        variants[f"refiner {steps} steps"] = {"refine": True, "refiner_guidance": 1.0, "refiner_steps": steps}
+        variants[f"refiner {steps} steps, guidance {args.refiner_guidance:g}"] = {
+            "refine": True, "refiner_guidance": args.refiner_guidance, "refiner_steps": steps}
     times: dict[str, list[float]] = {name: [] for name in variants}
     dice: dict[str, list[float]] = {name: [] for name in variants}
     for seed, mask in enumerate(masks):
-        for name, (options, steps) in variants.items():
-            pipe.refiner_settings["steps"] = steps or default_steps
+        for name, options in variants.items():
             start = time.perf_counter()
             result = pipe(**{**sampling, "seed": seed}, mask=mask, **options)
             times[name].append(time.perf_counter() - start)

@@ -159,10 +159,10 @@ def check_spec(spec: StudySpec, path: Path | str) -> None:
         raise ConfigError(path, f"text.bins_mm: increasing bin edges in mm, got {bins!r}")
     if spec.text.sizes_mm and "{diameter}" not in spec.text.prompt:
         raise ConfigError(path, "text.prompt must say {diameter}", "it is the stated lesion size")
-    unknown = sorted(set(spec.generator.sampling) - set(SAMPLING_DEFAULTS) - {"refine", "refiner_steps"})
+    unknown = sorted(set(spec.generator.sampling) - set(SAMPLING_DEFAULTS) - {"refine"})
     if unknown:
         raise ConfigError(path, f"unknown generator.sampling key(s): {', '.join(unknown)}",
-                          f"known: {', '.join(SAMPLING_DEFAULTS)}, refine, refiner_steps")
+                          f"known: {', '.join(SAMPLING_DEFAULTS)}, refine")
     if not all(isinstance(s, str) for s in spec.generator.set):
         raise ConfigError(path, "generator.set: a list of 'block.key=value' strings")
     for architecture in spec.architectures:

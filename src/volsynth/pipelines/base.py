@@ -21,8 +21,9 @@ from volsynth.io.jsonfile import read_json
 from volsynth.io.volume import LabelMap, Volume
 
 # Sampling settings when neither the request nor the model (``sampling`` in its meta.json) gives them.
+# refiner_steps None: the refiner's own setting (RefinerSettings.steps).
 SAMPLING_DEFAULTS = {"steps": 30, "sampler": "ddim", "text_guidance": 3.0, "mask_guidance": 1.0,
-                     "controlnet_scale": 1.0, "refiner_guidance": 1.0}
+                     "controlnet_scale": 1.0, "refiner_guidance": 1.0, "refiner_steps": None}
 # Key of a model's ``sampling`` recommendation that holds the settings recommended when a mask guides (e.g. a
 # lower text guidance: text guidance pulls samples away from the mask), over the model's plain recommendation.
 WITH_MASK = "with_mask"
