@@ -130,9 +130,11 @@ class Catalog:
                 "grid": {"size": list(plan.size), "spacing": [round(float(s), 3) for s in plan.spacing]},
                 "modalities": list(getattr(pipeline, "modalities", [plan.modality])),
                 "classes": classes, "takes_mask": "mask" in pipeline.options,
-                "sampling": {key: value for key, value in resolve_sampling(recommended).items() if key in options},
+                "sampling": {key: value for key, value in resolve_sampling(recommended).items()
+                             if key in options and value is not None},  # None: the network's own (refiner steps)
                 "sampling_with_mask": ({key: value for key, value in resolve_sampling(recommended, True).items()
-                                        if key in options} if WITH_MASK in recommended else None),
+                                        if key in options and value is not None}
+                                       if WITH_MASK in recommended else None),
                 "options": options, "samplers": list(SAMPLERS), "examples": EXAMPLE_PROMPTS.get(entry.region, [])}
 
     def canvas(self, model_id: str, modality: str | None = None) -> bytes:
