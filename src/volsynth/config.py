@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TypeVar
+
+import yaml
 
 from volsynth.errors import ConfigError
 
@@ -33,3 +36,17 @@ def parse_floats(text: str | None, what: str, count: int | None = None) -> list[
     if count is not None and len(values) != count:
         raise ConfigError(None, f"{what} needs 1 or {count} values, got '{text}'")
     return values
+
+
+def read_yaml(path: str | Path, what: str) -> object:
+    """The parsed contents of a YAML file (None when empty); a missing, unreadable or invalid file is one ConfigError
+    naming it (``what``: e.g. "recipe", "study file")."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, f"{what} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"invalid YAML ({' '.join(str(exc).split())})") from exc

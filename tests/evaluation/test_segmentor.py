@@ -188,7 +188,7 @@ def test_train_seg_config_holdout(phantoms, tmp_path, capsys):
     ("size: [16, 16\n", "invalid YAML"),
     ("depth: 3\n", "unknown segmentor setting(s): depth"),
     ("- unet\n", "must be a mapping"),
-    (None, "cannot read"),
+    (None, "segmentor settings not found"),
 ])
 def test_train_seg_bad_config_exit_2(phantoms, tmp_path, capsys, text, message):
     config = tmp_path / "seg.yaml"

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 from torch import nn
 
+from volsynth.config import read_yaml
 from volsynth.data.dataset import Case, Dataset, load_dataset
 from volsynth.data.plan import PLAN_FILE, Plan
 from volsynth.data.prepare import PrepareOptions, fingerprint_case, make_plan, parse_label_spec
@@ -105,12 +105,7 @@ class SegmentorSettings:
 def read_segmentor_settings(path: str | Path) -> dict:
     """The mapping of ``SegmentorSettings`` fields in a YAML file (``--config``); unknown keys are refused."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, f"cannot read segmentor settings ({getattr(exc, 'strerror', None) or exc})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, f"invalid YAML ({' '.join(str(exc).split())})") from exc
+    data = read_yaml(path, "segmentor settings")
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -23,8 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
+from volsynth.config import read_yaml
 from volsynth.errors import ConfigError
 from volsynth.evaluation.segmentor import SegmentorSettings
 from volsynth.pipelines.base import SAMPLING_DEFAULTS
@@ -179,13 +178,7 @@ def check_spec(spec: StudySpec, path: Path | str) -> None:
 def load_study_spec(path: str | Path) -> StudySpec:
     """Read and check a study YAML file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(path, "study file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, f"invalid YAML ({' '.join(str(exc).split())})") from exc
-    return parse_study(data, path)
+    return parse_study(read_yaml(path, "study file"), path)
 
 
 def spec_changes(pinned: dict, current: dict) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from volsynth.config import read_yaml
 from volsynth.errors import ConfigError
 
 # Keys of a block that exclude each other: giving one (in a child recipe, a profile or --set) drops the others, so
@@ -38,12 +39,7 @@ def deep_merge(base: dict, child: dict, where: tuple[str, ...] = ()) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(path, "recipe not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, f"invalid YAML ({exc})") from exc
+    data = read_yaml(path, "recipe")
     if not isinstance(data, dict):
         raise ConfigError(path, "a recipe must be a mapping")
     return data
