@@ -73,13 +73,19 @@ def network_config(kind: str, size: str | None = None, **overrides) -> dict:
     return config
 
 
-def build_network(config: dict) -> nn.Module:
-    """Instantiate ``config["class"]`` with the remaining keys as constructor arguments."""
+def instantiate(config: dict, classes: dict[str, type], what: str = "network"):
+    """``classes[config["class"]]`` built with the remaining keys as constructor arguments; an unknown class or bad
+    arguments are a ConfigError (``what`` names the kind of class in it)."""
     config = dict(config)
     name = config.pop("class", None)
-    if name not in NETWORKS:
-        raise ConfigError(None, f"unknown network class '{name}'", f"known: {sorted(NETWORKS)}")
+    if name not in classes:
+        raise ConfigError(None, f"unknown {what} class '{name}'", f"known: {sorted(classes)}")
     try:
-        return NETWORKS[name](**config)
+        return classes[name](**config)
     except (TypeError, ValueError, AssertionError) as exc:
         raise ConfigError(None, f"cannot build {name} ({exc})") from exc
+
+
+def build_network(config: dict) -> nn.Module:
+    """Instantiate ``config["class"]`` with the remaining keys as constructor arguments."""
+    return instantiate(config, NETWORKS)

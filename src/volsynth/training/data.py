@@ -80,9 +80,9 @@ def load_prepared(root: str | Path) -> PreparedData:
                 entry = json.loads(line)
                 reports[entry["case"]] = entry
     ids = [e["case"] for e in entries]
-    images = CaseStack([case_array(root, e["images"], np.float32) for e in entries], torch.float32)
+    images = CaseStack([case_array(root, e["images"], "image") for e in entries], torch.float32)
     labelled = all(e.get("label") for e in entries)
-    labels = CaseStack([case_array(root, [e["label"]], np.int16) for e in entries], torch.int64) if labelled else None
+    labels = CaseStack([case_array(root, [e["label"]], "label") for e in entries], torch.int64) if labelled else None
     facts = [reports.get(c, {}).get("facts", {}) for c in ids]
     # the classes prepare found annotated (``partial_labels``), unless the case's report lists its own
     facts = [f if "annotated" in f or "annotated" not in e else {**f, "annotated": e["annotated"]}
@@ -93,17 +93,16 @@ def load_prepared(root: str | Path) -> PreparedData:
         facts=facts)
 
 
-def case_array(root: Path, names: list[str], dtype: type) -> Path:
-    """The ``.npy`` copy of one prepared case (its image channels stacked, or its label map ``[0]``), written on first
-    use under ``root/arrays``; its name carries the source files' sizes and times, so a re-prepared case gets a new
-    copy."""
+def case_array(root: Path, names: list[str], kind: str) -> Path:
+    """The ``.npy`` copy of one prepared case (``kind`` "image": its channels stacked, float32; "label": its label
+    map ``names[0]``, int16), written on first use under ``root/arrays``; its name carries the source files' sizes and
+    times, so a re-prepared case gets a new copy."""
     sources = [root / name for name in names]
-    stamp = "-".join(f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in sources)
-    kind = "image" if dtype is np.float32 else "label"
+    stamp = "-".join(f"{s.st_size}-{s.st_mtime_ns}" for s in (p.stat() for p in sources))
     path = root / ARRAYS_FOLDER / f"{kind}-{Path(names[0]).name.split('.')[0]}-{stamp}.npy"
     if path.is_file():
         return path
-    if dtype is np.float32:
+    if kind == "image":
         array = np.stack([read_volume(p).array for p in sources]).astype(np.float32)
     else:
         array = read_label(sources[0]).array

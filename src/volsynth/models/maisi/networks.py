@@ -24,6 +24,7 @@ from torch import nn
 
 from volsynth.errors import ConfigError
 from volsynth.models.checkpoint import CheckpointError
+from volsynth.models.registry import instantiate
 
 NETWORKS: dict[str, type[nn.Module]] = {"AutoencoderKlMaisi": AutoencoderKlMaisi,
                                         "DiffusionModelUNetMaisi": DiffusionModelUNetMaisi,
@@ -99,26 +100,16 @@ def published_configs(name: str) -> dict[str, dict]:
 def build_maisi_network(config: dict) -> nn.Module:
     """A MAISI network from ``{"class": NAME, **kwargs}`` (flash attention only with CUDA, float32 GroupNorm)."""
     config = dict(config)
-    name = config.pop("class", None)
-    if name not in NETWORKS:
-        raise ConfigError(None, f"unknown MAISI network class '{name}'", f"known: {sorted(NETWORKS)}")
     if "use_flash_attention" in config:
         config["use_flash_attention"] = bool(config["use_flash_attention"]) and torch.cuda.is_available()
     if "norm_float16" in config:
         config["norm_float16"] = False
-    try:
-        return NETWORKS[name](**config)
-    except (TypeError, ValueError, AssertionError) as exc:
-        raise ConfigError(None, f"cannot build {name} ({exc})") from exc
+    return instantiate(config, NETWORKS, "MAISI network")
 
 
 def build_maisi_scheduler(config: dict):
     """The noise scheduler of a published config (``{"class": NAME, **kwargs}``)."""
-    config = dict(config)
-    name = config.pop("class", None)
-    if name not in SCHEDULERS:
-        raise ConfigError(None, f"unknown MAISI scheduler class '{name}'", f"known: {sorted(SCHEDULERS)}")
-    return SCHEDULERS[name](**config)
+    return instantiate(config, SCHEDULERS, "MAISI scheduler")
 
 
 def strict_problems(network: nn.Module, state: dict, name: str) -> list[str]:
