@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import platform
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from volsynth.evaluation.segmentor import (
     read_case,
 )
 from volsynth.evaluation.segtrain import train_segmentor
+from volsynth.evaluation.study_stats import replicate_means
 from volsynth.io.formats import read_volume
 from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.volume import LabelMap
@@ -75,18 +75,10 @@ def bootstrap_mean(values: np.ndarray, replicates: int, confidence: float, seed:
         values = values - np.asarray(baseline, dtype=np.float64)
     if not np.isfinite(values).any():
         return {"mean": None, "ci": [None, None], "per_run": [None] * len(values)}
-    rng = np.random.default_rng(seed)
-    runs, cases = values.shape
-    stats = []
-    with warnings.catch_warnings():  # replicates drawing only NaN cells (a class absent from them) are skipped
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for _ in range(replicates):
-            sample = values[np.ix_(rng.integers(runs, size=runs), rng.integers(cases, size=cases))]
-            if np.isfinite(sample).any():
-                stats.append(np.nanmean(sample))
-        per_run = [float(np.nanmean(row)) if np.isfinite(row).any() else None for row in values]
+    stats = replicate_means(values, replicates, seed)  # replicates drawing only NaN cells are skipped
+    per_run = [float(np.nanmean(row)) if np.isfinite(row).any() else None for row in values]
     tail = (1.0 - confidence) / 2.0 * 100.0
-    lo, hi = np.percentile(stats, [tail, 100.0 - tail]) if stats else (None, None)
+    lo, hi = np.percentile(stats, [tail, 100.0 - tail]) if stats.size else (None, None)
     return {"mean": float(np.nanmean(values)), "ci": [None if lo is None else float(lo), None if hi is None
                                                        else float(hi)], "per_run": per_run}
 

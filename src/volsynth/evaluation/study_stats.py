@@ -22,7 +22,7 @@ import numpy as np
 from scipy import stats
 
 
-def _replicate_means(values: np.ndarray, replicates: int, seed: int) -> np.ndarray:
+def replicate_means(values: np.ndarray, replicates: int, seed: int) -> np.ndarray:
     """Means of ``replicates`` two-level bootstrap samples of ``values[runs, cases]`` (NaN cells skipped)."""
     rng = np.random.default_rng(seed)
     runs, cases = values.shape
@@ -44,7 +44,7 @@ def bootstrap_interval(values: np.ndarray, replicates: int = 2000, confidence: f
     finite = np.isfinite(values)
     if not finite.any():
         return {"mean": None, "ci": [None, None], "n_cases": 0}
-    means = _replicate_means(values, replicates, seed)
+    means = replicate_means(values, replicates, seed)
     tail = (1.0 - confidence) / 2.0 * 100.0
     lo, hi = np.percentile(means, [tail, 100.0 - tail])
     result = {"mean": float(np.nanmean(values)), "ci": [float(lo), float(hi)],
