@@ -45,6 +45,12 @@ def _replace(header: str, key: str, value: str, separator: str) -> str:
     return pattern.sub(lambda m: f"{key}{separator}{value}", header, count=1)
 
 
+def header_changes(values: dict[str, list[str]], min_size: int):
+    """Up to three (key, bad value) replacements of a header, keys from ``values``."""
+    pair = st.sampled_from(sorted(values)).flatmap(lambda key: st.tuples(st.just(key), st.sampled_from(values[key])))
+    return st.lists(pair, min_size=min_size, max_size=3)
+
+
 def _check(read, volume, keys: set[str]) -> None:
     """A read from a changed header: its geometry is the original one unless a geometry key was changed."""
     if read is not None and not keys & GEOMETRY_KEYS:
@@ -61,8 +67,7 @@ def test_corrupted_nrrd_headers():
         header, body = data.split(b"\n\n", 1)
 
         @settings(FUZZ, max_examples=80)
-        @given(changes=st.lists(st.sampled_from(sorted(NRRD_VALUES)).flatmap(
-            lambda key: st.tuples(st.just(key), st.sampled_from(NRRD_VALUES[key]))), min_size=1, max_size=3),
+        @given(changes=header_changes(NRRD_VALUES, min_size=1),
             cut=st.one_of(st.none(), st.integers(0, len(body) - 1)))
         def case(changes, cut):
             text = header.decode()
@@ -87,8 +92,7 @@ def test_corrupted_metaimage_headers_and_missing_data_files():
         raw = (folder / "reference.zraw").read_bytes()
 
         @settings(FUZZ, max_examples=60)
-        @given(changes=st.lists(st.sampled_from(sorted(MHD_VALUES)).flatmap(
-            lambda key: st.tuples(st.just(key), st.sampled_from(MHD_VALUES[key]))), min_size=0, max_size=3),
+        @given(changes=header_changes(MHD_VALUES, min_size=0),
             data=st.sampled_from(["whole", "missing", "truncated"]))
         def case(changes, data):
             text = header.replace("reference.zraw", "case.zraw")
