@@ -178,7 +178,7 @@ app.add_typer(import_app, name="import")  # volsynth import maisi WEIGHTS_DIR --
 def generate(
     model: Path = typer.Argument(..., help="Model folder (e.g. models/abdomen-ct-64), or a run folder given to "
                                            "train --out (its model/ is used)."),
-    out: Path = typer.Option(..., help="Output folder for volumes and their JSON sidecars (files already there are "
+    out: Path = typer.Option(None, help="Output folder for volumes and their JSON sidecars (files already there are "
                                        "never replaced unless --overwrite)."),
     prompt: str = typer.Option(None, help="Radiology-style report; empty for unconditional samples."),
     jobs: Path = typer.Option(None, help="JSON-lines jobs file: {prompt, seed, n, id, mask, modality} per line."),
@@ -198,6 +198,8 @@ def generate(
     controlnet_scale: float = typer.Option(None, help="ControlNet residual scale (models with a ControlNet); "
                                                       "default: the model's, else 1."),
     modality: str = typer.Option(None, help="CT or MR, for models that make both from one mask."),
+    body_ct: Path = typer.Option(None, help="The mask's CT: the body label is the body above -500 HU in it (MAISI "
+                                            "models, when the mask has no body label)."),
     image_format: str = typer.Option("nifti", "--format", help="nifti or dicom."),
     refine: bool = typer.Option(True, help="--no-refine skips the model's refiner (models with a refiner)."),
     refiner_guidance: float = typer.Option(None, help="The refiner's mask guidance scale (CFG) when a mask guides "
@@ -206,9 +208,12 @@ def generate(
                                                  "the model's. Fewer cost less: see docs/benchmarks.md."),
     overwrite: bool = typer.Option(False, help="Replace this run's files when they already exist in OUT."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Generate nothing: predict each job's GPU memory and "
+                                                          "time (MAISI models)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Generate volumes from text and/or a mask; per volume an image, a label map (with a mask) and a sidecar.
+    With none of --prompt, --mask, --masks-from, --prompts-from and --jobs: one unconditional volume.
 
     An option the model does not take (e.g. --controlnet-scale for a model without a ControlNet) is an error."""
     from volsynth.devices import select_device
@@ -220,8 +225,6 @@ def generate(
         raise ConfigError(None, "give either --jobs or --prompt/--mask/--masks-from/--prompts-from, not both")
     if sum(x is not None for x in (mask, masks_from, prompts_from)) > 1:
         raise ConfigError(None, "give only one of --mask, --masks-from and --prompts-from")
-    if jobs is None and prompt is None and mask is None and masks_from is None and prompts_from is None:
-        raise ConfigError(None, "give --prompt, --mask, --masks-from, --prompts-from or --jobs")
     if n < 1 or (steps is not None and steps < 1):
         raise ConfigError(None, f"--n and --steps must be >= 1, got {n} and {steps}")
     modality = modality.upper() if modality else None
@@ -232,12 +235,20 @@ def generate(
                                      masks=masks_from is not None)
     else:
         job_list = [Job(prompt=prompt or "", seed=seed, n=n, mask=str(mask) if mask else None, modality=modality)]
+    options = dict(steps=steps, sampler=sampler, text_guidance=text_guidance, mask_guidance=mask_guidance,
+                   controlnet_scale=controlnet_scale, mask_labels=parse_mask_labels(mask_labels),
+                   refine=None if refine else False, refiner_guidance=refiner_guidance, refiner_steps=refiner_steps,
+                   body_ct=str(body_ct) if body_ct else None)
+    if out is None and not dry_run:
+        raise ConfigError(None, "--out is required", "give the folder to write into (or --dry-run)")
+    if dry_run:
+        from volsynth.pipeline_commands import print_estimates
+
+        print_estimates(load_pipeline(model), job_list, options)
+        return
     pipeline = load_pipeline(model).to(select_device(device))
     written = run_jobs(pipeline, job_list, out, image_format=image_format, progress=progress, overwrite=overwrite,
-                       steps=steps, sampler=sampler, text_guidance=text_guidance, mask_guidance=mask_guidance,
-                       controlnet_scale=controlnet_scale, mask_labels=parse_mask_labels(mask_labels),
-                       refine=None if refine else False, refiner_guidance=refiner_guidance,
-                       refiner_steps=refiner_steps)
+                       **options)
     console.print(f"wrote {len(written)} volume(s) to {out}")
 
 

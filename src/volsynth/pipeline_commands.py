@@ -1,6 +1,6 @@
 """Commands of the command line that run a model's pipeline, other than ``generate``: reconstruct, sweep,
-interpolate and edit. cli.py registers them; their torch-heavy imports sit inside the functions, so ``volsynth
---help`` stays fast.
+interpolate and edit (and generate's dry run). cli.py registers them; their torch-heavy imports sit inside the
+functions, so ``volsynth --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -136,3 +136,27 @@ def edit(
         raise type(exc)(exc.path or mask, exc.problem, exc.hint) from exc
     write_volume(label, out, overwrite=overwrite)
     console.print(f"wrote {out}  {_json.dumps(facts)}")
+
+
+def print_estimates(pipeline, jobs: list, options: dict) -> None:
+    """``generate --dry-run``: each job's predicted GPU memory and time, as a table; nothing is generated."""
+    from rich.table import Table
+
+    from volsynth.pipelines.base import GenerationRequest
+
+    for job in jobs:
+        try:
+            request = GenerationRequest(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=job.seed,
+                                        **options)
+        except TypeError as exc:
+            raise ConfigError(None, f"bad generation option ({exc})") from exc
+        cost = pipeline.estimate(request)
+        table = Table(title=f"dry run: {job.id or job.mask or 'no mask'}")
+        table.add_column("what")
+        table.add_column("predicted")
+        for what, value in cost.rows():
+            table.add_row(what, value)
+        console.print(table)
+    console.print("GPU memory: float32 tensors on the GPU (weights, latents, the larger of one step's and one decode "
+                  "window's peak); allocator and CUDA context not included. Time: FLOPs at the rates NV-Generate-CT's "
+                  "published A100 timings imply; see docs/maisi.md.")

@@ -1,5 +1,5 @@
-"""Full-size MAISI networks (NVIDIA's published rflow-ct configs, random weights) in the published file layout,
-imported and loaded strictly: the architecture and file layout volsynth expects are the published ones."""
+"""Full-size MAISI networks (NVIDIA's published rflow-ct and ddpm-ct configs, random weights) in the published file
+layout, imported and loaded strictly: the architecture and file layout volsynth expects are the published ones."""
 
 import json
 import sys
@@ -16,8 +16,9 @@ from volsynth.models.maisi.networks import VARIANTS, WeightsMismatchError, publi
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from maisi_files import build, save_published  # noqa: E402
 
-# Parameters of the published rflow-ct networks, counted by MONAI 1.6.1's classes
-PARAMETERS = {"autoencoder": 20_944_897, "unet": 180_500_868, "controlnet": 72_037_072}
+# Parameters of the published networks, counted by MONAI 1.6.1's classes
+PARAMETERS = {"rflow-ct": {"autoencoder": 20_944_897, "unet": 180_500_868, "controlnet": 72_037_072},
+              "ddpm-ct": {"autoencoder": 20_944_897, "unet": 169_370_884, "controlnet": 68_644_944}}
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,27 @@ def full_size(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_published_ddpm_ct_networks_import_strictly(tmp_path):
+    networks = build(published_configs("ddpm-ct"))
+    assert {name: sum(p.numel() for p in n.parameters()) for name, n in networks.items()} == PARAMETERS["ddpm-ct"]
+    root = save_published(networks, tmp_path / "weights", variant="ddpm-ct", scale_factor=1.0)
+    sample = {k: v.clone() for k, v in list(networks["unet"].state_dict().items())[::41]}
+    del networks
+    out = import_maisi(root, "ddpm-ct", tmp_path / "maisi-ddpm-ct")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["scheduler"]["class"] == "DDPMScheduler" and read_model_index(out).kind == "maisi"
+    assert {name: c.parameters for name, c in read_model_index(out).components.items()} == PARAMETERS["ddpm-ct"]
+    with safe_open(str(out / "model.safetensors"), framework="pt") as weights:
+        assert all(torch.equal(weights.get_tensor(f"unet.{key}"), value) for key, value in sample.items())
+
+
+@pytest.mark.slow
 def test_published_rflow_ct_networks_import_strictly(full_size, tmp_path):
     root, samples, counts = full_size
-    assert counts == PARAMETERS
+    assert counts == PARAMETERS["rflow-ct"]
     out = import_maisi(root, "rflow-ct", tmp_path / "maisi-rflow-ct")
     index = read_model_index(out)
-    assert {name: c.parameters for name, c in index.components.items()} == PARAMETERS
+    assert {name: c.parameters for name, c in index.components.items()} == PARAMETERS["rflow-ct"]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["scale_factor"] == pytest.approx(1.03) and meta["scheduler"]["class"] == "RFlowScheduler"
     assert meta["source"]["network_config"] == "config_network_rflow.json"

@@ -11,10 +11,9 @@ import torch
 
 from volsynth import GenerationRequest, load_pipeline
 from volsynth.cli import main
-from volsynth.data.phantom import write_phantom_dataset
 from volsynth.data.vocabularies import LabelPreset
 from volsynth.errors import ConfigError
-from volsynth.io import read_label, read_volume, write_volume
+from volsynth.io import read_label, read_volume
 from volsynth.io.resample import grid_affine
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint
@@ -24,37 +23,9 @@ from volsynth.models.maisi.networks import VARIANTS, WeightsMismatchError, build
 from volsynth.pipelines.maisi_mask import BODY, add_body_label, bit_planes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from maisi_files import build, save_published, tiny_configs  # noqa: E402
+from maisi_files import save_published, tiny_configs  # noqa: E402
 
-GRID = {"size": [64, 64, 64], "spacing": [1.5, 1.5, 1.5]}
-# phantom abdomen ids -> TotalSegmentator ids (liver, spleen, right kidney, aorta, inferior vena cava, stomach)
-TO_TOTALSEGMENTATOR = {1: 5, 5: 1, 6: 2, 7: 52, 8: 63, 9: 6}
-
-
-@pytest.fixture(scope="module")
-def published(tmp_path_factory) -> tuple[Path, dict]:
-    networks = build(tiny_configs())
-    return save_published(networks, tmp_path_factory.mktemp("maisi") / "weights"), networks
-
-
-@pytest.fixture(scope="module")
-def model(published, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "maisi-tiny"
-    return import_maisi(published[0], "rflow-ct", out, configs=tiny_configs(), default_grid=GRID)
-
-
-@pytest.fixture(scope="module")
-def ts_mask(tmp_path_factory) -> Path:
-    """A phantom abdomen's label map in TotalSegmentator's ids, on a 64^3 grid at 1.5 mm off the origin."""
-    root = write_phantom_dataset("abdomen-ct", tmp_path_factory.mktemp("ph") / "ds", cases=1, size=64, spacing=1.5,
-                                 seed=3, progress=False)
-    label = read_label(next((root / "labelsTr").glob("*.nii.gz")))
-    array = np.zeros(label.shape, dtype=np.uint8)
-    for own, ts in TO_TOTALSEGMENTATOR.items():
-        array[label.array == own] = ts
-    path = tmp_path_factory.mktemp("mask") / "seg.nii.gz"
-    write_volume(LabelMap(array, grid_affine([1.5] * 3, [64] * 3, [12.0, -30.0, 5.0])), path)
-    return path
+from tests.pipelines.conftest import GRID  # noqa: E402
 
 
 def test_import_writes_a_maisi_model_whose_weights_are_the_published_ones(published, model):
@@ -133,7 +104,7 @@ def test_generate_from_a_totalsegmentator_mask_keeps_its_geometry(model, ts_mask
     again = read_volume(tmp_path / "b" / "job000_00_image.nii.gz")
     assert np.array_equal(image.array, again.array)
     sidecar = json.loads((tmp_path / "a" / "job000_00.json").read_text())
-    assert sidecar["body_label_added"] and sidecar["grid_size"] == [64, 64, 64] and sidecar["sampler"] == "rflow"
+    assert sidecar["body_label"] == "hull" and sidecar["grid_size"] == [64, 64, 64] and sidecar["sampler"] == "rflow"
 
 
 def test_generate_writes_dicom(model, ts_mask, tmp_path):

@@ -50,6 +50,7 @@ class GenerationRequest:
     refiner_guidance: float | None = None
     refiner_steps: int | None = None  # the refiner's sampling steps; None: the model's
     dtype: torch.dtype | None = None  # autocast dtype of the latent sampler (torch.bfloat16); None: float32
+    body_ct: Volume | str | Path | None = None  # a CT the body label is made from (models that need a body label)
 
 
 # How each request field is spelled on the command line (for error messages).
@@ -161,3 +162,8 @@ class Pipeline:
             raise ConfigError(self.model_path, "give a GenerationRequest or keyword fields, not both")
         self.check(request)
         return self.generate(**self.resolve(request))
+
+    def estimate(self, request: GenerationRequest):
+        """What ``request`` would cost (``generate --dry-run``); a model kind that cannot predict it refuses."""
+        raise ConfigError(self.model_path, f"--dry-run: a {self.kind} model does not predict its cost",
+                          "leave --dry-run out (MAISI models predict theirs)")

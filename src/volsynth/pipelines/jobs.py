@@ -105,11 +105,13 @@ def expand(jobs: list[Job]) -> list[tuple[str, Job, int]]:
     return items
 
 
-def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None) -> None:
-    """Read and map every job's mask before anything is generated (bad masks fail early)."""
+def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None, body_ct=None) -> None:
+    """Read and map every job's mask (with the CT its body label comes from, for a model that takes one) before
+    anything is generated: bad masks fail early."""
+    extra = {} if body_ct is None else {"body_ct": body_ct}  # only models that take --body-ct get here with one
     for job in jobs:
         if job.mask:
-            pipeline.prepare_mask(job.mask, mask_labels, modality=job.modality)
+            pipeline.prepare_mask(job.mask, mask_labels, modality=job.modality, **extra)
 
 
 def output_paths(out: Path, name: str, image_format: str) -> dict[str, Path]:
@@ -147,7 +149,7 @@ def run_jobs(pipeline: Pipeline, jobs: list[Job], out: str | Path, image_format:
         pipeline.scheduler(sampler)  # a sampler the model cannot use fails now, once per sampler
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     mine = items[rank::world]  # each rank checks its own files: another rank may be writing its own already
-    check_masks(pipeline, jobs, options.get("mask_labels"))
+    check_masks(pipeline, jobs, options.get("mask_labels"), options.get("body_ct"))
     # one run writes into OUT at a time (under torchrun rank 0 holds the lock for all ranks)
     with folder_lock(out, "generate") if rank == 0 else nullcontext():
         existing = [p for name, _, _ in mine for p in output_paths(out, name, image_format).values() if p.exists()]

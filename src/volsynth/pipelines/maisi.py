@@ -22,19 +22,23 @@ from volsynth.io.resample import resample_to
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint, optional_sha256
 from volsynth.models.maisi.networks import build_maisi_network, build_maisi_scheduler
-from volsynth.pipelines.base import GenerationResult, Pipeline, sampling_recommendation
-from volsynth.pipelines.maisi_mask import bit_planes, body_regions, check_grid, prepare_maisi_mask
+from volsynth.pipelines.base import GenerationRequest, GenerationResult, Pipeline, sampling_recommendation
+from volsynth.pipelines.maisi_cost import GenerationCost
+from volsynth.pipelines.maisi_cost import estimate as estimate_cost
+from volsynth.pipelines.maisi_mask import bit_planes, body_regions, check_grid, prepare_maisi_mask, read_body_ct
 from volsynth.pipelines.masks import load_mask, map_mask
 from volsynth.sampling import sample
 
 SAMPLER_OF = {"RFlowScheduler": "rflow", "DDPMScheduler": "ddpm"}
+LARGE_LATENT, LARGE_OVERLAP = 64, 0.4  # decode overlap above a 64-voxel latent axis
+MIN_SPLIT = 4  # latent voxels per split of the autoencoder's split convolutions
 
 
 class MaisiPipeline(Pipeline):
     """``MaisiPipeline.from_pretrained(dir)(mask=..., mask_labels=LabelPreset("totalsegmentator"), seed=...)``."""
 
     kind = "maisi"
-    options = frozenset({"mask", "mask_labels", "modality", "steps", "sampler", "controlnet_scale"})
+    options = frozenset({"mask", "mask_labels", "modality", "steps", "sampler", "controlnet_scale", "body_ct"})
 
     def __init__(self, autoencoder, unet, controlnet, plan: Plan, scale_factor: float, scheduler: dict,
                  settings: dict, levels: tuple[int, int], model_path: Path | None = None,
@@ -55,9 +59,11 @@ class MaisiPipeline(Pipeline):
         checkpoint = load_checkpoint(path, builder=build_maisi_network)
         meta, networks, configs = checkpoint.meta, checkpoint.networks, checkpoint.config["networks"]
         levels = (len(configs["autoencoder"]["num_channels"]), len(configs["unet"]["num_channels"]))
-        return cls(networks["autoencoder"], networks["unet"], networks["controlnet"], Plan.from_dict(meta["plan"]),
-                   float(meta["scale_factor"]), meta["scheduler"], meta["maisi"], levels, Path(path),
-                   meta["files"].get("model.safetensors"))
+        pipeline = cls(networks["autoencoder"], networks["unet"], networks["controlnet"],
+                       Plan.from_dict(meta["plan"]), float(meta["scale_factor"]), meta["scheduler"], meta["maisi"],
+                       levels, Path(path), meta["files"].get("model.safetensors"))
+        pipeline.configs = configs
+        return pipeline
 
     def to(self, device: str | torch.device) -> MaisiPipeline:
         """Move the networks to a device (noise is still drawn on the CPU, so seeds mean the same)."""
@@ -78,19 +84,67 @@ class MaisiPipeline(Pipeline):
                               f"'{sampler}'", f"leave --sampler out or give {self.trained_sampler}")
         return build_maisi_scheduler(self.scheduler_config)
 
-    def prepare_mask(self, mask: LabelMap | str | Path, mask_labels=None, known=None, modality: str | None = None):
+    def prepare_mask(self, mask: LabelMap | str | Path, mask_labels=None, known=None, modality: str | None = None,
+                     body_ct: Volume | str | Path | None = None):
         """Mask -> (mapped mask with body on its own grid, generation grid affine and size, mask on that grid,
-        source path, whether the body label was added); every check before anything is generated."""
+        source path, how the body label was made); every check before anything is generated."""
         self.plan_for(modality)
         label, source = load_mask(mask)
         mapped, _ = map_mask(label, self.plan.labels, mask_labels, source)
-        mapped, affine, size, on_grid, added = prepare_maisi_mask(mapped, self.grid_factor, self.model_path, source)
-        return mapped, affine, size, on_grid, source, added
+        ct = None if body_ct is None else read_body_ct(body_ct, mapped)
+        mapped, affine, size, on_grid, body = prepare_maisi_mask(mapped, self.grid_factor, self.model_path, source,
+                                                                 ct)
+        self.check_split_decode(size)
+        return mapped, affine, size, on_grid, source, body
+
+    def check_split_decode(self, size: list[int]) -> None:
+        """Refuse a grid too narrow for the autoencoder's split convolutions (each split of the latent axis they
+        split needs at least ``MIN_SPLIT`` voxels)."""
+        config = self.configs["autoencoder"]
+        splits, axis = int(config.get("num_splits", 1)), int(config.get("dim_split", 0))
+        latent = size[axis] // self.latent_factor
+        if splits > 1 and latent // splits < MIN_SPLIT:
+            raise ConfigError(self.model_path, f"grid {size} is too narrow along {'RAS'[axis]} for this autoencoder's "
+                              f"decode ({splits} splits of {latent} latent voxels; each needs {MIN_SPLIT})",
+                              f"give a mask at least {splits * MIN_SPLIT * self.latent_factor} voxels along "
+                              f"{'RAS'[axis]}")
+
+    def check(self, request: GenerationRequest) -> None:
+        """The options a MAISI model takes; a body CT only with a mask."""
+        super().check(request)
+        if request.body_ct is not None and request.mask is None:
+            raise ConfigError(self.model_path, "--body-ct goes with --mask", "give the mask the CT belongs to")
+
+    def grid(self, mask=None, mask_labels=None, modality: str | None = None, body_ct=None) -> list[int]:
+        """The grid (voxels) a request generates on: the mask's, made ready for MAISI, or the default one."""
+        if mask is None:
+            check_grid(list(self.plan.size), self.plan.spacing, self.grid_factor, self.model_path)
+            self.check_split_decode(list(self.plan.size))
+            return list(self.plan.size)
+        return self.prepare_mask(mask, mask_labels, modality=modality, body_ct=body_ct)[2]
+
+    def decode_settings(self, latent: list[int]) -> dict:
+        """The sliding-window decode: the model's window; its overlap above a 64-voxel latent axis (256 image
+        voxels) is 0.4, as in every NV-Generate-CT inference config for grids over 256^3 (fewer windows)."""
+        decode = dict(self.settings["decode"])
+        if max(latent) > LARGE_LATENT:
+            decode["overlap"] = min(decode["overlap"], LARGE_OVERLAP)
+        return decode
+
+    def estimate(self, request: GenerationRequest) -> GenerationCost:
+        """The predicted GPU memory and time of a request (``volsynth generate --dry-run``), nothing generated."""
+        self.check(request)
+        settings = self.resolve(request)
+        self.scheduler(settings["sampler"])
+        size = self.grid(request.mask, request.mask_labels, request.modality, request.body_ct)
+        latent = [s // self.latent_factor for s in size]
+        return estimate_cost(self.configs, size, self.latent_factor, settings["steps"], request.mask is not None,
+                             self.decode_settings(latent))
 
     @torch.no_grad()
     def generate(self, prompt: str = "", mask: LabelMap | str | Path | None = None, seed: int = 0, steps: int = 30,
                  sampler: str = "rflow", controlnet_scale: float = 1.0, mask_labels=None,
-                 modality: str | None = None) -> GenerationResult:
+                 modality: str | None = None, body_ct: Volume | str | Path | None = None) -> GenerationResult:
         """1. check 2. prepare mask and grid 3. conditioning 4. noise 5. denoise 6. decode 7. to HU and geometry."""
         start = time.perf_counter()
         # 1. MAISI takes no text
@@ -101,13 +155,15 @@ class MaisiPipeline(Pipeline):
         mapped = None
         info: dict = {}
         if mask is not None:
-            mapped, affine, size, on_grid, source, added = self.prepare_mask(mask, mask_labels, modality=modality)
+            mapped, affine, size, on_grid, source, body = self.prepare_mask(mask, mask_labels, modality=modality,
+                                                                            body_ct=body_ct)
             labels = torch.from_numpy(on_grid.array.astype(np.int64))
-            info = {"mask": source, "mask_sha256": optional_sha256(source), "body_label_added": added,
+            info = {"mask": source, "mask_sha256": optional_sha256(source), "body_label": body,
                     "controlnet_scale": controlnet_scale}
+            if body_ct is not None:
+                info["body_ct"] = str(body_ct) if isinstance(body_ct, (str, Path)) else "given"
         else:
-            affine, size = self.plan.default_affine(), list(self.plan.size)
-            check_grid(size, self.plan.spacing, self.grid_factor, self.model_path)
+            affine, size = self.plan.default_affine(), self.grid(body_ct=body_ct)
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         # 3. conditioning: spacing x100, modality code, body regions, the mask's bit-planes
         extra: dict = {"spacing_tensor": torch.from_numpy(spacing[None] * 100.0).float().to(self.device)}
@@ -153,9 +209,10 @@ class MaisiPipeline(Pipeline):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The autoencoder's decode; by overlapping windows (Gaussian-blended) when the latent grid is larger than
         one window, with the windows' outputs gathered on the CPU."""
-        window = [min(w, s) for w, s in zip(self.settings["decode"]["window"], latents.shape[2:], strict=True)]
+        decode = self.decode_settings(list(latents.shape[2:]))
+        window = [min(w, s) for w, s in zip(decode["window"], latents.shape[2:], strict=True)]
         if window == list(latents.shape[2:]):
             return self.autoencoder.decode_stage_2_outputs(latents).float().cpu()
-        inferer = SlidingWindowInferer(roi_size=window, sw_batch_size=1, overlap=self.settings["decode"]["overlap"],
+        inferer = SlidingWindowInferer(roi_size=window, sw_batch_size=1, overlap=decode["overlap"],
                                        mode="gaussian", sw_device=self.device, device=torch.device("cpu"))
         return inferer(latents, lambda x: self.autoencoder.decode_stage_2_outputs(x).float())

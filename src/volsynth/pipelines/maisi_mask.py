@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import Delaunay, QhullError
 
 from volsynth.errors import ConfigError
+from volsynth.io.formats import read_volume
 from volsynth.io.resample import grid_affine, grid_centre, resample_to, snap_to_lattice
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.pipelines.masks import MaskWarning
@@ -29,6 +31,7 @@ TRAINED_SIZES = ((256, 384, 512), (256, 384, 512), (128, 256, 384, 512, 640, 768
 MAX_SIZE = (512, 512, 768)
 MIN_INPLANE_FOV = 256.0  # mm
 BODY_THRESHOLD_HU = -500.0  # with a CT: voxels above this are body
+AIR_HU = -1000.0  # outside the CT's field of view
 # NV-Generate-CT's body regions (top and bottom region inputs of ddpm-ct): MAISI ids marking each region
 REGIONS = ((22, 120), (28, 29, 30, 31, 32), (1, 2, 3, 4, 5, 14), (93, 94))
 
@@ -108,17 +111,33 @@ def check_grid(size: list[int], spacing, factor: int, model_path=None) -> None:
                       "MAISI recommends", GridWarning, stacklevel=2)
 
 
-def prepare_maisi_mask(mask: LabelMap, factor: int, model_path=None, source: str | None = None
-                       ) -> tuple[LabelMap, np.ndarray, list[int], LabelMap, bool]:
-    """(mask with body, grid affine, grid size, mask on the grid, whether the body label was added)."""
-    added = BODY not in set(mask.present())
-    if added:
-        warnings.warn(f"{source or 'mask'}: no body label ({BODY}); added one: per axial slice the convex hull of "
-                      "the labels (a mask with its own body label gives a better one)", MaskWarning, stacklevel=2)
-        mask = add_body_label(mask)
+def read_body_ct(ct: Volume | str | Path, mask: LabelMap) -> Volume:
+    """The CT a body label is made from, in HU on the mask's grid (resampled when it is on another grid)."""
+    name = str(ct) if isinstance(ct, (str, Path)) else "the body CT"
+    volume = read_volume(ct) if isinstance(ct, (str, Path)) else ct
+    if volume.modality not in (None, "CT"):
+        raise ConfigError(name, f"the body label is made from a CT, not {volume.modality}", "give the CT in HU")
+    on_grid = resample_to(volume, mask.affine, mask.shape, cval=AIR_HU)
+    if not (on_grid.array < BODY_THRESHOLD_HU).any() or not (on_grid.array > BODY_THRESHOLD_HU).any():
+        raise ConfigError(name, f"no voxels both below and above {BODY_THRESHOLD_HU:.0f} HU where it overlaps the "
+                          "mask: not a CT in HU of the mask's body", "give the CT the mask was drawn on")
+    return on_grid
+
+
+def prepare_maisi_mask(mask: LabelMap, factor: int, model_path=None, source: str | None = None,
+                       ct: Volume | None = None) -> tuple[LabelMap, np.ndarray, list[int], LabelMap, str]:
+    """(mask with body, grid affine, grid size, mask on the grid, where its body label came from: "mask", "ct"
+    (a threshold on ``ct``, on the mask's grid) or "hull" (the labels' convex hull per axial slice))."""
+    body = "mask"
+    if BODY not in set(mask.present()):
+        body = "ct" if ct is not None else "hull"
+        if ct is None:
+            warnings.warn(f"{source or 'mask'}: no body label ({BODY}); added one: per axial slice the convex hull of "
+                          "the labels (--body-ct with the mask's CT gives a better one)", MaskWarning, stacklevel=2)
+        mask = add_body_label(mask, ct)
     affine, size = generation_grid(mask, factor)
     check_grid(size, np.linalg.norm(affine[:3, :3], axis=0), factor, model_path)
-    return mask, affine, size, resample_to(mask, affine, size), added
+    return mask, affine, size, resample_to(mask, affine, size), body
 
 
 def bit_planes(labels: torch.Tensor, bits: int = 8) -> torch.Tensor:

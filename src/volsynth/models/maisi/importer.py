@@ -130,5 +130,7 @@ Latent scale factor: {scale_factor:.6g}. Sampling: {index.sampling['steps']} ste
 - The images these weights generate through volsynth were not compared with NV-Generate-CT's own outputs.
 
 ## Generate
-`volsynth generate {index.name} --mask seg.nii.gz --mask-labels totalsegmentator --out OUT` (see docs/maisi.md).
+`volsynth generate {index.name} --mask seg.nii.gz --mask-labels totalsegmentator --body-ct ct.nii.gz --out OUT`
+(`--body-ct`: the mask's CT, for a body label when the mask has none). Add `--dry-run` to see the GPU memory and
+time predicted for that grid before anything runs (see docs/maisi.md).
 """
