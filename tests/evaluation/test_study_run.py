@@ -23,7 +23,7 @@ from volsynth.evaluation.adherence import measure_lesions
 from volsynth.evaluation.study_run import balance_count, run_study
 from volsynth.evaluation.study_spec import load_study_spec, parse_study
 from volsynth.evaluation.study_stats import bootstrap_interval, paired_comparison
-from volsynth.evaluation.study_units import edit_mask, largest_equivalent_diameter_mm
+from volsynth.evaluation.study_units import StudyFolder, edit_mask, largest_equivalent_diameter_mm
 from volsynth.io.formats import read_label
 from volsynth.models.checkpoint import sha256_file
 from volsynth.training.recipe_schema import load_recipe
@@ -254,3 +254,20 @@ def test_edit_mask_keeps_inserts_and_moves(real):
     assert len(facts) == len(measure_lesions(mask, [4])) >= 1
     assert not np.array_equal(moved.array == 4, mask.array == 4)
     assert np.array_equal(np.isin(moved.array, (1, 4)), np.isin(mask.array, (1, 4)))  # the liver's outline stays
+
+
+def test_segmentor_settings_may_change_until_a_segmentor_starts(study, tmp_path, real):
+    out, _ = study
+    changed = {"segmentor": {**SEGMENTOR, "steps": SEGMENTOR["steps"] + 1}}
+    with pytest.raises(ConfigError, match="started with other settings: segmentor.steps"):  # segmentors ran
+        run_study(study_file(tmp_path / "late.yaml", real, **changed), out, progress=False, log=lambda m: None)
+    folder = StudyFolder(tmp_path / "fresh", log=lambda m: None)  # a study whose generator is still training
+    folder.pin_spec(load_study_spec(study_file(tmp_path / "a.yaml", real)))
+    folder.pin_spec(load_study_spec(study_file(tmp_path / "b.yaml", real, **changed)))
+    assert json.loads((tmp_path / "fresh" / "log.jsonl").read_text().splitlines()[-1])["changed"] == [
+        "segmentor.steps"]
+    with pytest.raises(ConfigError, match="started with other settings: n_real"):
+        folder.pin_spec(load_study_spec(study_file(tmp_path / "c.yaml", real, n_real=2, **changed)))
+    (tmp_path / "fresh" / "runs" / "real-unet-seed0").mkdir(parents=True)  # a segmentor has started
+    with pytest.raises(ConfigError, match="started with other settings: segmentor.steps"):
+        folder.pin_spec(load_study_spec(study_file(tmp_path / "d.yaml", real)))

@@ -41,6 +41,7 @@ from volsynth.evaluation.study_adherence import measure_adherence
 from volsynth.evaluation.study_report import write_outputs
 from volsynth.evaluation.study_spec import StudySpec, load_study_spec
 from volsynth.evaluation.study_units import (
+    RUNS,
     StudyFolder,
     class_id,
     edit_mask,
@@ -212,7 +213,7 @@ class StudyRun:
             for architecture in self.spec.architectures:
                 for seed in self.spec.seeds:
                     name = run_name(arm, architecture, seed)
-                    folder = self.folder.path("runs", name)
+                    folder = self.folder.path(RUNS, name)
                     scores_path = folder / "scores.json"
                     if not scores_path.is_file():
                         if not (folder / "segmentor" / "meta.json").is_file():
@@ -252,7 +253,7 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
     adherence = None
     if spec.text.sizes_mm:
         segmentor = Path(spec.text.segmentor) if spec.text.segmentor else study.folder.path(
-            "runs", run_name("real", spec.architectures[0], spec.seeds[0]), "segmentor")
+            RUNS, run_name("real", spec.architectures[0], spec.seeds[0]), "segmentor")
         adherence = measure_adherence(study, segmentor)
     data = {"dataset": str(study.dataset.root), "train_cases": study.train_ids, "test_cases": study.test_ids,
             "large_test_cases": study.large_test_cases(), "synthetic": study.synthetic,

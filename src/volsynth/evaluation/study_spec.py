@@ -109,6 +109,8 @@ class StudySpec:
 
 BLOCKS = {"generator": GeneratorSpec, "synthetic": SyntheticSpec, "balance": BalanceSpec, "text": TextSpec}
 SUMMARY_KEYS = ("bootstrap", "confidence")  # may change on resume: they only change the summary
+# may change on resume until the first segmentor has started: they concern the segmentors alone
+SEGMENTOR_KEYS = ("segmentor", "architectures", "seeds", "nsd_tolerance_mm")
 
 
 def _range(values: list, where: str, path: Path | str) -> None:

@@ -30,7 +30,7 @@ from volsynth.data.phantom.measure import FULL_CONNECTIVITY
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.evaluation.adherence import measure_lesions
 from volsynth.evaluation.segmentor import read_case
-from volsynth.evaluation.study_spec import SPEC_VERSION, StudySpec, spec_changes
+from volsynth.evaluation.study_spec import SEGMENTOR_KEYS, SPEC_VERSION, StudySpec, spec_changes
 from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import write_volume
 from volsynth.io.jsonfile import read_json, write_json
@@ -42,7 +42,7 @@ from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
 from volsynth.training.runner import run_recipe
 
 SPEC_FILE, SPLIT_FILE, LOG_FILE = "study.yaml", "split.json", "log.jsonl"
-TRAIN_DATA, GENERATOR = "train-data", "generator"
+TRAIN_DATA, GENERATOR, RUNS = "train-data", "generator", "runs"
 
 
 class StudyFolder:
@@ -75,9 +75,13 @@ class StudyFolder:
         current = {"version": SPEC_VERSION, **spec.to_dict()}
         if path.is_file():
             changes = spec_changes(yaml.safe_load(path.read_text()) or {}, current)
-            if changes:
+            started = self.path(RUNS).is_dir() and any(self.path(RUNS).iterdir())
+            if changes and (started or any(c.split(".")[0] not in SEGMENTOR_KEYS for c in changes)):
                 raise ConfigError(path, f"this study was started with other settings: {', '.join(changes)}",
-                                  "resume with the same study file, or run into a new --out")
+                                  "resume with the same study file, or run into a new --out (the segmentor "
+                                  "settings may change until the first segmentor has started)")
+            if changes:
+                self.finished("spec", {"changed": changes})
         elif self.root.is_dir() and any(self.root.iterdir()):
             raise ConfigError(self.root, "the output folder is not empty and holds no study (no study.yaml)",
                               "run into a new or empty --out; nothing was written")
