@@ -262,3 +262,14 @@ def test_foreground_patches_see_small_structures():
     assert uniform < 20  # without oversampling most patches miss them
     with pytest.raises(ConfigError, match="foreground must be a share"):
         SegmentorSettings(patch=[16, 16, 16], foreground=1.5).check()
+
+
+def test_cases_seen_only_counts_the_segmentors_own_dataset(tmp_path):
+    from types import SimpleNamespace
+
+    from volsynth.evaluation.segmentor import cases_seen
+
+    seg = SimpleNamespace(meta={"dataset": str(tmp_path / "a"), "training_cases": ["case_0", "case_1"]})
+    assert cases_seen(seg, tmp_path / "a", ["case_1", "case_2"]) == ["case_1"]
+    assert cases_seen(seg, tmp_path / "b", ["case_1", "case_2"]) == []  # the same ids in another dataset
+    assert cases_seen(SimpleNamespace(meta={}), tmp_path / "a", ["case_1"]) == []

@@ -271,3 +271,9 @@ def test_segmentor_settings_may_change_until_a_segmentor_starts(study, tmp_path,
     (tmp_path / "fresh" / "runs" / "real-unet-seed0").mkdir(parents=True)  # a segmentor has started
     with pytest.raises(ConfigError, match="started with other settings: segmentor.steps"):
         folder.pin_spec(load_study_spec(study_file(tmp_path / "d.yaml", real)))
+    text = {"text": {"sizes_mm": [40, 80], "per_size": 1, "bins_mm": [0, 60, 1000], "segmentor": "elsewhere"}}
+    folder.pin_spec(load_study_spec(study_file(tmp_path / "e.yaml", real, **changed, **text)))  # not measured yet
+    (tmp_path / "fresh" / "adherence").mkdir()
+    (tmp_path / "fresh" / "adherence" / "x.json").write_text("{}")
+    with pytest.raises(ConfigError, match="started with other settings: text.segmentor"):
+        folder.pin_spec(load_study_spec(study_file(tmp_path / "f.yaml", real, **changed)))

@@ -243,6 +243,15 @@ def load_segmentor(path: str | Path) -> Segmentor:
                      Plan.from_dict(meta["plan"], path), SegmentorSettings.from_dict(meta["segmentor"]), meta, path)
 
 
+def cases_seen(segmentor: Segmentor, dataset_root: str | Path, case_ids: list[str]) -> list[str]:
+    """The cases of ``case_ids`` (of the dataset at ``dataset_root``) the segmentor was trained on: none when it was
+    trained on another dataset (case ids repeat across datasets)."""
+    trained = segmentor.meta.get("dataset")
+    if not trained or Path(trained).resolve() != Path(dataset_root).resolve():
+        return []
+    return sorted(set(case_ids) & set(segmentor.meta.get("training_cases") or []))
+
+
 def segmentor_input(segmentor: Segmentor, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     """The volume at the segmentor's spacing over its own field of view (RAS), in [-1, 1]; and that grid's affine."""
     plan = segmentor.plan

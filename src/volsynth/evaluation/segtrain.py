@@ -24,6 +24,7 @@ from volsynth.evaluation.segmentor import (
     SegmentorSettings,
     build_segmentation_network,
     case_on_grid,
+    cases_seen,
     labelled_cases,
     load_segmentor,
     load_segmentor_dataset,
@@ -211,8 +212,7 @@ def evaluate_holdout(segmentor_path: str | Path, dataset: str | Path, case_ids: 
     missing = [c for c in case_ids if c not in known]
     if missing:
         raise DatasetError(data.root, f"no labelled case(s) {missing[:5]}")
-    same_dataset = segmentor.meta.get("dataset") and Path(segmentor.meta["dataset"]).resolve() == data.root.resolve()
-    trained_on = sorted(set(case_ids) & set(segmentor.meta.get("training_cases") or [])) if same_dataset else []
+    trained_on = cases_seen(segmentor, data.root, case_ids)
     if trained_on:  # a "held-out" score on training cases would flatter the segmentor
         raise ConfigError(None, f"case(s) {trained_on[:5]} are not held out: the segmentor was trained on them")
     names = {n: i for n, i in segmentor.labels.items() if i != 0}

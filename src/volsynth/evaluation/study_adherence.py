@@ -17,7 +17,7 @@ import numpy as np
 
 from volsynth.errors import ConfigError
 from volsynth.evaluation.adherence import lesion_class_ids, measure_lesions
-from volsynth.evaluation.segmentor import Segmentor, load_segmentor, predict, read_case
+from volsynth.evaluation.segmentor import Segmentor, cases_seen, load_segmentor, predict, read_case
 from volsynth.evaluation.study_units import StudyFolder
 from volsynth.io.formats import read_volume
 from volsynth.io.jsonfile import read_json, write_json
@@ -61,10 +61,9 @@ def measure_adherence(study: StudyRun, segmentor_path: str | Path) -> dict:
     if not lesion_class_ids(segmentor.labels):
         raise ConfigError(segmentor_path, "the adherence segmentor has no lesion class",
                           "train it with a lesion class (e.g. segmentor labels 'liver=1,tumour=4')")
-    trained_on = set(segmentor.meta.get("training_cases") or []) & set(study.test_ids)
+    trained_on = cases_seen(segmentor, study.dataset.root, study.test_ids)
     if trained_on:
-        raise ConfigError(segmentor_path, f"the adherence segmentor was trained on test case(s) "
-                          f"{sorted(trained_on)[:3]}",
+        raise ConfigError(segmentor_path, f"the adherence segmentor was trained on test case(s) {trained_on[:3]}",
                           "its floor on them would flatter it; give a segmentor that did not see them")
     folder, spec = study.folder, study.spec
     generated = []

@@ -109,8 +109,9 @@ class StudySpec:
 
 BLOCKS = {"generator": GeneratorSpec, "synthetic": SyntheticSpec, "balance": BalanceSpec, "text": TextSpec}
 SUMMARY_KEYS = ("bootstrap", "confidence")  # may change on resume: they only change the summary
-# may change on resume until the first segmentor has started: they concern the segmentors alone
-SEGMENTOR_KEYS = ("segmentor", "architectures", "seeds", "nsd_tolerance_mm")
+# may change on resume until the stage they concern has started (its folder in the study folder holds something)
+LATE_KEYS = {"segmentor": "runs", "architectures": "runs", "seeds": "runs", "nsd_tolerance_mm": "runs",
+             "text.segmentor": "adherence"}
 
 
 def _range(values: list, where: str, path: Path | str) -> None:

@@ -30,7 +30,7 @@ from volsynth.data.phantom.measure import FULL_CONNECTIVITY
 from volsynth.errors import ConfigError, VolsynthError
 from volsynth.evaluation.adherence import measure_lesions
 from volsynth.evaluation.segmentor import read_case
-from volsynth.evaluation.study_spec import SEGMENTOR_KEYS, SPEC_VERSION, StudySpec, spec_changes
+from volsynth.evaluation.study_spec import LATE_KEYS, SPEC_VERSION, StudySpec, spec_changes
 from volsynth.io.atomic import atomic_output
 from volsynth.io.formats import write_volume
 from volsynth.io.jsonfile import read_json, write_json
@@ -75,11 +75,10 @@ class StudyFolder:
         current = {"version": SPEC_VERSION, **spec.to_dict()}
         if path.is_file():
             changes = spec_changes(yaml.safe_load(path.read_text()) or {}, current)
-            started = self.path(RUNS).is_dir() and any(self.path(RUNS).iterdir())
-            if changes and (started or any(c.split(".")[0] not in SEGMENTOR_KEYS for c in changes)):
+            if any(not self._late_change(change) for change in changes):
                 raise ConfigError(path, f"this study was started with other settings: {', '.join(changes)}",
-                                  "resume with the same study file, or run into a new --out (the segmentor "
-                                  "settings may change until the first segmentor has started)")
+                                  "resume with the same study file, or run into a new --out (segmentor and "
+                                  "adherence settings may change until those stages have started)")
             if changes:
                 self.finished("spec", {"changed": changes})
         elif self.root.is_dir() and any(self.root.iterdir()):
@@ -88,6 +87,14 @@ class StudyFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as tmp:
             tmp.write_text(yaml.safe_dump(current, sort_keys=False))
+
+    def _late_change(self, change: str) -> bool:
+        """Whether a changed key concerns a stage that has not started (its folder is missing or empty)."""
+        for key, stage in LATE_KEYS.items():
+            if change == key or change.startswith(key + "."):
+                folder = self.path(stage)
+                return not (folder.is_dir() and any(folder.iterdir()))
+        return False
 
     def pin_split(self, split: dict) -> dict:
         """Save the split on the first run; on a resume, the split must be the one saved."""
