@@ -273,3 +273,16 @@ def test_cases_seen_only_counts_the_segmentors_own_dataset(tmp_path):
     assert cases_seen(seg, tmp_path / "a", ["case_1", "case_2"]) == ["case_1"]
     assert cases_seen(seg, tmp_path / "b", ["case_1", "case_2"]) == []  # the same ids in another dataset
     assert cases_seen(SimpleNamespace(meta={}), tmp_path / "a", ["case_1"]) == []
+
+
+def test_lesion_size_bins_group_cases_by_their_largest_real_lesion():
+    rows = [{"dice": {"tumour": 0.2}, "largest_lesion_mm": 10.0, "largest_found_mm": 0.0},
+            {"dice": {"tumour": 0.6}, "largest_lesion_mm": 20.0, "largest_found_mm": 23.0},
+            {"dice": {"tumour": 0.8}, "largest_lesion_mm": 40.0, "largest_found_mm": 38.0},
+            {"dice": {"tumour": 0.4}, "largest_lesion_mm": 28.0, "largest_found_mm": 20.0},
+            {"dice": {"tumour": None}, "largest_lesion_mm": 0.0, "largest_found_mm": 5.0}]  # no real lesion
+    bins = segtrain.lesion_size_bins(rows, ["tumour"])
+    assert [b["cases"] for b in bins] == [1, 2, 1]
+    assert bins[0]["found"] == 0 and bins[0]["median_abs_size_error_mm"] == 10.0
+    assert bins[1]["dice"] == pytest.approx(0.5) and bins[1]["median_abs_size_error_mm"] == pytest.approx(5.5)
+    assert bins[2]["dice"] == pytest.approx(0.8) and bins[2]["found"] == 1

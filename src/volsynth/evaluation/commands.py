@@ -199,6 +199,17 @@ def _print_holdout(result: dict) -> None:
         nsd = result["mean"]["nsd"].get(name)
         table.add_row(name, "–" if dice is None else f"{dice:.3f}", "–" if nsd is None else f"{nsd:.3f}")
     console.print(table)
+    bins = [b for b in result.get("by_lesion_size", []) if b["cases"]]
+    if bins:
+        sizes = Table(title="lesion classes by the largest real lesion's diameter (maximum 3D extent)")
+        for column in ("diameter mm", "cases", "Dice", "found", "median size error mm"):
+            sizes.add_column(column, justify="right")
+        for b in bins:
+            lo, hi = b["bin_mm"]
+            sizes.add_row(f"{lo:g}–{hi:g}" if hi != float("inf") else f"≥ {lo:g}", str(b["cases"]),
+                          "–" if b["dice"] is None else f"{b['dice']:.3f}", str(b["found"]),
+                          "–" if b["median_abs_size_error_mm"] is None else f"{b['median_abs_size_error_mm']:.1f}")
+        console.print(sizes)
 
 
 def study_augment(

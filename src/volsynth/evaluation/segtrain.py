@@ -18,6 +18,7 @@ from monai.losses import DiceCELoss
 
 from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError, DatasetError
+from volsynth.evaluation.adherence import lesion_class_ids, measure_lesions
 from volsynth.evaluation.overlap import compute_dice_per_class, compute_nsd_per_class, mean_per_class
 from volsynth.evaluation.segmentor import (
     SEGMENTOR_FOLDER,
@@ -39,6 +40,8 @@ from volsynth.models.checkpoint import latest_checkpoint, save_checkpoint
 from volsynth.models.registry import NETWORKS
 from volsynth.training.engine import TrainConfig, Trainer
 from volsynth.training.placement import DevicePlacement
+
+LESION_BINS_MM = (0.0, 15.0, 30.0, float("inf"))  # held-out lesion Dice per bin of the largest lesion's diameter
 
 
 def random_patch(image: torch.Tensor, target: torch.Tensor, patch: list[int], generator: torch.Generator,
@@ -216,18 +219,37 @@ def evaluate_holdout(segmentor_path: str | Path, dataset: str | Path, case_ids: 
     if trained_on:  # a "held-out" score on training cases would flatter the segmentor
         raise ConfigError(None, f"case(s) {trained_on[:5]} are not held out: the segmentor was trained on them")
     names = {n: i for n, i in segmentor.labels.items() if i != 0}
+    lesions = lesion_class_ids(segmentor.labels)
     per_case = []
     for case_id in case_ids:
         image, label = read_case(known[case_id], data.labels)
         # dataset ids -> the segmentor's classes, as volsynth evaluate's mask faithfulness does
         reference = LabelMap(plan_label_ids(label, segmentor.plan), label.affine, labels=segmentor.labels)
         prediction = predict(segmentor, image)
-        per_case.append({"id": case_id,
-                         "dice": compute_dice_per_class(prediction, reference, names, ignore_empty=True),
-                         "nsd": compute_nsd_per_class(prediction, reference, tolerance_mm, names, ignore_empty=True)})
+        row = {"id": case_id, "dice": compute_dice_per_class(prediction, reference, names, ignore_empty=True),
+               "nsd": compute_nsd_per_class(prediction, reference, tolerance_mm, names, ignore_empty=True)}
+        if lesions:
+            real, found = measure_lesions(reference, lesions), measure_lesions(prediction, lesions)
+            row.update(largest_lesion_mm=real[0] if real else 0.0, largest_found_mm=found[0] if found else 0.0)
+        per_case.append(row)
     return {"cases": list(case_ids), "tolerance_mm": tolerance_mm,
             "mean": {metric: mean_per_class([c[metric] for c in per_case]) for metric in ("dice", "nsd")},
+            "by_lesion_size": lesion_size_bins(per_case, [n for n, i in names.items() if i in lesions]),
             "per_case": per_case, "command": command, "segmentor": str(segmentor.path), "dataset": str(data.root),
             "training_dataset_sha256": segmentor.meta.get("dataset_sha256"),
             "training_cases": segmentor.meta.get("training_cases"), "settings": asdict(segmentor.settings),
             "note": "cases lacking a class do not count for its mean (null per case)"}
+
+
+def lesion_size_bins(per_case: list[dict], lesion_names: list[str], edges=LESION_BINS_MM) -> list[dict]:
+    """Per bin of the largest real lesion's diameter (cases without one left out): the lesion classes' mean Dice,
+    the cases in which a lesion was found, and the median absolute error of the largest found lesion's diameter."""
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = [c for c in per_case if c.get("largest_lesion_mm", 0) > 0 and lo <= c["largest_lesion_mm"] < hi]
+        dice = [c["dice"][n] for c in inside for n in lesion_names if c["dice"].get(n) is not None]
+        errors = [abs(c["largest_found_mm"] - c["largest_lesion_mm"]) for c in inside]
+        rows.append({"bin_mm": [lo, hi], "cases": len(inside), "dice": float(np.mean(dice)) if dice else None,
+                     "found": sum(c["largest_found_mm"] > 0 for c in inside),
+                     "median_abs_size_error_mm": float(np.median(errors)) if errors else None})
+    return rows
