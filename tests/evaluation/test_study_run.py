@@ -3,6 +3,7 @@ a study killed by SIGKILL continues without redoing a unit, the balance arm's co
 the statistics (interval coverage on a known distribution, the paired test on a known shift and a null one)."""
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -277,3 +278,17 @@ def test_segmentor_settings_may_change_until_a_segmentor_starts(study, tmp_path,
     (tmp_path / "fresh" / "adherence" / "x.json").write_text("{}")
     with pytest.raises(ConfigError, match="started with other settings: text.segmentor"):
         folder.pin_spec(load_study_spec(study_file(tmp_path / "f.yaml", real, **changed)))
+
+
+def test_segmentors_in_worker_processes_score_as_one_process_does(study, tmp_path, real):
+    out, result = study
+    spec = study_file(tmp_path / "study.yaml", real)
+    parallel = tmp_path / "parallel"
+    shutil.copytree(out, parallel, ignore=shutil.ignore_patterns("runs", "study.json", "study.html"))
+    before = len((parallel / "log.jsonl").read_text().splitlines())
+    again = run_study(spec, parallel, progress=False, log=lambda m: None, workers=2)
+    assert [r["name"] for r in again["runs"]] == [r["name"] for r in result["runs"]]
+    for one, two in zip(result["runs"], again["runs"], strict=True):
+        assert one["scores"] == two["scores"], one["name"]
+    units = [json.loads(line)["unit"] for line in (parallel / "log.jsonl").read_text().splitlines()[before:]]
+    assert sorted(units) == sorted(f"runs/{r['name']}/{part}" for r in again["runs"] for part in ("segmentor", "scores"))

@@ -257,6 +257,8 @@ def study_run(
     ctx: typer.Context,
     study: Path = typer.Argument(..., help="Study file (YAML): data, split, generator recipe, synthetic sets, arms."),
     out: Path = typer.Option(..., "--out", help="Study folder: new, empty, or a study to continue."),
+    workers: int = typer.Option(1, help="Segmentors trained at a time, each in its own process with its share of "
+                                        "the CPU threads (e.g. 2 on 2 cores with OMP_NUM_THREADS=2)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run a study file: generator trained on the real training cases, synthetic sets, segmentors per arm, seed
@@ -264,7 +266,10 @@ def study_run(
     again continues where it stopped."""
     from volsynth.evaluation.study_run import run_study
 
-    result = run_study(study, out, progress, log=lambda m: console.print(m), command=command_line(ctx))
+    if workers < 1:
+        raise ConfigError(None, f"--workers must be >= 1, got {workers}")
+    result = run_study(study, out, progress, log=lambda m: console.print(m), command=command_line(ctx),
+                       workers=workers)
     for arm, metrics in result["comparisons"]["pooled"].items():
         for name, diff in metrics["dice"].items():
             if diff["mean"] is not None:

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from volsynth.data.plan import Plan
 from volsynth.errors import ConfigError
 from volsynth.evaluation.adherence import measure_lesions
 from volsynth.evaluation.report import to_json_ready
@@ -100,6 +104,8 @@ class StudyRun:
         self._pipeline: Pipeline | None = None
         self.model: Path | None = None  # the trained generator (None when no arm needs one)
         self.synthetic: dict[str, list[str]] = {}
+        self._arm_cache: dict = {}  # arm -> (names, pairs) of the arm being trained
+        self._test_pairs: list | None = None
 
     # -- 1-2: split, training data, generator -------------------------------------------------------------------
 
@@ -202,39 +208,58 @@ class StudyRun:
         pairs = [read_case(self.cases[i]) if s == "real" else self._read_pair(s, i) for s, i in names]
         return names, pairs
 
-    def train_and_score(self) -> list[dict]:
-        """Every (arm, architecture, seed) segmentor trained and scored (finished ones are read back)."""
-        base = SegmentorSettings.from_dict(self.spec.segmentor)
-        plan = None
-        test_pairs = None
+    def units(self) -> list[tuple[str, str, int]]:
+        """Every (arm, architecture, seed) segmentor of the study, in order."""
+        return [(arm, architecture, int(seed)) for arm in arm_names(self.spec)
+                for architecture in self.spec.architectures for seed in self.spec.seeds]
+
+    def run_unit(self, arm: str, architecture: str, seed: int, plan: Plan) -> None:
+        """Train (or finish training) one segmentor and score it on the test cases; skipped when scored."""
+        name = run_name(arm, architecture, seed)
+        folder = self.folder.path(RUNS, name)
+        scores_path = folder / "scores.json"
+        if scores_path.is_file():
+            return
+        if not (folder / "segmentor" / "meta.json").is_file():
+            if arm not in self._arm_cache:
+                self._arm_cache = {arm: self.arm_pairs(arm)}  # one arm's volumes held at a time
+            names, pairs = self._arm_cache[arm]
+            meta = {"study_run": name, "arm": arm, "training_cases": self.train_ids,
+                    "training_set": [f"{s}/{i}" for s, i in names]}
+            train_segmentor(pairs, plan, folder, self.spec.segmentor_settings(architecture, seed), meta,
+                            self.progress)
+            self.folder.finished(f"runs/{name}/segmentor", {"training_set": len(names)})
+        if self._test_pairs is None:
+            self._test_pairs = [read_case(self.cases[c]) for c in self.test_ids]
+        scores = evaluate_run(folder / "segmentor", self._test_pairs, self.spec.nsd_tolerance_mm)
+        write_json(scores_path, to_json_ready({"test_cases": self.test_ids, **scores}))
+        self.folder.finished(f"runs/{name}/scores")
+
+    def train_and_score(self, workers: int = 1) -> list[dict]:
+        """Every (arm, architecture, seed) segmentor trained and scored (finished ones are read back); with
+        ``workers`` > 1, that many segmentors at a time, each in its own process."""
+        pending = [u for u in self.units()
+                   if not self.folder.path(RUNS, run_name(*u), "scores.json").is_file()]
+        if pending:
+            base = SegmentorSettings.from_dict(self.spec.segmentor)
+            plan = make_segmentor_plan(self.dataset, [self.cases[c] for c in self.train_ids], base)
+            if workers > 1 and len(pending) > 1:
+                jobs = [(self.spec, self.folder.root, self.synthetic, plan, unit, workers) for unit in pending]
+                with ProcessPoolExecutor(min(workers, len(pending)), mp_context=get_context("spawn")) as pool:
+                    for unit in pool.map(_run_unit_in_worker, jobs):
+                        self.folder.say(f"scored: {run_name(*unit)}")
+            else:
+                for unit in pending:
+                    self.run_unit(*unit, plan)
         runs = []
-        for arm in arm_names(self.spec):
-            names = pairs = None
-            for architecture in self.spec.architectures:
-                for seed in self.spec.seeds:
-                    name = run_name(arm, architecture, seed)
-                    folder = self.folder.path(RUNS, name)
-                    scores_path = folder / "scores.json"
-                    if not scores_path.is_file():
-                        if not (folder / "segmentor" / "meta.json").is_file():
-                            if pairs is None:
-                                names, pairs = self.arm_pairs(arm)
-                                plan = plan or make_segmentor_plan(self.dataset, [self.cases[c] for c in
-                                                                                  self.train_ids], base)
-                            meta = {"study_run": name, "arm": arm, "training_cases": self.train_ids,
-                                    "training_set": [f"{s}/{i}" for s, i in names]}
-                            train_segmentor(pairs, plan, folder, self.spec.segmentor_settings(architecture, seed),
-                                            meta, self.progress)
-                            self.folder.finished(f"runs/{name}/segmentor", {"training_set": len(names)})
-                        test_pairs = test_pairs or [read_case(self.cases[c]) for c in self.test_ids]
-                        scores = evaluate_run(folder / "segmentor", test_pairs, self.spec.nsd_tolerance_mm)
-                        write_json(scores_path, to_json_ready({"test_cases": self.test_ids, **scores}))
-                        self.folder.finished(f"runs/{name}/scores")
-                    record = read_json(scores_path)
-                    runs.append({"name": name, "arm": arm, "architecture": architecture, "seed": int(seed),
-                                 "training_set_size": len(read_json(folder / "segmentor" / "meta.json")
-                                                          .get("training_set", [])),
-                                 "scores": {m: record[m] for m in ("dice", "nsd")}})
+        for arm, architecture, seed in self.units():
+            name = run_name(arm, architecture, seed)
+            folder = self.folder.path(RUNS, name)
+            record = read_json(folder / "scores.json")
+            runs.append({"name": name, "arm": arm, "architecture": architecture, "seed": seed,
+                         "training_set_size": len(read_json(folder / "segmentor" / "meta.json")
+                                                  .get("training_set", [])),
+                         "scores": {m: record[m] for m in ("dice", "nsd")}})
         return runs
 
     def large_test_cases(self) -> list[str]:
@@ -242,14 +267,25 @@ class StudyRun:
         return [c for c in self.test_ids if self.is_large(read_label(self.cases[c].label))]
 
 
+def _run_unit_in_worker(job: tuple) -> tuple[str, str, int]:
+    """One segmentor of a study in a worker process (its share of the CPU threads); returns its unit."""
+    spec, root, synthetic, plan, unit, workers = job
+    torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    study = StudyRun(spec, root, progress=False, log=lambda message: None)
+    study.synthetic = synthetic
+    study.run_unit(*unit, plan)
+    return unit
+
+
 def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log: Callable[[str], None] = print,
-              command: str | None = None) -> dict:
-    """Run (or continue) a study file into ``out``; returns the study.json record."""
+              command: str | None = None, workers: int = 1) -> dict:
+    """Run (or continue) a study file into ``out``; returns the study.json record. ``workers``: segmentors
+    trained at a time (one process each)."""
     spec = load_study_spec(spec_path)
     study = StudyRun(spec, out, progress, log)
     study.prepare()
     study.make_synthetic()
-    runs = study.train_and_score()
+    runs = study.train_and_score(workers)
     adherence = None
     if spec.text.sizes_mm:
         segmentor = Path(spec.text.segmentor) if spec.text.segmentor else study.folder.path(
