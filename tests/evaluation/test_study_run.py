@@ -3,8 +3,8 @@ a study killed by SIGKILL continues without redoing a unit, the balance arm's co
 the statistics (interval coverage on a known distribution, the paired test on a known shift and a null one)."""
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,4 +291,5 @@ def test_segmentors_in_worker_processes_score_as_one_process_does(study, tmp_pat
     for one, two in zip(result["runs"], again["runs"], strict=True):
         assert one["scores"] == two["scores"], one["name"]
     units = [json.loads(line)["unit"] for line in (parallel / "log.jsonl").read_text().splitlines()[before:]]
-    assert sorted(units) == sorted(f"runs/{r['name']}/{part}" for r in again["runs"] for part in ("segmentor", "scores"))
+    expected = [f"runs/{r['name']}/{part}" for r in again["runs"] for part in ("segmentor", "scores")]
+    assert sorted(units) == sorted(expected)
