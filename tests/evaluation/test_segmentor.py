@@ -286,6 +286,7 @@ def test_lesion_size_bins_group_cases_by_their_largest_real_lesion():
     assert bins[0]["found"] == 0 and bins[0]["median_abs_size_error_mm"] == 10.0
     assert bins[1]["dice"] == pytest.approx(0.5) and bins[1]["median_abs_size_error_mm"] == pytest.approx(5.5)
     assert bins[2]["dice"] == pytest.approx(0.8) and bins[2]["found"] == 1
+    assert bins[1]["dice_ci95"][0] >= 0.4 - 1e-9 and bins[1]["dice_ci95"][1] <= 0.6 + 1e-9  # within its cases
 
 
 def test_batch_dice_keeps_a_small_class_alive_in_patches_without_it(phantoms, trained):

@@ -210,6 +210,11 @@ def _print_holdout(result: dict) -> None:
                           "–" if b["dice"] is None else f"{b['dice']:.3f}", str(b["found"]),
                           "–" if b["median_abs_size_error_mm"] is None else f"{b['median_abs_size_error_mm']:.1f}")
         console.print(sizes)
+        large = result["lesions_from_15mm"]
+        if large["cases"] and large["dice"] is not None:
+            lo, hi = large["dice_ci95"]
+            console.print(f"cases whose largest lesion is 15 mm or more: {large['cases']}, lesion Dice "
+                          f"{large['dice']:.3f} (95 % interval {lo:.3f}-{hi:.3f})")
 
 
 def study_augment(
