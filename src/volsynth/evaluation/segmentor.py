@@ -243,8 +243,7 @@ def load_segmentor(path: str | Path) -> Segmentor:
     if meta.get("kind") != "segmentor" or "segmentor" not in checkpoint.networks:
         raise CheckpointError(path, "not a segmentor checkpoint", "train one with volsynth train segmentor")
     return Segmentor(checkpoint.networks["segmentor"], checkpoint.config["networks"]["segmentor"],
-                     Plan.from_dict(meta["plan"], path), SegmentorSettings.from_dict(
-                         {"batch_dice": False, **meta["segmentor"]}), meta, path)  # saved before batch Dice: per sample
+                     Plan.from_dict(meta["plan"], path), SegmentorSettings.from_dict(meta["segmentor"]), meta, path)
 
 
 def cases_seen(segmentor: Segmentor, dataset_root: str | Path, case_ids: list[str]) -> list[str]:
