@@ -287,20 +287,3 @@ def test_lesion_size_bins_group_cases_by_their_largest_real_lesion():
     assert bins[1]["dice"] == pytest.approx(0.5) and bins[1]["median_abs_size_error_mm"] == pytest.approx(5.5)
     assert bins[2]["dice"] == pytest.approx(0.8) and bins[2]["found"] == 1
     assert bins[1]["dice_ci95"][0] >= 0.4 - 1e-9 and bins[1]["dice_ci95"][1] <= 0.6 + 1e-9  # within its cases
-
-
-def test_batch_dice_keeps_a_small_class_alive_in_patches_without_it(phantoms, trained):
-    """A batch of one patch with a class and one without: per-sample Dice scores the empty patch's (tiny) class
-    probability as a total miss, batch Dice does not."""
-    dataset = load_dataset(phantoms)
-    plan = load_segmentor(trained).plan
-    data = stack_cases([read_case(case) for case in dataset.cases[:2]], plan)
-    stages = {flag: SegmentationStage(*data, plan, SegmentorSettings(**TINY, batch_dice=flag)) for flag in (0, 1)}
-    assert stages[1].loss.dice.batch and not stages[0].loss.dice.batch
-    target = torch.ones(2, 1, 4, 4, 4)
-    target[0, 0, 0, 0, 0] = 2  # one spleen voxel in the first sample, none in the second
-    logits = torch.zeros(2, 3, 4, 4, 4)
-    logits[:, 1], logits[:, 2] = 2.0, -6.0  # liver right, and a trace of spleen probability everywhere
-    logits[0, 2, 0, 0, 0] = 12.0  # the spleen voxel found
-    per_sample, batch = (stages[f].loss.dice(logits, target).item() for f in (0, 1))
-    assert per_sample > batch + 0.1

@@ -62,9 +62,6 @@ class SegmentorSettings:
     seed: int = 0
     augment: bool = True  # random similarity transform, intensity scale and shift (no flips: see ``augment``)
     ema: bool = True  # keep the weights averaged over about the last 10% of steps (EMA decay 1 - 10/steps)
-    # Dice over the whole batch per class (nnU-Net's batch Dice): a patch without a small class does not push its
-    # probability to 0 everywhere, as a per-sample Dice does; False: per sample
-    batch_dice: bool = True
 
     @classmethod
     def from_dict(cls, data: dict | None) -> SegmentorSettings:

@@ -101,7 +101,7 @@ class SegmentationStage(DevicePlacement):
         with torch.random.fork_rng():  # seeded initial weights without touching the caller's global RNG
             torch.manual_seed(settings.seed)
             self.networks = {"segmentor": build_segmentation_network(self.configs["segmentor"])}
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=settings.batch_dice)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.extra_meta = dict(meta or {})
 
     def num_items(self) -> int:
