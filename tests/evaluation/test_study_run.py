@@ -293,3 +293,13 @@ def test_segmentors_in_worker_processes_score_as_one_process_does(study, tmp_pat
     units = [json.loads(line)["unit"] for line in (parallel / "log.jsonl").read_text().splitlines()[before:]]
     expected = [f"runs/{r['name']}/{part}" for r in again["runs"] for part in ("segmentor", "scores")]
     assert sorted(units) == sorted(expected)
+
+
+def test_a_new_study_with_workers_trains_the_real_arm_beside_the_generator(tmp_path, real):
+    spec = study_file(tmp_path / "study.yaml", real, seeds=[0], arms=["real", "real+synthetic"],
+                      text={"sizes_mm": []}, synthetic={"ratios": [1], "lesions": "insert", "diameter_mm": [60, 80]})
+    result = run_study(spec, tmp_path / "out", progress=False, log=lambda m: None, workers=2)
+    units = [json.loads(line)["unit"] for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert "generator" in units and max(Counter(units).values()) == 1
+    assert {r["arm"] for r in result["runs"]} == {"real", "real+synthetic x1"}
+    assert all(f"runs/{r['name']}/scores" in units for r in result["runs"])

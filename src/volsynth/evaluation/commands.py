@@ -263,7 +263,8 @@ def study_run(
     study: Path = typer.Argument(..., help="Study file (YAML): data, split, generator recipe, synthetic sets, arms."),
     out: Path = typer.Option(..., "--out", help="Study folder: new, empty, or a study to continue."),
     workers: int = typer.Option(1, help="Segmentors trained at a time, each in its own process with its share of "
-                                        "the CPU threads (e.g. 2 on 2 cores with OMP_NUM_THREADS=2)."),
+                                        "the CPU threads (e.g. 2 on 2 cores); with 2 or more, the real-only "
+                                        "segmentors train while the generator does."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run a study file: generator trained on the real training cases, synthetic sets, segmentors per arm, seed

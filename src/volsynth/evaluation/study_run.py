@@ -109,13 +109,16 @@ class StudyRun:
 
     # -- 1-2: split, training data, generator -------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Pin the spec and the split, write the training subset and train the generator when an arm needs it."""
+    def pin(self) -> None:
+        """Pin the spec and the split and write the training subset."""
         self.folder.pin_spec(self.spec)
         self.folder.pin_split({"dataset": str(self.dataset.root), "train": self.train_ids, "test": self.test_ids,
                                "label_sha256": {c: sha256_file(self.cases[c].label)
                                                 for c in self.train_ids + self.test_ids}})
         self.data = write_training_subset(self.folder, self.dataset, self.train_ids)
+
+    def train_generator(self) -> None:
+        """Train the generator recipe on the training subset when an arm or the text adherence needs it."""
         if set(arm_names(self.spec)) != {"real"} or self.spec.text.sizes_mm:
             self.model = train_generator(self.folder, self.spec, self.data, self.progress)
 
@@ -235,18 +238,34 @@ class StudyRun:
         write_json(scores_path, to_json_ready({"test_cases": self.test_ids, **scores}))
         self.folder.finished(f"runs/{name}/scores")
 
+    def pending(self, arm: str | None = None) -> list[tuple[str, str, int]]:
+        """The segmentors (of one arm, or all) not scored yet."""
+        return [u for u in self.units() if (arm is None or u[0] == arm)
+                and not self.folder.path(RUNS, run_name(*u), "scores.json").is_file()]
+
+    def plan(self) -> Plan:
+        """The segmentors' plan, fingerprinted on the real training cases."""
+        base = SegmentorSettings.from_dict(self.spec.segmentor)
+        return make_segmentor_plan(self.dataset, [self.cases[c] for c in self.train_ids], base)
+
+    def jobs(self, units: list, plan: Plan, workers: int) -> list[tuple]:
+        """What a worker process needs to train and score each unit."""
+        return [(self.spec, self.folder.root, self.synthetic, plan, unit, workers) for unit in units]
+
+    @staticmethod
+    def worker_pool(workers: int) -> ProcessPoolExecutor:
+        """Processes for segmentors (spawned: a forked child of a process that ran torch can hang)."""
+        return ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+
     def train_and_score(self, workers: int = 1) -> list[dict]:
         """Every (arm, architecture, seed) segmentor trained and scored (finished ones are read back); with
         ``workers`` > 1, that many segmentors at a time, each in its own process."""
-        pending = [u for u in self.units()
-                   if not self.folder.path(RUNS, run_name(*u), "scores.json").is_file()]
+        pending = self.pending()
         if pending:
-            base = SegmentorSettings.from_dict(self.spec.segmentor)
-            plan = make_segmentor_plan(self.dataset, [self.cases[c] for c in self.train_ids], base)
+            plan = self.plan()
             if workers > 1 and len(pending) > 1:
-                jobs = [(self.spec, self.folder.root, self.synthetic, plan, unit, workers) for unit in pending]
-                with ProcessPoolExecutor(min(workers, len(pending)), mp_context=get_context("spawn")) as pool:
-                    for unit in pool.map(_run_unit_in_worker, jobs):
+                with self.worker_pool(min(workers, len(pending))) as pool:
+                    for unit in pool.map(_run_unit_in_worker, self.jobs(pending, plan, workers)):
                         self.folder.say(f"scored: {run_name(*unit)}")
             else:
                 for unit in pending:
@@ -283,8 +302,20 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
     trained at a time (one process each)."""
     spec = load_study_spec(spec_path)
     study = StudyRun(spec, out, progress, log)
-    study.prepare()
-    study.make_synthetic()
+    study.pin()
+    # with workers, the real-only segmentors (they need no synthetic data) train while the generator does
+    early = study.pending("real") if workers > 1 and "real" in arm_names(spec) else []
+    pool = study.worker_pool(workers - 1) if early else None
+    futures = [pool.submit(_run_unit_in_worker, job) for job in study.jobs(early, study.plan(), workers)] if pool \
+        else []
+    try:
+        study.train_generator()
+        study.make_synthetic()
+        for future in futures:
+            study.folder.say(f"scored: {run_name(*future.result())}")
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     runs = study.train_and_score(workers)
     adherence = None
     if spec.text.sizes_mm:
