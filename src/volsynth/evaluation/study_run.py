@@ -45,6 +45,7 @@ from volsynth.evaluation.study_adherence import measure_adherence
 from volsynth.evaluation.study_report import write_outputs
 from volsynth.evaluation.study_spec import StudySpec, load_study_spec
 from volsynth.evaluation.study_units import (
+    GENERATOR,
     RUNS,
     StudyFolder,
     class_id,
@@ -117,9 +118,17 @@ class StudyRun:
                                                 for c in self.train_ids + self.test_ids}})
         self.data = write_training_subset(self.folder, self.dataset, self.train_ids)
 
+    def needs_generator(self) -> bool:
+        """Whether an arm or the text adherence needs the generator."""
+        return set(arm_names(self.spec)) != {"real"} or bool(self.spec.text.sizes_mm)
+
+    def generator_trained(self) -> bool:
+        """Whether the generator has finished training (its model folder is written)."""
+        return self.folder.path(GENERATOR, "model", "meta.json").is_file()
+
     def train_generator(self) -> None:
         """Train the generator recipe on the training subset when an arm or the text adherence needs it."""
-        if set(arm_names(self.spec)) != {"real"} or self.spec.text.sizes_mm:
+        if self.needs_generator():
             self.model = train_generator(self.folder, self.spec, self.data, self.progress)
 
     @property
@@ -257,10 +266,10 @@ class StudyRun:
         """Processes for segmentors (spawned: a forked child of a process that ran torch can hang)."""
         return ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
 
-    def train_and_score(self, workers: int = 1) -> list[dict]:
-        """Every (arm, architecture, seed) segmentor trained and scored (finished ones are read back); with
-        ``workers`` > 1, that many segmentors at a time, each in its own process."""
-        pending = self.pending()
+    def train_and_score(self, workers: int = 1, busy: list | None = None) -> None:
+        """Every (arm, architecture, seed) segmentor not scored yet, and not ``busy`` elsewhere, trained and
+        scored; with ``workers`` > 1, that many at a time, each in its own process."""
+        pending = [u for u in self.pending() if u not in (busy or [])]
         if pending:
             plan = self.plan()
             if workers > 1 and len(pending) > 1:
@@ -270,6 +279,9 @@ class StudyRun:
             else:
                 for unit in pending:
                     self.run_unit(*unit, plan)
+
+    def scored_runs(self) -> list[dict]:
+        """Every segmentor's record and test scores, in order."""
         runs = []
         for arm, architecture, seed in self.units():
             name = run_name(arm, architecture, seed)
@@ -303,20 +315,35 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
     spec = load_study_spec(spec_path)
     study = StudyRun(spec, out, progress, log)
     study.pin()
-    # with workers, the real-only segmentors (they need no synthetic data) train while the generator does
-    early = study.pending("real") if workers > 1 and "real" in arm_names(spec) else []
+    # with workers, while the generator trains, the real-only segmentors (they need no synthetic data) train in
+    # workers - 1 processes; once the synthetic sets are made, those not started join the others
+    early = study.pending("real") if workers > 1 and "real" in arm_names(spec) and study.needs_generator() \
+        and not study.generator_trained() else []
     pool = study.worker_pool(workers - 1) if early else None
     futures = [pool.submit(_run_unit_in_worker, job) for job in study.jobs(early, study.plan(), workers)] if pool \
         else []
     try:
         study.train_generator()
         study.make_synthetic()
-        for future in futures:
-            study.folder.say(f"scored: {run_name(*future.result())}")
-    finally:
+    except BaseException:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    runs = study.train_and_score(workers)
+        raise
+    busy = []
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+        busy = [unit for unit, future in zip(early, futures, strict=True) if not future.cancelled()
+                and not future.done()]
+    study.train_and_score(workers, busy)
+    for unit, future in zip(early, futures, strict=True):
+        if future.cancelled():
+            continue
+        try:
+            future.result()  # waits for a unit still running
+        except Exception:  # a failed early unit was retried above; its error stands only if that failed too
+            if unit in study.pending():
+                raise
+    runs = study.scored_runs()
     adherence = None
     if spec.text.sizes_mm:
         segmentor = Path(spec.text.segmentor) if spec.text.segmentor else study.folder.path(
