@@ -24,8 +24,9 @@ from volsynth.evaluation.adherence import measure_lesions
 from volsynth.evaluation.study_run import balance_count, run_study
 from volsynth.evaluation.study_spec import load_study_spec, parse_study
 from volsynth.evaluation.study_stats import bootstrap_interval, paired_comparison
-from volsynth.evaluation.study_units import StudyFolder, edit_mask, largest_equivalent_diameter_mm
+from volsynth.evaluation.study_units import StudyFolder, edit_mask, generate_pair, largest_equivalent_diameter_mm
 from volsynth.io.formats import read_label
+from volsynth.io.volume import LabelMap
 from volsynth.models.checkpoint import sha256_file
 from volsynth.training.recipe_schema import load_recipe
 
@@ -303,3 +304,18 @@ def test_a_new_study_with_workers_trains_the_real_arm_beside_the_generator(tmp_p
     assert "generator" in units and max(Counter(units).values()) == 1
     assert {r["arm"] for r in result["runs"]} == {"real", "real+synthetic x1"}
     assert all(f"runs/{r['name']}/scores" in units for r in result["runs"])
+
+
+def test_a_mask_pair_keeps_the_generators_classes_and_leaves_the_others_out(study, tmp_path, real):
+    out, _ = study
+    pipeline = volsynth.load_pipeline(out / "generator" / "model")
+    label = read_label(sorted((real / "labelsTr").glob("*.nii.gz"))[0])
+    extra = label.array.copy()
+    extra[:2, :2, :2] = 13  # a class the generator does not make
+    mask = LabelMap(extra, label.affine, labels={"liver": 1, "tumour": 4, "gallbladder": 13})
+    folder = StudyFolder(tmp_path / "pairs", log=lambda m: None)
+    sidecar = generate_pair(folder, pipeline, "mask", "p0", ("case", None), mask, "", 0, {"steps": 1}, {})
+    record = json.loads(sidecar.read_text())
+    written = read_label(sidecar.parent / record["label"])
+    assert "gallbladder" not in pipeline.plan.labels and "gallbladder" not in record["labels"]
+    assert 13 not in written.present() and 1 in written.present()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from volsynth.io.volume import LabelMap
 from volsynth.models.checkpoint import sha256_file
 from volsynth.pipelines.base import GenerationRequest, Pipeline
 from volsynth.pipelines.edit import insert_lesion, remove_lesions
+from volsynth.pipelines.masks import MaskWarning
 from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
 from volsynth.training.runner import run_recipe
 
@@ -197,12 +199,21 @@ def edit_mask(mask: LabelMap, mode: str, diameters: list[float], organ: int, les
 
 def generate_pair(folder: StudyFolder, pipeline: Pipeline, set_name: str, pair_id: str, source: tuple[str, Path],
                   mask: LabelMap | None, prompt: str, seed: int, sampling: dict, extra: dict) -> Path:
-    """One synthetic volume (and its label map when mask-guided) under DIR/synthetic/SET, its sidecar last."""
+    """One synthetic volume (and its label map when mask-guided) under DIR/synthetic/SET, its sidecar last. A mask
+    with class names is mapped onto the generator's classes by name; its other classes are left out (the label map
+    holds the generator's classes only)."""
     out = folder.path("synthetic", set_name)
     sidecar = out / f"{pair_id}.json"
     if sidecar.is_file():
         return sidecar
-    result = pipeline(GenerationRequest(prompt=prompt, mask=mask, seed=seed, **sampling))
+    mask_labels = None
+    if mask is not None and mask.labels:  # by class name; classes the generator does not make are left out
+        model = pipeline.plan.labels
+        mask_labels = {name: [int(i)] for name, i in mask.labels.items() if name in model and int(i) != 0} or None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MaskWarning)  # the left-out classes, on every pair
+        result = pipeline(GenerationRequest(prompt=prompt, mask=mask, mask_labels=mask_labels, seed=seed,
+                                            **sampling))
     image = write_volume(result.image, out / f"{pair_id}_image.nii.gz")
     label = write_volume(result.label, out / f"{pair_id}_label.nii.gz") if result.label is not None else None
     record = sidecar_record(result, pair_id, image, label, set=set_name, source_case=source[0],
