@@ -142,15 +142,10 @@ def print_estimates(pipeline, jobs: list, options: dict) -> None:
     """``generate --dry-run``: each job's predicted GPU memory and time, as a table; nothing is generated."""
     from rich.table import Table
 
-    from volsynth.pipelines.base import GenerationRequest
+    from volsynth.pipelines.jobs import job_request
 
     for job in jobs:
-        try:
-            request = GenerationRequest(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=job.seed,
-                                        **options)
-        except TypeError as exc:
-            raise ConfigError(None, f"bad generation option ({exc})") from exc
-        cost = pipeline.estimate(request)
+        cost = pipeline.estimate(job_request(job, job.seed, options))
         table = Table(title=f"dry run: {job.id or job.mask or 'no mask'}")
         table.add_column("what")
         table.add_column("predicted")

@@ -266,12 +266,13 @@ class StudyRun:
         """Processes for segmentors (spawned: a forked child of a process that ran torch can hang)."""
         return ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
 
-    def train_and_score(self, workers: int = 1, busy: list | None = None) -> None:
+    def train_and_score(self, workers: int = 1, busy: list | None = None, plan: Plan | None = None) -> None:
         """Every (arm, architecture, seed) segmentor not scored yet, and not ``busy`` elsewhere, trained and
-        scored; with ``workers`` > 1, that many at a time, each in its own process."""
+        scored (with ``plan``, else the plan made here); with ``workers`` > 1, that many at a time, each in its
+        own process."""
         pending = [u for u in self.pending() if u not in (busy or [])]
         if pending:
-            plan = self.plan()
+            plan = plan or self.plan()
             if workers > 1 and len(pending) > 1:
                 with self.worker_pool(min(workers, len(pending))) as pool:
                     for unit in pool.map(_run_unit_in_worker, self.jobs(pending, plan, workers)):
@@ -319,9 +320,8 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
     # workers - 1 processes; once the synthetic sets are made, those not started join the others
     early = study.pending("real") if workers > 1 and "real" in arm_names(spec) and study.needs_generator() \
         and not study.generator_trained() else []
-    pool = study.worker_pool(workers - 1) if early else None
-    futures = [pool.submit(_run_unit_in_worker, job) for job in study.jobs(early, study.plan(), workers)] if pool \
-        else []
+    pool, plan = (study.worker_pool(workers - 1), study.plan()) if early else (None, None)
+    futures = [pool.submit(_run_unit_in_worker, job) for job in study.jobs(early, plan, workers)] if pool else []
     try:
         study.train_generator()
         study.make_synthetic()
@@ -334,7 +334,7 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
         pool.shutdown(wait=False, cancel_futures=True)
         busy = [unit for unit, future in zip(early, futures, strict=True) if not future.cancelled()
                 and not future.done()]
-    study.train_and_score(workers, busy)
+    study.train_and_score(workers, busy, plan)
     for unit, future in zip(early, futures, strict=True):
         if future.cancelled():
             continue

@@ -105,6 +105,14 @@ def expand(jobs: list[Job]) -> list[tuple[str, Job, int]]:
     return items
 
 
+def job_request(job: Job, seed: int, options: dict) -> GenerationRequest:
+    """The request for one volume of a job: its prompt, mask and modality, ``seed``, and the shared options."""
+    try:
+        return GenerationRequest(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=seed, **options)
+    except TypeError as exc:
+        raise ConfigError(None, f"bad generation option ({exc})") from exc
+
+
 def check_masks(pipeline, jobs: list[Job], mask_labels: dict | None, body_ct=None) -> None:
     """Read and map every job's mask (with the CT its body label comes from, for a model that takes one) before
     anything is generated: bad masks fail early."""
@@ -138,10 +146,7 @@ def run_jobs(pipeline: Pipeline, jobs: list[Job], out: str | Path, image_format:
         raise ConfigError(out, "output exists and is not a folder", "give a folder for --out")
     items, samplers = [], set()
     for name, job, seed in expand(jobs):
-        try:
-            request = GenerationRequest(prompt=job.prompt, mask=job.mask, modality=job.modality, seed=seed, **options)
-        except TypeError as exc:
-            raise ConfigError(None, f"bad generation option ({exc})") from exc
+        request = job_request(job, seed, options)
         pipeline.check(request)
         samplers.add(pipeline.resolve(request)["sampler"])
         items.append((name, job, request))

@@ -23,9 +23,16 @@ from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import load_checkpoint, optional_sha256
 from volsynth.models.maisi.networks import build_maisi_network, build_maisi_scheduler
 from volsynth.pipelines.base import GenerationRequest, GenerationResult, Pipeline, sampling_recommendation
-from volsynth.pipelines.maisi_cost import GenerationCost
+from volsynth.pipelines.maisi_cost import GenerationCost, decode_windows
 from volsynth.pipelines.maisi_cost import estimate as estimate_cost
-from volsynth.pipelines.maisi_mask import bit_planes, body_regions, check_grid, prepare_maisi_mask, read_body_ct
+from volsynth.pipelines.maisi_mask import (
+    bit_planes,
+    body_regions,
+    check_grid,
+    controlled_step,
+    prepare_maisi_mask,
+    read_body_ct,
+)
 from volsynth.pipelines.masks import load_mask, map_mask
 from volsynth.sampling import sample
 
@@ -41,15 +48,16 @@ class MaisiPipeline(Pipeline):
     options = frozenset({"mask", "mask_labels", "modality", "steps", "sampler", "controlnet_scale", "body_ct"})
 
     def __init__(self, autoencoder, unet, controlnet, plan: Plan, scale_factor: float, scheduler: dict,
-                 settings: dict, levels: tuple[int, int], model_path: Path | None = None,
+                 settings: dict, configs: dict[str, dict], model_path: Path | None = None,
                  model_sha256: str | None = None) -> None:
         self.autoencoder, self.unet, self.controlnet = autoencoder.eval(), unet.eval(), controlnet.eval()
         self.plan, self.scale_factor, self.scheduler_config, self.settings = plan, scale_factor, scheduler, settings
+        self.configs = configs  # each network's constructor config (the dry run builds them on the meta device)
         self.model_path, self.model_sha256 = model_path, model_sha256
         # image voxels per latent voxel (the autoencoder's downsampling), and what a grid must be a multiple of
         # (the UNet's downsampling of the latents on top)
-        self.latent_factor = 2 ** (levels[0] - 1)
-        self.grid_factor = self.latent_factor * 2 ** (levels[1] - 1)
+        self.latent_factor = 2 ** (len(configs["autoencoder"]["num_channels"]) - 1)
+        self.grid_factor = self.latent_factor * 2 ** (len(configs["unet"]["num_channels"]) - 1)
         self.recommended = sampling_recommendation(model_path)
         self.device = torch.device("cpu")
 
@@ -57,13 +65,10 @@ class MaisiPipeline(Pipeline):
     def from_pretrained(cls, path: str | Path) -> MaisiPipeline:
         """Load a model folder written by ``volsynth import maisi`` (checksums verified)."""
         checkpoint = load_checkpoint(path, builder=build_maisi_network)
-        meta, networks, configs = checkpoint.meta, checkpoint.networks, checkpoint.config["networks"]
-        levels = (len(configs["autoencoder"]["num_channels"]), len(configs["unet"]["num_channels"]))
-        pipeline = cls(networks["autoencoder"], networks["unet"], networks["controlnet"],
-                       Plan.from_dict(meta["plan"]), float(meta["scale_factor"]), meta["scheduler"], meta["maisi"],
-                       levels, Path(path), meta["files"].get("model.safetensors"))
-        pipeline.configs = configs
-        return pipeline
+        meta, networks = checkpoint.meta, checkpoint.networks
+        return cls(networks["autoencoder"], networks["unet"], networks["controlnet"], Plan.from_dict(meta["plan"]),
+                   float(meta["scale_factor"]), meta["scheduler"], meta["maisi"], checkpoint.config["networks"],
+                   Path(path), meta["files"].get("model.safetensors"))
 
     def to(self, device: str | torch.device) -> MaisiPipeline:
         """Move the networks to a device (noise is still drawn on the CPU, so seeds mean the same)."""
@@ -182,12 +187,8 @@ class MaisiPipeline(Pipeline):
 
         # 5. denoise: the ControlNet's residuals into the UNet
         def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            residuals = {}
-            if cond is not None:
-                down, mid = self.controlnet(x, t.float(), cond, conditioning_scale=controlnet_scale,
-                                            class_labels=class_labels)
-                residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-            return self.unet(x, t.float(), class_labels=class_labels, **residuals, **extra)
+            return controlled_step(self.unet, self.controlnet, x, t.float(), cond, controlnet_scale, class_labels,
+                                   **extra)
 
         z = sample(denoiser, z, scheduler, steps, generator=generator)
         # 6. decode by sliding windows over the latent grid
@@ -210,8 +211,8 @@ class MaisiPipeline(Pipeline):
         """The autoencoder's decode; by overlapping windows (Gaussian-blended) when the latent grid is larger than
         one window, with the windows' outputs gathered on the CPU."""
         decode = self.decode_settings(list(latents.shape[2:]))
-        window = [min(w, s) for w, s in zip(decode["window"], latents.shape[2:], strict=True)]
-        if window == list(latents.shape[2:]):
+        window, windows = decode_windows(list(latents.shape[2:]), decode["window"], decode["overlap"])
+        if windows == 1:
             return self.autoencoder.decode_stage_2_outputs(latents).float().cpu()
         inferer = SlidingWindowInferer(roi_size=window, sw_batch_size=1, overlap=decode["overlap"],
                                        mode="gaussian", sw_device=self.device, device=torch.device("cpu"))

@@ -23,6 +23,7 @@ from monai.inferers.utils import _get_scan_interval
 
 from volsynth.models.costing import parameter_bytes, trace_cost
 from volsynth.models.maisi.networks import build_maisi_network
+from volsynth.pipelines.maisi_mask import controlled_step
 
 # Sustained TFLOP/s of the denoiser (ControlNet + UNet) and the decoder that NV-Generate-CT's published A100 80 GB
 # timings (docs/performance.md there, rflow-ct rows) imply with these FLOP counts: ``python benchmarks/maisi_cost.py``
@@ -115,14 +116,7 @@ def estimate(configs: dict[str, dict], grid: list[int], latent_factor: int, step
                      bottom_region_index_tensor=torch.empty(1, 4, **meta))
     cond = torch.empty(1, 8, *grid, **meta) if masked else None
 
-    def step() -> None:
-        residuals = {}
-        if cond is not None:
-            down, mid = controlnet(z, t, cond, conditioning_scale=1.0, class_labels=class_labels)
-            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        unet(z, t, class_labels=class_labels, **residuals, **extra)
-
-    denoise = trace_cost(step)
+    denoise = trace_cost(controlled_step, unet, controlnet, z, t, cond, 1.0, class_labels, **extra)
     window, windows = decode_windows(latent, decode["window"], decode["overlap"])
     decoded = trace_cost(autoencoder.decode_stage_2_outputs, torch.empty(1, z.shape[1], *window, **meta))
     weights = sum(parameter_bytes(n) for n in networks.values())

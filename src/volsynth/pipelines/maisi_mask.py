@@ -146,6 +146,17 @@ def bit_planes(labels: torch.Tensor, bits: int = 8) -> torch.Tensor:
     return torch.stack(planes)[None]
 
 
+def controlled_step(unet, controlnet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+                    controlnet_scale: float = 1.0, class_labels: torch.Tensor | None = None, **extra) -> torch.Tensor:
+    """One network pass of MAISI's denoiser: the ControlNet's residuals of the mask's bit-planes (``cond``; None:
+    the UNet alone) into the UNet, with the class label and the UNet's other inputs (``extra``)."""
+    residuals = {}
+    if cond is not None:
+        down, mid = controlnet(x, t, cond, conditioning_scale=controlnet_scale, class_labels=class_labels)
+        residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    return unet(x, t, class_labels=class_labels, **residuals, **extra)
+
+
 def body_regions(present: set[int] | None) -> tuple[list[float], list[float]]:
     """The top and bottom body regions (one-hot over head, thorax, abdomen, pelvis) the mask's ids span; without a
     mask, or with none of the region ids, thorax to abdomen (NV-Generate-CT's default)."""
