@@ -24,7 +24,12 @@ from volsynth.evaluation.adherence import measure_lesions
 from volsynth.evaluation.study_run import balance_count, run_study
 from volsynth.evaluation.study_spec import load_study_spec, parse_study
 from volsynth.evaluation.study_stats import bootstrap_interval, paired_comparison
-from volsynth.evaluation.study_units import StudyFolder, edit_mask, generate_pair, largest_equivalent_diameter_mm
+from volsynth.evaluation.study_units import (
+    StudyFolder,
+    edit_mask,
+    generate_pair,
+    largest_equivalent_diameter_mm,
+)
 from volsynth.io.formats import read_label
 from volsynth.io.volume import LabelMap
 from volsynth.models.checkpoint import sha256_file
@@ -319,3 +324,40 @@ def test_a_mask_pair_keeps_the_generators_classes_and_leaves_the_others_out(stud
     written = read_label(sidecar.parent / record["label"])
     assert "gallbladder" not in pipeline.plan.labels and "gallbladder" not in record["labels"]
     assert 13 not in written.present() and 1 in written.present()
+
+
+def test_a_study_continues_from_its_record_in_a_new_folder(study, tmp_path, real):
+    out, result = study
+    record, spec = tmp_path / "record", study_file(tmp_path / "study.yaml", real)
+    shutil.copytree(out, tmp_path / "copy")
+    run_study(spec, tmp_path / "copy", progress=False, log=lambda m: None, record=record)  # a study under way
+    assert (record / "split.json").is_file() and (record / "synthetic.json").is_file()
+    assert (record / "generator" / "model" / "meta.json").is_file()
+    assert not list(record.rglob("*.nii.gz"))  # no volumes: the pairs are remade from the generator
+    weights = {p.parts[-3] for p in record.glob("runs/*/segmentor/*") if p.name != "meta.json"}
+    assert weights == {"real_unet_seed0"}  # the study's own adherence segmentor only
+    # the study as a new checkout finds it: one synthetic arm's segmentor and one text measurement not done
+    name = next(r["name"] for r in result["runs"] if r["arm"] == "real+synthetic x1")
+    shutil.rmtree(record / "runs" / name)
+    measured = sorted((record / "adherence").glob("text-*.json"))[0]
+    measured.unlink()
+    new = tmp_path / "new"
+    again = run_study(spec, new, progress=False, log=lambda m: None, record=record)
+    assert [r["scores"] for r in again["runs"]] == [r["scores"] for r in result["runs"]]
+    assert again["adherence"]["volumes"] == result["adherence"]["volumes"]
+    assert sorted(p.name for p in (new / "generator").iterdir()) == ["model"]  # not trained again
+    lines = [json.loads(line) for line in (new / "log.jsonl").read_text().splitlines()]
+    added = lines[len((out / "log.jsonl").read_text().splitlines()):]
+    mask_pairs = [f"synthetic/mask/{p}" for p in result["data"]["synthetic"]["mask"]]
+    assert sorted(u["unit"] for u in added) == sorted(["train-data", f"runs/{name}/segmentor", f"runs/{name}/scores",
+                                                       f"synthetic/text/{measured.stem}",
+                                                       f"adherence/{measured.stem}", *mask_pairs])
+    assert all(u["same_as_record"] for u in added if u["unit"].startswith("synthetic/"))
+    assert (record / "runs" / name / "scores.json").is_file() and (record / "study.json").is_file()
+    assert not (new / "synthetic" / "large").exists()  # the balance arm was done: its pairs are not remade
+    not_a_study = tmp_path / "mine"
+    not_a_study.mkdir()
+    (not_a_study / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds no study"):
+        run_study(spec, not_a_study, progress=False, log=lambda m: None, record=record)
+    assert [p.name for p in not_a_study.iterdir()] == ["notes.txt"]

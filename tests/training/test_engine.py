@@ -54,6 +54,22 @@ def test_adversarial_and_kl_terms_are_logged(prepared_tiny, tmp_path):
     assert lines[0]["discriminator"] > 0  # the warm-up starts at step 0 here
 
 
+def test_the_discriminator_is_neither_run_nor_trained_before_adv_start(prepared_tiny, tmp_path):
+    stage = autoencoder_stage(prepared_tiny, adv_start=2)
+    calls = []
+    stage.networks["discriminator"].register_forward_pre_hook(lambda m, args: calls.append(1))
+    initial = {k: v.clone() for k, v in stage.networks["discriminator"].state_dict().items()}
+    train(stage, tmp_path, steps=2, checkpoint_every=1)  # steps 0 and 1: before the start
+    assert calls == []
+    assert all(torch.equal(v, initial[k]) for k, v in stage.networks["discriminator"].state_dict().items())
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("discriminator" not in line and "adv" not in line for line in lines)
+    train(stage, tmp_path, steps=3, checkpoint_every=1)  # resumed: step 2 runs and trains it
+    assert len(calls) == 3  # the fake logits, the real logits, the detached fake logits
+    assert any(not torch.equal(v, initial[k]) for k, v in stage.networks["discriminator"].state_dict().items())
+    assert "discriminator" in json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+
+
 def test_tensorboard_events_hold_the_logged_scalars(prepared_tiny, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -265,6 +265,9 @@ def study_run(
     workers: int = typer.Option(1, help="Segmentors trained at a time, each in its own process with its share of "
                                         "the CPU threads (e.g. 2 on 2 cores); with 2 or more, the real-only "
                                         "segmentors train while the generator does."),
+    record: Path = typer.Option(None, help="Study record to keep in version control: each finished unit's small "
+                                           "results (scores, measurements, split, the trained generator) are "
+                                           "copied there, and a run into a new --out starts from them."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run a study file: generator trained on the real training cases, synthetic sets, segmentors per arm, seed
@@ -275,7 +278,7 @@ def study_run(
     if workers < 1:
         raise ConfigError(None, f"--workers must be >= 1, got {workers}")
     result = run_study(study, out, progress, log=lambda m: console.print(m), command=command_line(ctx),
-                       workers=workers)
+                       workers=workers, record=record)
     for arm, metrics in result["comparisons"]["pooled"].items():
         for name, diff in metrics["dice"].items():
             if diff["mean"] is not None:

@@ -10,6 +10,8 @@ binned by the real size. Each measurement is a unit (DIR/adherence/ID.json), ski
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,13 +36,23 @@ def largest_predicted_mm(segmentor: Segmentor, image: Volume) -> float:
     return float(sizes[0]) if sizes else 0.0
 
 
-def _measured(folder: StudyFolder, unit: str, segmentor: Segmentor, image: Volume, record: dict) -> dict:
-    """One measurement unit: ``record`` with ``measured_mm`` added, written once to DIR/adherence/UNIT.json."""
+def _measured(folder: StudyFolder, unit: str, segmentor: Segmentor,
+              read: Callable[[], tuple[Volume, dict]]) -> dict:
+    """One measurement unit: the record ``read`` gives with ``measured_mm`` added (in the image it gives), written
+    once to DIR/adherence/UNIT.json (``read`` is not called when it is there)."""
     path = folder.path("adherence", f"{unit}.json")
     if not path.is_file():
+        image, record = read()
         write_json(path, {**record, "measured_mm": largest_predicted_mm(segmentor, image)})
         folder.finished(f"adherence/{unit}")
     return read_json(path)
+
+
+def _generated(folder: StudyFolder, pair_id: str) -> tuple[Volume, dict]:
+    """A text-guided volume and what its sidecar states."""
+    record = read_json(folder.path("synthetic", "text", f"{pair_id}.json"))
+    image = read_volume(folder.path("synthetic", "text", record["image"]))
+    return image, {"id": pair_id, "prompt": record["prompt"], "stated_mm": record["stated_mm"]}
 
 
 def bin_errors(rows: list[dict], edges: list[float]) -> list[dict]:
@@ -66,21 +78,16 @@ def measure_adherence(study: StudyRun, segmentor_path: str | Path) -> dict:
         raise ConfigError(segmentor_path, f"the adherence segmentor was trained on test case(s) {trained_on[:3]}",
                           "its floor on them would flatter it; give a segmentor that did not see them")
     folder, spec = study.folder, study.spec
-    generated = []
-    for pair_id in study.synthetic.get("text", []):
-        record = read_json(folder.path("synthetic", "text", f"{pair_id}.json"))
-        image = read_volume(folder.path("synthetic", "text", record["image"]))
-        generated.append(_measured(folder, pair_id, segmentor, image, {"id": pair_id, "prompt": record["prompt"],
-                                                                        "stated_mm": record["stated_mm"]}))
+    generated = [_measured(folder, pair_id, segmentor, partial(_generated, folder, pair_id))
+                 for pair_id in study.synthetic.get("text", [])]
     floor = []
     lesion = lesion_class_ids(study.dataset.labels)
     for case_id in study.test_ids:
         image, label = read_case(study.cases[case_id])
         real = measure_lesions(label, lesion)
-        if not real:
-            continue
-        floor.append(_measured(folder, f"real-{case_id}", segmentor, image, {"id": case_id,
-                                                                             "stated_mm": float(real[0])}))
+        if real:
+            floor.append(_measured(folder, f"real-{case_id}", segmentor, lambda i=image, c=case_id, r=real: (
+                i, {"id": c, "stated_mm": float(r[0])})))
     edges = [float(e) for e in spec.text.bins_mm]
     return {"segmentor": str(segmentor_path), "method": "largest lesion the segmentor finds in the image, maximum "
             "3D extent (mm); none found counts as 0 mm", "generated": bin_errors(generated, edges),

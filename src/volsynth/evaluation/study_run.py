@@ -22,7 +22,6 @@ import math
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,9 @@ from volsynth.evaluation.study_spec import StudySpec, load_study_spec
 from volsynth.evaluation.study_units import (
     GENERATOR,
     RUNS,
+    SYNTHETIC_INDEX,
     StudyFolder,
+    StudyRecord,
     class_id,
     edit_mask,
     generate_pair,
@@ -61,6 +62,7 @@ from volsynth.io.formats import read_label, read_volume
 from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.volume import LabelMap, Volume
 from volsynth.models.checkpoint import sha256_file
+from volsynth.parallel import process_pool
 from volsynth.pipelines.auto import load_pipeline
 from volsynth.pipelines.base import Pipeline
 
@@ -83,6 +85,12 @@ def run_name(arm: str, architecture: str, seed: int) -> str:
     return f"{arm.replace('+', '_').replace(' ', '_')}_{architecture}_seed{seed}"
 
 
+def own_adherence_run(spec: StudySpec) -> str:
+    """The run whose segmentor measures text adherence when the spec names none: real, first architecture and
+    seed (its weights are kept in a study record)."""
+    return run_name("real", spec.architectures[0], spec.seeds[0])
+
+
 def balance_count(n_real: int, n_large: int, share: float) -> int:
     """Large-lesion pairs to add so that large cases make up at least ``share`` of the training set."""
     return max(0, math.ceil((share * n_real - n_large) / (1.0 - share) - 1e-9))
@@ -92,9 +100,10 @@ class StudyRun:
     """One run (or resume) of a study into its folder."""
 
     def __init__(self, spec: StudySpec, out: str | Path, progress: bool = True,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, record: str | Path | None = None) -> None:
         self.spec, self.progress = spec, progress
-        self.folder = StudyFolder(out, log)
+        own = (own_adherence_run(spec),) if spec.text.sizes_mm and not spec.text.segmentor else ()
+        self.folder = StudyFolder(out, log, StudyRecord(record, own) if record is not None else None)
         self.dataset = load_segmentor_dataset(spec.dataset)
         self.cases = {c.case_id: c for c in labelled_cases(self.dataset)}
         self.train_ids, self.test_ids = split_ids(list(self.cases), spec.n_real, spec.n_test)
@@ -118,9 +127,34 @@ class StudyRun:
                                                 for c in self.train_ids + self.test_ids}})
         self.data = write_training_subset(self.folder, self.dataset, self.train_ids)
 
+    def text_ids(self) -> list[tuple[str, float, int]]:
+        """(pair id, stated size, number) of every text-guided volume of the spec."""
+        return [(f"{TEXT_SET}-{float(size):g}mm-{k}", float(size), k) for size in self.spec.text.sizes_mm
+                for k in range(self.spec.text.per_size)]
+
+    def sets_needed(self) -> set[str]:
+        """The synthetic sets with a pair still to be used: by a segmentor not scored yet, or (text) by a size
+        not measured yet. A set that no unit needs any more is not remade in a new study folder."""
+        recorded = self.recorded_sets()
+        needed = set()
+        if any(" x" in arm for arm, _, _ in self.pending()) or (MASK_SET not in recorded and any(
+                " x" in arm for arm in arm_names(self.spec))):
+            needed.add(MASK_SET)
+        if any(arm == "balance" for arm, _, _ in self.pending()) or (
+                LARGE_SET not in recorded and "balance" in arm_names(self.spec)):
+            needed.add(LARGE_SET)
+        if any(not self.folder.path("adherence", f"{pair_id}.json").is_file() for pair_id, _, _ in self.text_ids()):
+            needed.add(TEXT_SET)
+        return needed
+
+    def recorded_sets(self) -> dict[str, list[str]]:
+        """DIR/synthetic.json: the pair ids of each set once all were made ({} before)."""
+        path = self.folder.path(SYNTHETIC_INDEX)
+        return read_json(path) if path.is_file() else {}
+
     def needs_generator(self) -> bool:
-        """Whether an arm or the text adherence needs the generator."""
-        return set(arm_names(self.spec)) != {"real"} or bool(self.spec.text.sizes_mm)
+        """Whether a synthetic set is still to be used (an arm or the text adherence needs the generator)."""
+        return bool(self.sets_needed())
 
     def generator_trained(self) -> bool:
         """Whether the generator has finished training (its model folder is written)."""
@@ -130,6 +164,8 @@ class StudyRun:
         """Train the generator recipe on the training subset when an arm or the text adherence needs it."""
         if self.needs_generator():
             self.model = train_generator(self.folder, self.spec, self.data, self.progress)
+        elif self.generator_trained():
+            self.model = self.folder.path(GENERATOR, "model")
 
     @property
     def pipeline(self) -> Pipeline:
@@ -161,21 +197,25 @@ class StudyRun:
         return pair_id
 
     def make_synthetic(self) -> None:
-        """Generate every synthetic pair an arm needs (existing ones are kept)."""
-        spec, names = self.spec, arm_names(self.spec)
+        """Generate every synthetic pair still needed (existing ones are kept); a set no unit needs any more keeps
+        the ids of DIR/synthetic.json. Writes DIR/synthetic.json once every set is made."""
+        spec, names, needed, recorded = self.spec, arm_names(self.spec), self.sets_needed(), self.recorded_sets()
         if any(" x" in a for a in names):
             count = max(spec.synthetic.ratios) * spec.n_real
             self.synthetic[MASK_SET] = [self._mask_pair(MASK_SET, i, spec.synthetic.lesions, spec.synthetic.diameter_mm,
-                                                        spec.synthetic.prompt) for i in range(count)]
+                                                        spec.synthetic.prompt) for i in range(count)] \
+                if MASK_SET in needed else recorded[MASK_SET]
         if "balance" in names:
-            self.synthetic[LARGE_SET] = self._large_pairs()
-        for size in spec.text.sizes_mm:
-            for k in range(spec.text.per_size):
-                pair_id = f"{TEXT_SET}-{float(size):g}mm-{k}"
-                prompt = spec.text.prompt.replace("{diameter}", f"{float(size):g}")
+            self.synthetic[LARGE_SET] = self._large_pairs() if LARGE_SET in needed else recorded[LARGE_SET]
+        for pair_id, size, k in self.text_ids():
+            if not self.folder.path("adherence", f"{pair_id}.json").is_file():
+                prompt = spec.text.prompt.replace("{diameter}", f"{size:g}")
                 generate_pair(self.folder, self.pipeline, TEXT_SET, pair_id, ("", None), None, prompt,
-                              pair_seed(spec.seed, pair_id, k), spec.generator.sampling, {"stated_mm": float(size)})
-                self.synthetic.setdefault(TEXT_SET, []).append(pair_id)
+                              pair_seed(spec.seed, pair_id, k), spec.generator.sampling, {"stated_mm": size})
+            self.synthetic.setdefault(TEXT_SET, []).append(pair_id)
+        if not self.folder.path(SYNTHETIC_INDEX).is_file():
+            write_json(self.folder.path(SYNTHETIC_INDEX), self.synthetic)
+            self.folder.finished("synthetic", {"pairs": {k: len(v) for k, v in self.synthetic.items()}})
 
     def is_large(self, label: LabelMap) -> bool:
         """Whether a label map's largest lesion of the balance class reaches the threshold."""
@@ -259,12 +299,13 @@ class StudyRun:
 
     def jobs(self, units: list, plan: Plan, workers: int) -> list[tuple]:
         """What a worker process needs to train and score each unit."""
-        return [(self.spec, self.folder.root, self.synthetic, plan, unit, workers) for unit in units]
+        record = self.folder.record.root if self.folder.record is not None else None
+        return [(self.spec, self.folder.root, record, self.synthetic, plan, unit, workers) for unit in units]
 
     @staticmethod
     def worker_pool(workers: int) -> ProcessPoolExecutor:
         """Processes for segmentors (spawned: a forked child of a process that ran torch can hang)."""
-        return ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+        return process_pool(workers, spawn=True)
 
     def train_and_score(self, workers: int = 1, busy: list | None = None, plan: Plan | None = None) -> None:
         """Every (arm, architecture, seed) segmentor not scored yet, and not ``busy`` elsewhere, trained and
@@ -294,6 +335,10 @@ class StudyRun:
                          "scores": {m: record[m] for m in ("dice", "nsd")}})
         return runs
 
+    def adherence_run(self) -> Path:
+        """The study's own segmentor that measures text adherence when the spec names none."""
+        return self.folder.path(RUNS, own_adherence_run(self.spec), "segmentor")
+
     def large_test_cases(self) -> list[str]:
         """Test cases whose largest lesion of the balance class reaches the threshold."""
         return [c for c in self.test_ids if self.is_large(read_label(self.cases[c].label))]
@@ -301,21 +346,29 @@ class StudyRun:
 
 def _run_unit_in_worker(job: tuple) -> tuple[str, str, int]:
     """One segmentor of a study in a worker process (its share of the CPU threads); returns its unit."""
-    spec, root, synthetic, plan, unit, workers = job
+    spec, root, record, synthetic, plan, unit, workers = job
     torch.set_num_threads(max(1, torch.get_num_threads() // workers))
-    study = StudyRun(spec, root, progress=False, log=lambda message: None)
+    study = StudyRun(spec, root, progress=False, log=lambda message: None, record=record)
     study.synthetic = synthetic
     study.run_unit(*unit, plan)
     return unit
 
 
 def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log: Callable[[str], None] = print,
-              command: str | None = None, workers: int = 1) -> dict:
+              command: str | None = None, workers: int = 1, record: str | Path | None = None) -> dict:
     """Run (or continue) a study file into ``out``; returns the study.json record. ``workers``: segmentors
-    trained at a time (one process each)."""
+    trained at a time (one process each). ``record``: a study record (``StudyRecord``) read back into ``out``
+    first and kept up to date as units finish."""
     spec = load_study_spec(spec_path)
-    study = StudyRun(spec, out, progress, log)
+    study = StudyRun(spec, out, progress, log, record)
+    if study.folder.record is not None:
+        study.folder.check_target()
+        copied = study.folder.record.restore(study.folder)
+        if copied:
+            log(f"from the record {study.folder.record.root}: {len(copied)} file(s)")
     study.pin()
+    if study.folder.record is not None:
+        study.folder.record.sync(study.folder)
     # with workers, while the generator trains, the real-only segmentors (they need no synthetic data) train in
     # workers - 1 processes; once the synthetic sets are made, those not started join the others
     early = study.pending("real") if workers > 1 and "real" in arm_names(spec) and study.needs_generator() \
@@ -346,10 +399,12 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
     runs = study.scored_runs()
     adherence = None
     if spec.text.sizes_mm:
-        segmentor = Path(spec.text.segmentor) if spec.text.segmentor else study.folder.path(
-            RUNS, run_name("real", spec.architectures[0], spec.seeds[0]), "segmentor")
+        segmentor = Path(spec.text.segmentor) if spec.text.segmentor else study.adherence_run()
         adherence = measure_adherence(study, segmentor)
     data = {"dataset": str(study.dataset.root), "train_cases": study.train_ids, "test_cases": study.test_ids,
             "large_test_cases": study.large_test_cases(), "synthetic": study.synthetic,
             "generator": str(study.model) if study.model is not None else None}
-    return write_outputs(study.folder, spec, runs, data, adherence, command, asdict(spec.synthetic))
+    result = write_outputs(study.folder, spec, runs, data, adherence, command, asdict(spec.synthetic))
+    if study.folder.record is not None:
+        study.folder.record.keep(study.folder, "outputs")
+    return result

@@ -11,12 +11,17 @@ Folders under DIR::
     synthetic/SET/    generated pairs: <id>_image, <id>_label, <id>.json sidecar (written last: the unit's mark)
     runs/RUN/         segmentor/ (a trained segmentor), scores.json (its Dice and NSD on the test cases)
     adherence/        text-guided lesion sizes measured in the image, and the real cases' own measurement
+    synthetic.json    the pair ids of each synthetic set (written once every set is made)
+
+A study record (``StudyRecord``, ``volsynth study run --record REC``) is a small copy of what the units found, to
+keep in version control: a study that outlives its folder (a new checkout) continues from it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -45,13 +50,98 @@ from volsynth.training.runner import run_recipe
 
 SPEC_FILE, SPLIT_FILE, LOG_FILE = "study.yaml", "split.json", "log.jsonl"
 TRAIN_DATA, GENERATOR, RUNS = "train-data", "generator", "runs"
+SYNTHETIC_INDEX = "synthetic.json"
+OUTPUTS = ("study.json", "study.html")
+
+
+class StudyRecord:
+    """REC: the small results of a study's units, copied there as each unit finishes, and read back into a study
+    folder that lacks them. It holds the spec, the split, the log, the trained generator (its model folder; it
+    remakes the synthetic pairs a segmentor still needs), the synthetic sets' ids and sidecars (a remade pair is
+    checked against its sidecar's sha256), each segmentor's scores and record (not its weights), the adherence
+    measurements and the outputs. Training data, synthetic volumes and segmentor weights stay out (except those
+    of ``whole_runs``: the study's own adherence segmentor): they are remade from the dataset and the generator
+    when a unit still needs them."""
+
+    def __init__(self, root: str | Path, whole_runs: tuple[str, ...] = ()) -> None:
+        self.root, self.whole_runs = Path(root), set(whole_runs)
+
+    def files_for(self, unit: str) -> list[str]:
+        """The paths (relative to DIR) that a finished unit adds to the record."""
+        if unit in ("split", "spec"):
+            return [SPEC_FILE, SPLIT_FILE]
+        if unit == GENERATOR:
+            return [f"{GENERATOR}/model"]
+        if unit == "synthetic":
+            return [SYNTHETIC_INDEX]
+        if unit.startswith("synthetic/"):
+            return [f"{unit}.json"]
+        if unit.startswith(f"{RUNS}/") and unit.endswith("/scores"):
+            run = unit.rsplit("/", 1)[0]
+            kept = "segmentor" if run.split("/", 1)[1] in self.whole_runs else "segmentor/meta.json"
+            return [f"{run}/scores.json", f"{run}/{kept}"]
+        if unit.startswith("adherence/"):
+            return [f"{unit}.json"]
+        if unit == "outputs":
+            return list(OUTPUTS)
+        return []
+
+    def keep(self, folder: StudyFolder, unit: str) -> None:
+        """Copy a finished unit's results (and the log) from DIR into REC, each file atomically."""
+        for relative in [*self.files_for(unit), LOG_FILE]:
+            source = folder.path(relative)
+            if source.exists():
+                _copy(source, self.root / relative)
+
+    def restore(self, folder: StudyFolder) -> list[str]:
+        """Copy into DIR what REC holds and DIR lacks (never a synthetic sidecar: its volumes are not in REC, so
+        the pair is remade); returns the paths copied."""
+        if not self.root.is_dir():
+            return []
+        copied = []
+        for source in sorted(self.root.rglob("*")):
+            relative = source.relative_to(self.root)
+            if not source.is_file() or relative.parts[0] == "synthetic" or relative.name.startswith("."):
+                continue
+            if relative.parts[0] == GENERATOR:  # the model folder is copied whole
+                relative = Path(GENERATOR, "model")
+                source = self.root / relative
+            target = folder.path(*relative.parts)
+            if not target.exists():
+                _copy(source, target)
+                copied.append(relative.as_posix())
+        return copied
+
+    def sync(self, folder: StudyFolder) -> None:
+        """Copy into REC the results of every unit DIR's log names that REC lacks (a record given to a study
+        already under way)."""
+        for unit in dict.fromkeys(["split", *folder.units_done()]):
+            missing = [p for p in self.files_for(unit) if folder.path(p).exists() and not (self.root / p).exists()]
+            if missing:
+                self.keep(folder, unit)
+
+    def sidecar(self, set_name: str, pair_id: str) -> dict | None:
+        """The recorded sidecar of a synthetic pair (None when REC has none)."""
+        path = self.root / "synthetic" / set_name / f"{pair_id}.json"
+        return read_json(path) if path.is_file() else None
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy a file or a folder to ``target`` atomically (replacing what is there)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(target) as tmp:
+        if source.is_dir():
+            shutil.copytree(source, tmp)
+        else:
+            shutil.copy2(source, tmp)
 
 
 class StudyFolder:
     """The study folder DIR: its paths, its log of finished units, and the checks made on resume."""
 
-    def __init__(self, root: str | Path, log: Callable[[str], None] = print) -> None:
-        self.root, self.say = Path(root), log
+    def __init__(self, root: str | Path, log: Callable[[str], None] = print,
+                 record: StudyRecord | None = None) -> None:
+        self.root, self.say, self.record = Path(root), log, record
 
     def path(self, *parts: str) -> Path:
         """A path under DIR."""
@@ -62,6 +152,8 @@ class StudyFolder:
         line = json.dumps({"unit": unit, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(detail or {})})
         with open(self.path(LOG_FILE), "a") as handle:
             handle.write(line + "\n")
+        if self.record is not None:
+            self.record.keep(self, unit)
         self.say(f"done: {unit}")
 
     def units_done(self) -> list[str]:
@@ -71,8 +163,15 @@ class StudyFolder:
             return []
         return [json.loads(line)["unit"] for line in path.read_text().splitlines() if line.strip()]
 
+    def check_target(self) -> None:
+        """Refuse a folder that is not empty and holds no study (nothing is written into it)."""
+        if not self.path(SPEC_FILE).is_file() and self.root.is_dir() and any(self.root.iterdir()):
+            raise ConfigError(self.root, "the output folder is not empty and holds no study (no study.yaml)",
+                              "run into a new or empty --out; nothing was written")
+
     def pin_spec(self, spec: StudySpec) -> None:
         """Store the spec on the first run; on a resume, refuse one that changes anything but the summary."""
+        self.check_target()
         path = self.path(SPEC_FILE)
         current = {"version": SPEC_VERSION, **spec.to_dict()}
         if path.is_file():
@@ -83,9 +182,6 @@ class StudyFolder:
                                   "adherence settings may change until those stages have started)")
             if changes:
                 self.finished("spec", {"changed": changes})
-        elif self.root.is_dir() and any(self.root.iterdir()):
-            raise ConfigError(self.root, "the output folder is not empty and holds no study (no study.yaml)",
-                              "run into a new or empty --out; nothing was written")
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as tmp:
             tmp.write_text(yaml.safe_dump(current, sort_keys=False))
@@ -221,7 +317,13 @@ def generate_pair(folder: StudyFolder, pipeline: Pipeline, set_name: str, pair_i
                             labels=result.label.labels if result.label is not None else None, **extra)
     record["mask"] = None  # the edited mask is held in memory only; source_case names where it came from
     write_sidecar(sidecar, record)
-    folder.finished(f"synthetic/{set_name}/{pair_id}", {"source_case": source[0]})
+    detail = {"source_case": source[0]}
+    kept = folder.record.sidecar(set_name, pair_id) if folder.record is not None else None
+    if kept is not None:  # a pair remade from the recorded generator: the same volume, or a note that it is not
+        detail["same_as_record"] = kept.get("image_sha256") == record["image_sha256"]
+        if not detail["same_as_record"]:
+            folder.say(f"note: {set_name}/{pair_id} differs from the recorded pair (sha256 of the image)")
+    folder.finished(f"synthetic/{set_name}/{pair_id}", detail)
     return sidecar
 
 

@@ -119,17 +119,16 @@ class AutoencoderStage(DevicePlacement):
             perceptual = self.perceptual(reconstruction.float(), images)
             generator = generator + self.settings.perceptual_weight * perceptual
             out["perceptual"] = perceptual.detach()
-        if "discriminator" in self.networks:
-            weight = self.adversarial_weight(step)
+        weight = self.adversarial_weight(step)
+        if "discriminator" in self.networks and weight > 0:  # before adv_start the discriminator is not run
             discriminator = self.networks["discriminator"]
             fake_logits = discriminator(reconstruction)[-1]
             adv = generator_adversarial_loss(fake_logits.float(), self.settings.adv_loss)
             generator = generator + weight * adv
             real_logits = discriminator(images)[-1]
             fake_detached = discriminator(reconstruction.detach())[-1]
-            # the discriminator only learns once the adversarial term is on
-            d_loss = discriminator_loss(real_logits.float(), fake_detached.float(), self.settings.adv_loss)
-            out["discriminator"] = d_loss * (1.0 if weight > 0 else 0.0)
+            out["discriminator"] = discriminator_loss(real_logits.float(), fake_detached.float(),
+                                                      self.settings.adv_loss)
             out["adv"] = adv.detach()
         out["generator"] = generator
         return out

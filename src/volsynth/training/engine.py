@@ -120,7 +120,8 @@ class Stage(Protocol):
         ...
 
     def losses(self, indices: list[int], generators: list[torch.Generator], step: int) -> dict[str, torch.Tensor]:
-        """Losses for the items ``indices``: one entry per optimizer name plus extra logged terms."""
+        """Losses for the items ``indices``: one entry per optimizer name (a name left out trains nothing that
+        step) plus extra logged terms."""
         ...
 
     def meta(self) -> dict:
@@ -320,10 +321,12 @@ class Trainer:
                 break
             # Each group's loss is differentiated w.r.t. its own parameters only (a generator loss that
             # runs through the discriminator leaves the discriminator's gradients alone).
-            for number, (group, optimizer) in enumerate(self.optimizers.items()):
+            # A group without a loss this step (a discriminator before its start) keeps no gradients.
+            present = [(group, optimizer) for group, optimizer in self.optimizers.items() if group in losses]
+            for number, (group, optimizer) in enumerate(present):
                 params = _params(optimizer)
                 grads = torch.autograd.grad(losses[group] / cfg.grad_accum, params, allow_unused=True,
-                                            retain_graph=number < len(self.optimizers) - 1)
+                                            retain_graph=number < len(present) - 1)
                 for param, grad in zip(params, grads, strict=True):
                     if grad is not None:
                         param.grad = grad if param.grad is None else param.grad + grad
