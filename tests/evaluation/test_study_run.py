@@ -286,6 +286,17 @@ def test_segmentor_settings_may_change_until_a_segmentor_starts(study, tmp_path,
         folder.pin_spec(load_study_spec(study_file(tmp_path / "f.yaml", real, **changed)))
 
 
+def test_generator_settings_may_change_until_a_pair_is_generated(tmp_path, real):
+    folder = StudyFolder(tmp_path / "fresh", log=lambda m: None)
+    folder.pin_spec(load_study_spec(study_file(tmp_path / "a.yaml", real)))
+    longer = {**GENERATOR, "set": [*GENERATOR["set"], "controlnet.train.steps=3"]}
+    folder.pin_spec(load_study_spec(study_file(tmp_path / "b.yaml", real, generator=longer)))
+    assert json.loads((tmp_path / "fresh" / "log.jsonl").read_text().splitlines()[-1])["changed"] == ["generator.set"]
+    (tmp_path / "fresh" / "synthetic" / "mask").mkdir(parents=True)  # the first pair is under way
+    with pytest.raises(ConfigError, match="started with other settings: generator.set"):
+        folder.pin_spec(load_study_spec(study_file(tmp_path / "c.yaml", real)))
+
+
 def test_segmentors_in_worker_processes_score_as_one_process_does(study, tmp_path, real):
     out, result = study
     spec = study_file(tmp_path / "study.yaml", real)

@@ -109,9 +109,11 @@ class StudySpec:
 
 BLOCKS = {"generator": GeneratorSpec, "synthetic": SyntheticSpec, "balance": BalanceSpec, "text": TextSpec}
 SUMMARY_KEYS = ("bootstrap", "confidence")  # may change on resume: they only change the summary
-# may change on resume until the stage they concern has started (its folder in the study folder holds something)
+# may change on resume until the stage they concern has started (its folder in the study folder holds something);
+# the generator's settings until the first pair is generated (its training run then accepts what it accepts on a
+# resume: more or fewer steps, not other networks)
 LATE_KEYS = {"segmentor": "runs", "architectures": "runs", "seeds": "runs", "nsd_tolerance_mm": "runs",
-             "text.segmentor": "adherence"}
+             "text.segmentor": "adherence", "generator": "synthetic"}
 
 
 def _range(values: list, where: str, path: Path | str) -> None:
