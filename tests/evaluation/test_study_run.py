@@ -366,9 +366,23 @@ def test_a_study_continues_from_its_record_in_a_new_folder(study, tmp_path, real
     assert all(u["same_as_record"] for u in added if u["unit"].startswith("synthetic/"))
     assert (record / "runs" / name / "scores.json").is_file() and (record / "study.json").is_file()
     assert not (new / "synthetic" / "large").exists()  # the balance arm was done: its pairs are not remade
+    for weights in (new / "runs" / "real_unet_seed0" / "segmentor").glob("*.safetensors"):
+        weights.unlink()  # every size is measured: the adherence segmentor is not needed any more
+    assert run_study(spec, new, progress=False, log=lambda m: None, record=record)["adherence"] == again["adherence"]
     not_a_study = tmp_path / "mine"
     not_a_study.mkdir()
     (not_a_study / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="holds no study"):
         run_study(spec, not_a_study, progress=False, log=lambda m: None, record=record)
     assert [p.name for p in not_a_study.iterdir()] == ["notes.txt"]
+
+
+def test_sizes_are_measured_before_the_segmentors_when_the_study_names_its_segmentor(study, tmp_path, real):
+    out, _ = study
+    text = {"sizes_mm": [40], "per_size": 1, "bins_mm": [0, 60, 1000],
+            "segmentor": str(out / "runs" / "real_unet_seed0" / "segmentor")}
+    spec = study_file(tmp_path / "study.yaml", real, seeds=[0], arms=["real"], text=text)
+    run_study(spec, tmp_path / "out", progress=False, log=lambda m: None)
+    units = [json.loads(line)["unit"] for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    first_run = min(i for i, u in enumerate(units) if u.startswith("runs/"))
+    assert "adherence/text-40mm-0" in units[:first_run]

@@ -10,6 +10,7 @@ binned by the real size. Each measurement is a unit (DIR/adherence/ID.json), ski
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -36,14 +37,14 @@ def largest_predicted_mm(segmentor: Segmentor, image: Volume) -> float:
     return float(sizes[0]) if sizes else 0.0
 
 
-def _measured(folder: StudyFolder, unit: str, segmentor: Segmentor,
+def _measured(folder: StudyFolder, unit: str, segmentor: Callable[[], Segmentor],
               read: Callable[[], tuple[Volume, dict]]) -> dict:
     """One measurement unit: the record ``read`` gives with ``measured_mm`` added (in the image it gives), written
-    once to DIR/adherence/UNIT.json (``read`` is not called when it is there)."""
+    once to DIR/adherence/UNIT.json (neither ``read`` nor ``segmentor`` is called when it is there)."""
     path = folder.path("adherence", f"{unit}.json")
     if not path.is_file():
         image, record = read()
-        write_json(path, {**record, "measured_mm": largest_predicted_mm(segmentor, image)})
+        write_json(path, {**record, "measured_mm": largest_predicted_mm(segmentor(), image)})
         folder.finished(f"adherence/{unit}")
     return read_json(path)
 
@@ -67,16 +68,24 @@ def bin_errors(rows: list[dict], edges: list[float]) -> list[dict]:
     return result
 
 
-def measure_adherence(study: StudyRun, segmentor_path: str | Path) -> dict:
-    """Stated against measured lesion size of every text-guided volume, and the real test cases' floor."""
-    segmentor = load_segmentor(segmentor_path)
+def adherence_segmentor(study: StudyRun, path: str | Path) -> Segmentor:
+    """The adherence segmentor, checked: it has a lesion class and never saw a test case."""
+    segmentor = load_segmentor(path)
     if not lesion_class_ids(segmentor.labels):
-        raise ConfigError(segmentor_path, "the adherence segmentor has no lesion class",
+        raise ConfigError(path, "the adherence segmentor has no lesion class",
                           "train it with a lesion class (e.g. segmentor labels 'liver=1,tumour=4')")
     trained_on = cases_seen(segmentor, study.dataset.root, study.test_ids)
     if trained_on:
-        raise ConfigError(segmentor_path, f"the adherence segmentor was trained on test case(s) {trained_on[:3]}",
+        raise ConfigError(path, f"the adherence segmentor was trained on test case(s) {trained_on[:3]}",
                           "its floor on them would flatter it; give a segmentor that did not see them")
+    return segmentor
+
+
+def measure_adherence(study: StudyRun, segmentor_path: str | Path) -> dict:
+    """Stated against measured lesion size of every text-guided volume, and the real test cases' floor. The
+    segmentor is loaded (and checked) when a size is still to be measured: a study whose sizes are all measured
+    (e.g. read back from its record) does not need it any more."""
+    segmentor = functools.cache(partial(adherence_segmentor, study, segmentor_path))
     folder, spec = study.folder, study.spec
     generated = [_measured(folder, pair_id, segmentor, partial(_generated, folder, pair_id))
                  for pair_id in study.synthetic.get("text", [])]

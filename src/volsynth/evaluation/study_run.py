@@ -378,6 +378,8 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
     try:
         study.train_generator()
         study.make_synthetic()
+        if spec.text.sizes_mm and spec.text.segmentor and Path(spec.text.segmentor).is_dir():
+            measure_adherence(study, spec.text.segmentor)  # as soon as it can: it needs no study segmentor
     except BaseException:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -397,10 +399,8 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
             if unit in study.pending():
                 raise
     runs = study.scored_runs()
-    adherence = None
-    if spec.text.sizes_mm:
-        segmentor = Path(spec.text.segmentor) if spec.text.segmentor else study.adherence_run()
-        adherence = measure_adherence(study, segmentor)
+    adherence = measure_adherence(study, spec.text.segmentor or study.adherence_run()) if spec.text.sizes_mm \
+        else None
     data = {"dataset": str(study.dataset.root), "train_cases": study.train_ids, "test_cases": study.test_ids,
             "large_test_cases": study.large_test_cases(), "synthetic": study.synthetic,
             "generator": str(study.model) if study.model is not None else None}
