@@ -18,7 +18,6 @@ is at least ``balance.min_diameter_mm`` make up ``balance.share`` of the trainin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -49,11 +48,15 @@ from volsynth.evaluation.study_units import (
     SYNTHETIC_INDEX,
     StudyFolder,
     StudyRecord,
+    arm_names,
+    balance_count,
     class_id,
     edit_mask,
     generate_pair,
     largest_equivalent_diameter_mm,
+    own_adherence_run,
     pair_seed,
+    run_name,
     split_ids,
     train_generator,
     write_training_subset,
@@ -67,33 +70,6 @@ from volsynth.pipelines.auto import load_pipeline
 from volsynth.pipelines.base import Pipeline
 
 MASK_SET, LARGE_SET, TEXT_SET = "mask", "large", "text"
-
-
-def arm_names(spec: StudySpec) -> list[str]:
-    """The arms of a study, ratios expanded: real, real+synthetic x1, ..., synthetic x1, ..., balance."""
-    names = []
-    for arm in spec.arms:
-        if arm in ("real+synthetic", "synthetic"):
-            names += [f"{arm} x{r}" for r in sorted(spec.synthetic.ratios)]
-        else:
-            names.append(arm)
-    return sorted(set(names), key=names.index)
-
-
-def run_name(arm: str, architecture: str, seed: int) -> str:
-    """The folder name of one segmentor run under DIR/runs."""
-    return f"{arm.replace('+', '_').replace(' ', '_')}_{architecture}_seed{seed}"
-
-
-def own_adherence_run(spec: StudySpec) -> str:
-    """The run whose segmentor measures text adherence when the spec names none: real, first architecture and
-    seed (its weights are kept in a study record)."""
-    return run_name("real", spec.architectures[0], spec.seeds[0])
-
-
-def balance_count(n_real: int, n_large: int, share: float) -> int:
-    """Large-lesion pairs to add so that large cases make up at least ``share`` of the training set."""
-    return max(0, math.ceil((share * n_real - n_large) / (1.0 - share) - 1e-9))
 
 
 class StudyRun:

@@ -208,6 +208,33 @@ class StudyFolder:
         return split
 
 
+def arm_names(spec: StudySpec) -> list[str]:
+    """The arms of a study, ratios expanded: real, real+synthetic x1, ..., synthetic x1, ..., balance."""
+    names = []
+    for arm in spec.arms:
+        if arm in ("real+synthetic", "synthetic"):
+            names += [f"{arm} x{r}" for r in sorted(spec.synthetic.ratios)]
+        else:
+            names.append(arm)
+    return sorted(set(names), key=names.index)
+
+
+def run_name(arm: str, architecture: str, seed: int) -> str:
+    """The folder name of one segmentor run under DIR/runs."""
+    return f"{arm.replace('+', '_').replace(' ', '_')}_{architecture}_seed{seed}"
+
+
+def own_adherence_run(spec: StudySpec) -> str:
+    """The run whose segmentor measures text adherence when the spec names none: real, first architecture and
+    seed (its weights are kept in a study record)."""
+    return run_name("real", spec.architectures[0], spec.seeds[0])
+
+
+def balance_count(n_real: int, n_large: int, share: float) -> int:
+    """Large-lesion pairs to add so that large cases make up at least ``share`` of the training set."""
+    return max(0, math.ceil((share * n_real - n_large) / (1.0 - share) - 1e-9))
+
+
 def split_ids(ids: list[str], n_real: int, n_test: int) -> tuple[list[str], list[str]]:
     """(training ids, test ids): the last ``n_test`` sorted ids are held out, the first ``n_real`` others train."""
     ids = sorted(ids)
