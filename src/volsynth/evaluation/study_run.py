@@ -4,12 +4,13 @@
 2. write the training cases as DIR/train-data and train the generator recipe on them only;
 3. generate the synthetic sets: mask-guided pairs from the real training masks (lesions kept, inserted or
    moved), ``max(ratios) x n_real`` of them (ratio r uses the first ``r x n_real``); large-lesion pairs for the
-   balance arm; text-guided volumes whose prompt states a lesion size (for text adherence only: they have no
-   label map, so no arm trains on them);
+   balance arm;
 4. train a segmentor per arm, architecture and seed (one plan, fingerprinted on the real training cases) and
    score it on the held-out real test cases;
-5. measure the text-guided lesions in the image (``study_adherence``) and summarise (``study_report``):
-   DIR/study.json and DIR/study.html.
+5. generate the text-guided volumes whose prompt states a lesion size (for text adherence only: they have no label
+   map, so no arm trains on them), measure their lesions in the image (``study_adherence``; before step 4 when the
+   spec names the measuring segmentor and it exists) and summarise (``study_report``): DIR/study.json and
+   DIR/study.html.
 
 Arms: ``real`` (the n_real cases), ``real+synthetic xR`` (plus R x n_real synthetic pairs), ``synthetic xR``
 (the synthetic pairs alone), ``balance`` (the real cases plus large-lesion pairs until cases whose largest lesion
@@ -183,15 +184,21 @@ class StudyRun:
                 if MASK_SET in needed else recorded[MASK_SET]
         if "balance" in names:
             self.synthetic[LARGE_SET] = self._large_pairs() if LARGE_SET in needed else recorded[LARGE_SET]
+        if spec.text.sizes_mm:
+            self.synthetic[TEXT_SET] = [pair_id for pair_id, _, _ in self.text_ids()]  # made by make_text_pairs
+        if not self.folder.path(SYNTHETIC_INDEX).is_file():
+            write_json(self.folder.path(SYNTHETIC_INDEX), self.synthetic)
+            self.folder.finished("synthetic", {"pairs": {k: len(v) for k, v in self.synthetic.items()}})
+
+    def make_text_pairs(self) -> None:
+        """The text-guided volumes whose stated size is still to be measured (made right before they are: a study
+        that stops in between makes them again from its record rather than keeping them)."""
+        spec = self.spec
         for pair_id, size, k in self.text_ids():
             if not self.folder.path("adherence", f"{pair_id}.json").is_file():
                 prompt = spec.text.prompt.replace("{diameter}", f"{size:g}")
                 generate_pair(self.folder, self.pipeline, TEXT_SET, pair_id, ("", None), None, prompt,
                               pair_seed(spec.seed, pair_id, k), spec.generator.sampling, {"stated_mm": size})
-            self.synthetic.setdefault(TEXT_SET, []).append(pair_id)
-        if not self.folder.path(SYNTHETIC_INDEX).is_file():
-            write_json(self.folder.path(SYNTHETIC_INDEX), self.synthetic)
-            self.folder.finished("synthetic", {"pairs": {k: len(v) for k, v in self.synthetic.items()}})
 
     def is_large(self, label: LabelMap) -> bool:
         """Whether a label map's largest lesion of the balance class reaches the threshold."""
@@ -355,7 +362,8 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
         study.train_generator()
         study.make_synthetic()
         if spec.text.sizes_mm and spec.text.segmentor and Path(spec.text.segmentor).is_dir():
-            measure_adherence(study, spec.text.segmentor)  # as soon as it can: it needs no study segmentor
+            study.make_text_pairs()  # measured as soon as they can be: they need no study segmentor
+            measure_adherence(study, spec.text.segmentor)
     except BaseException:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -375,8 +383,10 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
             if unit in study.pending():
                 raise
     runs = study.scored_runs()
-    adherence = measure_adherence(study, spec.text.segmentor or study.adherence_run()) if spec.text.sizes_mm \
-        else None
+    adherence = None
+    if spec.text.sizes_mm:
+        study.make_text_pairs()
+        adherence = measure_adherence(study, spec.text.segmentor or study.adherence_run())
     data = {"dataset": str(study.dataset.root), "train_cases": study.train_ids, "test_cases": study.test_ids,
             "large_test_cases": study.large_test_cases(), "synthetic": study.synthetic,
             "generator": str(study.model) if study.model is not None else None}
