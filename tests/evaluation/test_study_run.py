@@ -344,6 +344,7 @@ def test_a_study_continues_from_its_record_in_a_new_folder(study, tmp_path, real
     run_study(spec, tmp_path / "copy", progress=False, log=lambda m: None, record=record)  # a study under way
     assert (record / "split.json").is_file() and (record / "synthetic.json").is_file()
     assert (record / "generator" / "model" / "meta.json").is_file()
+    assert (record / "generator" / "controlnet" / "metrics.jsonl").is_file()  # the training curves
     assert not list(record.rglob("*.nii.gz"))  # no volumes: the pairs are remade from the generator
     weights = {p.parts[-3] for p in record.glob("runs/*/segmentor/*") if p.name != "meta.json"}
     assert weights == {"real_unet_seed0"}  # the study's own adherence segmentor only

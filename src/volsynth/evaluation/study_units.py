@@ -46,6 +46,7 @@ from volsynth.pipelines.base import GenerationRequest, Pipeline
 from volsynth.pipelines.edit import insert_lesion, remove_lesions
 from volsynth.pipelines.masks import MaskWarning
 from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
+from volsynth.training.recipe_schema import ALL_STAGES
 from volsynth.training.runner import run_recipe
 
 SPEC_FILE, SPLIT_FILE, LOG_FILE = "study.yaml", "split.json", "log.jsonl"
@@ -57,7 +58,7 @@ OUTPUTS = ("study.json", "study.html")
 class StudyRecord:
     """REC: the small results of a study's units, copied there as each unit finishes, and read back into a study
     folder that lacks them. It holds the spec, the split, the log, the trained generator (its model folder; it
-    remakes the synthetic pairs a segmentor still needs), the synthetic sets' ids and sidecars (a remade pair is
+    remakes the synthetic pairs a segmentor still needs) and its stages' training curves, the synthetic sets' ids and sidecars (a remade pair is
     checked against its sidecar's sha256), each segmentor's scores and record (not its weights), the adherence
     measurements and the outputs. Training data, synthetic volumes and segmentor weights stay out (except those
     of ``whole_runs``: the study's own adherence segmentor): they are remade from the dataset and the generator
@@ -70,8 +71,8 @@ class StudyRecord:
         """The paths (relative to DIR) that a finished unit adds to the record."""
         if unit in ("split", "spec"):
             return [SPEC_FILE, SPLIT_FILE]
-        if unit == GENERATOR:
-            return [f"{GENERATOR}/model"]
+        if unit == GENERATOR:  # the model, and each stage's training curve
+            return [f"{GENERATOR}/model", *(f"{GENERATOR}/{stage}/metrics.jsonl" for stage in ALL_STAGES)]
         if unit == "synthetic":
             return [SYNTHETIC_INDEX]
         if unit.startswith("synthetic/"):
@@ -103,7 +104,9 @@ class StudyRecord:
             relative = source.relative_to(self.root)
             if not source.is_file() or relative.parts[0] == "synthetic" or relative.name.startswith("."):
                 continue
-            if relative.parts[0] == GENERATOR:  # the model folder is copied whole
+            if relative.parts[0] == GENERATOR:  # the model folder is copied whole; the curves stay in REC
+                if relative.parts[1:2] != ("model",):
+                    continue
                 relative = Path(GENERATOR, "model")
                 source = self.root / relative
             target = folder.path(*relative.parts)
