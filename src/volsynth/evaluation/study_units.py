@@ -57,10 +57,10 @@ OUTPUTS = ("study.json", "study.html")
 
 class StudyRecord:
     """REC: the small results of a study's units, copied there as each unit finishes, and read back into a study
-    folder that lacks them. It holds the spec, the split, the log, the trained generator (its model folder; it
-    remakes the synthetic pairs a segmentor still needs) and its stages' training curves, the synthetic sets' ids and sidecars (a remade pair is
-    checked against its sidecar's sha256), each segmentor's scores and record (not its weights), the adherence
-    measurements and the outputs. Training data, synthetic volumes and segmentor weights stay out (except those
+    folder that lacks them. It holds the spec, the split, the log, the trained generator (its model folder, which
+    remakes the synthetic pairs a segmentor still needs, and its stages' training curves), the synthetic sets' ids
+    and sidecars (a remade pair is checked against its sidecar's sha256), each segmentor's scores and record (not
+    its weights), the adherence measurements and the outputs. Training data, synthetic volumes and segmentor weights stay out (except those
     of ``whole_runs``: the study's own adherence segmentor): they are remade from the dataset and the generator
     when a unit still needs them."""
 
