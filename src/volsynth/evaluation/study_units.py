@@ -60,9 +60,9 @@ class StudyRecord:
     folder that lacks them. It holds the spec, the split, the log, the trained generator (its model folder, which
     remakes the synthetic pairs a segmentor still needs, and its stages' training curves), the synthetic sets' ids
     and sidecars (a remade pair is checked against its sidecar's sha256), each segmentor's scores and record (not
-    its weights), the adherence measurements and the outputs. Training data, synthetic volumes and segmentor weights stay out (except those
-    of ``whole_runs``: the study's own adherence segmentor): they are remade from the dataset and the generator
-    when a unit still needs them."""
+    its weights), the adherence measurements and the outputs. Training data, synthetic volumes and segmentor
+    weights stay out (except those of ``whole_runs``: the study's own adherence segmentor): they are remade from
+    the dataset and the generator when a unit still needs them."""
 
     def __init__(self, root: str | Path, whole_runs: tuple[str, ...] = ()) -> None:
         self.root, self.whole_runs = Path(root), set(whole_runs)
