@@ -341,6 +341,7 @@ def test_a_study_continues_from_its_record_in_a_new_folder(study, tmp_path, real
     out, result = study
     record, spec = tmp_path / "record", study_file(tmp_path / "study.yaml", real)
     shutil.copytree(out, tmp_path / "copy")
+    shutil.copytree(out / "generator" / "model", record / "generator" / "model")  # a record that has the model
     run_study(spec, tmp_path / "copy", progress=False, log=lambda m: None, record=record)  # a study under way
     assert (record / "split.json").is_file() and (record / "synthetic.json").is_file()
     assert (record / "generator" / "model" / "meta.json").is_file()

@@ -90,9 +90,9 @@ class StudyRecord:
     def keep(self, folder: StudyFolder, unit: str) -> None:
         """Copy a finished unit's results (and the log) from DIR into REC, each file atomically."""
         for relative in [*self.files_for(unit), LOG_FILE]:
-            source = folder.path(relative)
-            if source.exists():
-                _copy(source, self.root / relative)
+            source, target = folder.path(relative), self.root / relative
+            if source.exists() and not (source.is_dir() and target.is_dir()):  # a finished folder is not redone
+                _copy(source, target)
 
     def restore(self, folder: StudyFolder) -> list[str]:
         """Copy into DIR what REC holds and DIR lacks (never a synthetic sidecar: its volumes are not in REC, so
