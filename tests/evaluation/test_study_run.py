@@ -377,6 +377,13 @@ def test_a_study_continues_from_its_record_in_a_new_folder(study, tmp_path, real
     with pytest.raises(ConfigError, match="holds no study"):
         run_study(spec, not_a_study, progress=False, log=lambda m: None, record=record)
     assert [p.name for p in not_a_study.iterdir()] == ["notes.txt"]
+    other = study_file(tmp_path / "other.yaml", real, n_real=2)  # the record's study may not continue with it
+    with pytest.raises(ConfigError, match="started with other settings: n_real"):
+        run_study(other, tmp_path / "elsewhere", progress=False, log=lambda m: None, record=record)
+    assert not (tmp_path / "elsewhere").exists()
+    with pytest.raises(ConfigError, match="not a folder"):
+        run_study(spec, tmp_path / "elsewhere", progress=False, log=lambda m: None, record=not_a_study / "notes.txt")
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_sizes_are_measured_before_the_segmentors_when_the_study_names_its_segmentor(study, tmp_path, real):

@@ -10,9 +10,8 @@ binned by the real size. Each measurement is a unit (DIR/adherence/ID.json), ski
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,7 +84,7 @@ def measure_adherence(study: StudyRun, segmentor_path: str | Path) -> dict:
     """Stated against measured lesion size of every text-guided volume, and the real test cases' floor. The
     segmentor is loaded (and checked) when a size is still to be measured: a study whose sizes are all measured
     (e.g. read back from its record) does not need it any more."""
-    segmentor = functools.cache(partial(adherence_segmentor, study, segmentor_path))
+    segmentor = cache(partial(adherence_segmentor, study, segmentor_path))
     folder, spec = study.folder, study.spec
     generated = [_measured(folder, pair_id, segmentor, partial(_generated, folder, pair_id))
                  for pair_id in study.synthetic.get("text", [])]

@@ -346,6 +346,7 @@ def run_study(spec_path: str | Path, out: str | Path, progress: bool = True, log
     study = StudyRun(spec, out, progress, log, record)
     if study.folder.record is not None:
         study.folder.check_target()
+        study.folder.record.check(spec)
         copied = study.folder.record.restore(study.folder)
         if copied:
             log(f"from the record {study.folder.record.root}: {len(copied)} file(s)")

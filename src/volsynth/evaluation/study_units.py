@@ -89,10 +89,21 @@ class StudyRecord:
 
     def keep(self, folder: StudyFolder, unit: str) -> None:
         """Copy a finished unit's results (and the log) from DIR into REC, each file atomically."""
-        for relative in [*self.files_for(unit), LOG_FILE]:
+        self._copy_from(folder, self.files_for(unit))
+
+    def _copy_from(self, folder: StudyFolder, paths: list[str]) -> None:
+        """Copy ``paths`` (relative) and the log from DIR into REC; a folder already in REC is not copied again."""
+        for relative in [*paths, LOG_FILE]:
             source, target = folder.path(relative), self.root / relative
-            if source.exists() and not (source.is_dir() and target.is_dir()):  # a finished folder is not redone
+            if source.exists() and not (source.is_dir() and target.is_dir()):
                 _copy(source, target)
+
+    def check(self, spec: StudySpec) -> None:
+        """Refuse a record that is not a folder, or whose study the spec may not continue (nothing is written)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(self.root, "the study record is not a folder", "give a folder for --record")
+        if self.root.is_dir():
+            StudyFolder(self.root).check_spec(spec)
 
     def restore(self, folder: StudyFolder) -> list[str]:
         """Copy into DIR what REC holds and DIR lacks (never a synthetic sidecar: its volumes are not in REC, so
@@ -118,10 +129,8 @@ class StudyRecord:
     def sync(self, folder: StudyFolder) -> None:
         """Copy into REC the results of every unit DIR's log names that REC lacks (a record given to a study
         already under way)."""
-        for unit in dict.fromkeys(["split", *folder.units_done()]):
-            missing = [p for p in self.files_for(unit) if folder.path(p).exists() and not (self.root / p).exists()]
-            if missing:
-                self.keep(folder, unit)
+        paths = dict.fromkeys(p for unit in ["split", *folder.units_done()] for p in self.files_for(unit))
+        self._copy_from(folder, [p for p in paths if folder.path(p).exists() and not (self.root / p).exists()])
 
     def sidecar(self, set_name: str, pair_id: str) -> dict | None:
         """The recorded sidecar of a synthetic pair (None when REC has none)."""
@@ -172,22 +181,28 @@ class StudyFolder:
             raise ConfigError(self.root, "the output folder is not empty and holds no study (no study.yaml)",
                               "run into a new or empty --out; nothing was written")
 
+    def check_spec(self, spec: StudySpec) -> list[str]:
+        """The keys ``spec`` changes from the spec stored here (none on a first run); ConfigError when one of them
+        may not change any more. Writes nothing."""
+        path = self.path(SPEC_FILE)
+        if not path.is_file():
+            return []
+        changes = spec_changes(yaml.safe_load(path.read_text()) or {}, {"version": SPEC_VERSION, **spec.to_dict()})
+        if any(not self._late_change(change) for change in changes):
+            raise ConfigError(path, f"this study was started with other settings: {', '.join(changes)}",
+                              "resume with the same study file, or run into a new --out (segmentor and "
+                              "adherence settings may change until those stages have started)")
+        return changes
+
     def pin_spec(self, spec: StudySpec) -> None:
         """Store the spec on the first run; on a resume, refuse one that changes anything but the summary."""
         self.check_target()
-        path = self.path(SPEC_FILE)
-        current = {"version": SPEC_VERSION, **spec.to_dict()}
-        if path.is_file():
-            changes = spec_changes(yaml.safe_load(path.read_text()) or {}, current)
-            if any(not self._late_change(change) for change in changes):
-                raise ConfigError(path, f"this study was started with other settings: {', '.join(changes)}",
-                                  "resume with the same study file, or run into a new --out (segmentor and "
-                                  "adherence settings may change until those stages have started)")
-            if changes:
-                self.finished("spec", {"changed": changes})
+        changes = self.check_spec(spec)
+        if changes:
+            self.finished("spec", {"changed": changes})
         self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path) as tmp:
-            tmp.write_text(yaml.safe_dump(current, sort_keys=False))
+        with atomic_output(self.path(SPEC_FILE)) as tmp:
+            tmp.write_text(yaml.safe_dump({"version": SPEC_VERSION, **spec.to_dict()}, sort_keys=False))
 
     def _late_change(self, change: str) -> bool:
         """Whether a changed key concerns a stage that has not started (its folder is missing or empty)."""
