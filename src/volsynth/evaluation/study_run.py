@@ -71,6 +71,8 @@ from volsynth.pipelines.auto import load_pipeline
 from volsynth.pipelines.base import Pipeline
 
 MASK_SET, LARGE_SET, TEXT_SET = "mask", "large", "text"
+# the synthetic set an arm trains on: the mask pairs for ratio arms (" xR"), the large-lesion pairs for balance
+ARM_SETS = {MASK_SET: lambda arm: " x" in arm, LARGE_SET: lambda arm: arm == "balance"}
 
 
 class StudyRun:
@@ -109,20 +111,19 @@ class StudyRun:
         return [(f"{TEXT_SET}-{float(size):g}mm-{k}", float(size), k) for size in self.spec.text.sizes_mm
                 for k in range(self.spec.text.per_size)]
 
+    def unmeasured_text_ids(self) -> list[tuple[str, float, int]]:
+        """The text-guided volumes (as ``text_ids``) whose stated size is not measured yet."""
+        return [t for t in self.text_ids() if not self.folder.path("adherence", f"{t[0]}.json").is_file()]
+
     def sets_needed(self) -> set[str]:
         """The synthetic sets with a pair still to be used: by a segmentor not scored yet, or (text) by a size
-        not measured yet. A set that no unit needs any more is not remade in a new study folder."""
-        recorded = self.recorded_sets()
-        needed = set()
-        if any(" x" in arm for arm, _, _ in self.pending()) or (MASK_SET not in recorded and any(
-                " x" in arm for arm in arm_names(self.spec))):
-            needed.add(MASK_SET)
-        if any(arm == "balance" for arm, _, _ in self.pending()) or (
-                LARGE_SET not in recorded and "balance" in arm_names(self.spec)):
-            needed.add(LARGE_SET)
-        if any(not self.folder.path("adherence", f"{pair_id}.json").is_file() for pair_id, _, _ in self.text_ids()):
-            needed.add(TEXT_SET)
-        return needed
+        not measured yet. A set that no unit needs any more is not remade in a new study folder (once
+        DIR/synthetic.json holds its ids)."""
+        recorded, pending = self.recorded_sets(), {arm for arm, _, _ in self.pending()}
+        arms = set(arm_names(self.spec))
+        needed = {name for name, used_by in ARM_SETS.items()
+                  if any(map(used_by, pending)) or (name not in recorded and any(map(used_by, arms)))}
+        return needed | ({TEXT_SET} if self.unmeasured_text_ids() else set())
 
     def recorded_sets(self) -> dict[str, list[str]]:
         """DIR/synthetic.json: the pair ids of each set once all were made ({} before)."""
@@ -177,12 +178,12 @@ class StudyRun:
         """Generate every synthetic pair still needed (existing ones are kept); a set no unit needs any more keeps
         the ids of DIR/synthetic.json. Writes DIR/synthetic.json once every set is made."""
         spec, names, needed, recorded = self.spec, arm_names(self.spec), self.sets_needed(), self.recorded_sets()
-        if any(" x" in a for a in names):
+        if any(map(ARM_SETS[MASK_SET], names)):
             count = max(spec.synthetic.ratios) * spec.n_real
             self.synthetic[MASK_SET] = [self._mask_pair(MASK_SET, i, spec.synthetic.lesions, spec.synthetic.diameter_mm,
                                                         spec.synthetic.prompt) for i in range(count)] \
                 if MASK_SET in needed else recorded[MASK_SET]
-        if "balance" in names:
+        if any(map(ARM_SETS[LARGE_SET], names)):
             self.synthetic[LARGE_SET] = self._large_pairs() if LARGE_SET in needed else recorded[LARGE_SET]
         if spec.text.sizes_mm:
             self.synthetic[TEXT_SET] = [pair_id for pair_id, _, _ in self.text_ids()]  # made by make_text_pairs
@@ -194,11 +195,10 @@ class StudyRun:
         """The text-guided volumes whose stated size is still to be measured (made right before they are: a study
         that stops in between makes them again from its record rather than keeping them)."""
         spec = self.spec
-        for pair_id, size, k in self.text_ids():
-            if not self.folder.path("adherence", f"{pair_id}.json").is_file():
-                prompt = spec.text.prompt.replace("{diameter}", f"{size:g}")
-                generate_pair(self.folder, self.pipeline, TEXT_SET, pair_id, ("", None), None, prompt,
-                              pair_seed(spec.seed, pair_id, k), spec.generator.sampling, {"stated_mm": size})
+        for pair_id, size, k in self.unmeasured_text_ids():
+            prompt = spec.text.prompt.replace("{diameter}", f"{size:g}")
+            generate_pair(self.folder, self.pipeline, TEXT_SET, pair_id, ("", None), None, prompt,
+                          pair_seed(spec.seed, pair_id, k), spec.generator.sampling, {"stated_mm": size})
 
     def is_large(self, label: LabelMap) -> bool:
         """Whether a label map's largest lesion of the balance class reaches the threshold."""
