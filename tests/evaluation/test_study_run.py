@@ -129,6 +129,13 @@ def test_study_outputs(study):
     assert [b["n"] for b in adherence["generated"]] == [1, 1] and sum(b["n"] for b in adherence["real_floor"]) >= 1
     page = (out / "study.html").read_text()
     assert "data:image/png;base64," in page and "p Wilcoxon" in page and "Large lesions" in page
+    markdown = (out / "study.md").read_text()
+    assert "![Dice per arm with its 95 % interval](study-dice.png)" in markdown
+    assert (out / "study-dice.png").read_bytes().startswith(b"\x89PNG")
+    rows = [line for line in markdown.splitlines() if line.startswith("| real+synthetic x1 | liver |")]
+    pooled = saved["comparisons"]["pooled"]["real+synthetic x1"]["dice"]["liver"]
+    assert len(rows) == 1 + len(saved["spec"]["architectures"])  # each architecture and pooled
+    assert f"{pooled['mean']:+.3f}" in rows[-1] and "median \\|error\\| mm" in markdown  # | escaped in a cell
 
 
 def test_balance_arm_composition(study):
@@ -366,7 +373,8 @@ def test_a_study_continues_from_its_record_in_a_new_folder(study, tmp_path, real
                                                        f"synthetic/text/{measured.stem}",
                                                        f"adherence/{measured.stem}", *mask_pairs])
     assert all(u["same_as_record"] for u in added if u["unit"].startswith("synthetic/"))
-    assert (record / "runs" / name / "scores.json").is_file() and (record / "study.json").is_file()
+    assert (record / "runs" / name / "scores.json").is_file()
+    assert all((record / output).is_file() for output in ("study.json", "study.html", "study.md", "study-dice.png"))
     assert not (new / "synthetic" / "large").exists()  # the balance arm was done: its pairs are not remade
     for weights in (new / "runs" / "real_unet_seed0" / "segmentor").glob("*.safetensors"):
         weights.unlink()  # every size is measured: the adherence segmentor is not needed any more

@@ -271,8 +271,8 @@ def study_run(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run a study file: generator trained on the real training cases, synthetic sets, segmentors per arm, seed
-    and architecture, held-out Dice/NSD with 95% CIs and paired tests -> study.json and study.html. Running it
-    again continues where it stopped."""
+    and architecture, held-out Dice/NSD with 95% CIs and paired tests -> study.json, study.html and study.md.
+    Running it again continues where it stopped."""
     from volsynth.evaluation.study_run import run_study
 
     if workers < 1:
@@ -284,4 +284,4 @@ def study_run(
             if diff["mean"] is not None:
                 console.print(f"{arm} - real, {name} Dice: {diff['mean']:+.3f} [{diff['ci'][0]:+.3f}, "
                               f"{diff['ci'][1]:+.3f}] p={diff['p_wilcoxon']}")
-    console.print(f"wrote {Path(out) / 'study.json'} and {Path(out) / 'study.html'}")
+    console.print(f"wrote {Path(out) / 'study.json'}, {Path(out) / 'study.html'} and {Path(out) / 'study.md'}")

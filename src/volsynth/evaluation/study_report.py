@@ -1,4 +1,5 @@
-"""The outputs of ``volsynth study run``: DIR/study.json (schema ``study_version`` 1) and DIR/study.html.
+"""The outputs of ``volsynth study run``: DIR/study.json (schema ``study_version`` 1), DIR/study.html, and
+DIR/study.md with its plot DIR/study-dice.png (the tables in Markdown, for a document).
 
 study.json::
 
@@ -15,6 +16,7 @@ GROUP is each architecture and ``pooled`` (all runs); comparisons are ARM - real
 
 from __future__ import annotations
 
+import base64
 import html
 import platform
 import time
@@ -32,6 +34,7 @@ from volsynth.io.jsonfile import write_json
 
 STUDY_VERSION = 1
 KIND = "augmentation-study-run"
+FIGURE_FILE = "study-dice.png"
 TEST_METHOD = ("two-sided Wilcoxon signed-rank test over the held-out test cases of each case's difference "
                "(arm - real) averaged over the runs (p_wilcoxon); p_bootstrap: the paired two-level bootstrap "
                "interval inverted")
@@ -100,44 +103,106 @@ def _p(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
-def _table(summary: dict, comparisons: dict, group: str) -> str:
+TABLE_HEADERS = ("arm", "class", "Dice [95% CI]", "NSD [95% CI]", "Dice - real [95% CI]", "p Wilcoxon",
+                 "p bootstrap")
+
+
+def _rows(summary: dict, comparisons: dict, group: str) -> list[list[str]]:
+    """One row per arm and class: Dice and NSD with their intervals, and the paired difference with real."""
     rows = []
     for arm, metrics in summary.get(group, {}).items():
         for name in metrics["dice"]:
             diff = comparisons.get(group, {}).get(arm, {}).get("dice", {}).get(name)
-            cells = [arm, name, _fmt(metrics["dice"][name]), _fmt(metrics["nsd"][name]),
-                     _fmt(diff, signed=True) if diff else "baseline", _p(diff.get("p_wilcoxon") if diff else None),
-                     _p(diff.get("p_bootstrap") if diff else None)]
-            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("arm", "class", "Dice [95% CI]", "NSD [95% CI]",
-                                             "Dice - real [95% CI]", "p Wilcoxon", "p bootstrap"))
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+            rows.append([arm, name, _fmt(metrics["dice"][name]), _fmt(metrics["nsd"][name]),
+                         _fmt(diff, signed=True) if diff else "baseline",
+                         _p(diff.get("p_wilcoxon") if diff else None), _p(diff.get("p_bootstrap") if diff else None)])
+    return rows
 
 
-def study_html(record: dict) -> str:
-    """The self-contained study page: the plot, the table per group, the large-lesion table, text adherence."""
+def _html_table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _md_table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), line(["---"] * len(headers)), *(line(r) for r in rows)])
+
+
+def _table(summary: dict, comparisons: dict, group: str) -> str:
+    return _html_table(TABLE_HEADERS, _rows(summary, comparisons, group))
+
+
+ADHERENCE_HEADERS = ("size bin (mm)", "generated n", "median |error| mm", "real n", "real floor median |error| mm")
+
+
+def _adherence_rows(adherence: dict) -> list[list[str]]:
+    pairs = zip(adherence["generated"], adherence["real_floor"], strict=True)
+    return [[f"{b['bin_mm'][0]:g}–{b['bin_mm'][1]:g}", str(b["n"]), _p(b["median_abs_error_mm"]), str(f["n"]),
+             _p(f["median_abs_error_mm"])] for b, f in pairs]
+
+
+def _intro(record: dict) -> str:
+    return (f"{len(record['data']['train_cases'])} real training cases, {len(record['data']['test_cases'])} "
+            f"held-out real test cases; intervals: {record['ci_method']}; test: {record['test_method']}.")
+
+
+def _large_title(large: dict) -> str:
+    return f"Large lesions ({large['class']} ≥ {large['min_diameter_mm']:g} mm, {len(large['test_cases'])} test cases)"
+
+
+ADHERENCE_TITLE = "Text adherence: stated lesion size against the size measured in the image"
+NO_LARGE = "No held-out test case has a lesion this large."
+
+
+def study_markdown(record: dict, figure: str | None = None) -> str:
+    """The study's tables in Markdown (for a document), the plot linked as ``figure`` when given."""
+    parts = [f"# Augmentation study: {record['name']}", _intro(record)]
+    if figure:
+        parts.append(f"![Dice per arm with its 95 % interval]({figure})")
+    for group in record["summary"]:
+        parts += [f"## {group}", _md_table(TABLE_HEADERS, _rows(record["summary"], record["comparisons"], group))]
+    large = record["large_lesion"]
+    parts.append(f"## {_large_title(large)}")
+    parts.append(_md_table(TABLE_HEADERS, _rows(large["summary"], large["comparisons"], "pooled"))
+                 if large["test_cases"] else NO_LARGE)
+    if record.get("adherence"):
+        parts += [f"## {ADHERENCE_TITLE}", _md_table(ADHERENCE_HEADERS, _adherence_rows(record["adherence"]))]
+    return "\n\n".join(parts) + "\n"
+
+
+def study_html(record: dict, figure_png: str | None = None) -> str:
+    """The self-contained study page: the plot, the table per group, the large-lesion table, text adherence.
+    ``figure_png``: the plot (base64 PNG) when already drawn."""
+    figure_png = figure_png or dice_figure(record["summary"])
     parts = [f"<h1>Augmentation study: {html.escape(str(record['name']))}</h1>",
-             f"<p>{len(record['data']['train_cases'])} real training cases, {len(record['data']['test_cases'])} "
-             f"held-out real test cases; intervals: {html.escape(record['ci_method'])}; test: "
-             f"{html.escape(record['test_method'])}.</p>",
-             f"<img alt='Dice per arm' src='data:image/png;base64,{dice_figure(record['summary'])}'>"]
+             f"<p>{html.escape(_intro(record))}</p>",
+             f"<img alt='Dice per arm' src='data:image/png;base64,{figure_png}'>"]
     for group in record["summary"]:
         parts += [f"<h2>{html.escape(group)}</h2>", _table(record["summary"], record["comparisons"], group)]
     large = record["large_lesion"]
-    parts.append(f"<h2>Large lesions ({html.escape(large['class'])} ≥ {large['min_diameter_mm']:g} mm, "
-                 f"{len(large['test_cases'])} test cases)</h2>")
+    parts.append(f"<h2>{html.escape(_large_title(large))}</h2>")
     parts.append(_table(large["summary"], large["comparisons"], "pooled") if large["test_cases"]
-                 else "<p>No held-out test case has a lesion this large.</p>")
+                 else f"<p>{NO_LARGE}</p>")
     adherence = record.get("adherence")
     if adherence:
-        rows = "".join(f"<tr><td>{b['bin_mm'][0]:g}–{b['bin_mm'][1]:g}</td><td>{b['n']}</td><td>"
-                       f"{_p(b['median_abs_error_mm'])}</td><td>{f['n']}</td><td>{_p(f['median_abs_error_mm'])}</td></tr>"
-                       for b, f in zip(adherence["generated"], adherence["real_floor"], strict=True))
-        parts.append("<h2>Text adherence: stated lesion size against the size measured in the image</h2>"
-                     "<table><tr><th>size bin (mm)</th><th>generated n</th><th>median |error| mm</th>"
-                     f"<th>real n</th><th>real floor median |error| mm</th></tr>{rows}</table>")
+        parts += [f"<h2>{ADHERENCE_TITLE}</h2>", _html_table(ADHERENCE_HEADERS, _adherence_rows(adherence))]
     style = "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
     return f"<!doctype html><html><head><meta charset='utf-8'>{style}</head><body>{''.join(parts)}</body></html>"
+
+
+def write_pages(folder: StudyFolder, record: dict) -> None:
+    """DIR/study.html, and DIR/study.md with its plot DIR/study-dice.png, from a study.json record."""
+    figure = dice_figure(record["summary"])
+    with atomic_output(folder.path(FIGURE_FILE)) as tmp:
+        tmp.write_bytes(base64.b64decode(figure))
+    with atomic_output(folder.path("study.md")) as tmp:
+        tmp.write_text(study_markdown(record, FIGURE_FILE))
+    with atomic_output(folder.path("study.html")) as tmp:
+        tmp.write_text(study_html(record, figure))
 
 
 def write_outputs(folder: StudyFolder, spec: StudySpec, runs: list[dict], data: dict, adherence: dict | None,
@@ -160,6 +225,5 @@ def write_outputs(folder: StudyFolder, spec: StudySpec, runs: list[dict], data: 
                              "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
     record = to_json_ready(record)
     write_json(folder.path("study.json"), record)
-    with atomic_output(folder.path("study.html")) as tmp:
-        tmp.write_text(study_html(record))
+    write_pages(folder, record)
     return record

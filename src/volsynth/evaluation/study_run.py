@@ -9,8 +9,8 @@
    score it on the held-out real test cases;
 5. generate the text-guided volumes whose prompt states a lesion size (for text adherence only: they have no label
    map, so no arm trains on them), measure their lesions in the image (``study_adherence``; before step 4 when the
-   spec names the measuring segmentor and it exists) and summarise (``study_report``): DIR/study.json and
-   DIR/study.html.
+   spec names the measuring segmentor and it exists) and summarise (``study_report``): DIR/study.json,
+   DIR/study.html and DIR/study.md.
 
 Arms: ``real`` (the n_real cases), ``real+synthetic xR`` (plus R x n_real synthetic pairs), ``synthetic xR``
 (the synthetic pairs alone), ``balance`` (the real cases plus large-lesion pairs until cases whose largest lesion

@@ -52,7 +52,7 @@ from volsynth.training.runner import run_recipe
 SPEC_FILE, SPLIT_FILE, LOG_FILE = "study.yaml", "split.json", "log.jsonl"
 TRAIN_DATA, GENERATOR, RUNS = "train-data", "generator", "runs"
 SYNTHETIC_INDEX = "synthetic.json"
-OUTPUTS = ("study.json", "study.html")
+OUTPUTS = ("study.json", "study.html", "study.md", "study-dice.png")
 
 
 class StudyRecord:
