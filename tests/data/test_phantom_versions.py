@@ -51,9 +51,10 @@ def _write_v1(kind: str, out: Path) -> list[Path]:
 
 def _image_summary(path: Path) -> dict:
     """Quantiles and 4^3-block means of an image: what a change of the phantoms moves, an ulp does not."""
-    array = read_volume(path).array.astype(np.float64)
+    stored = read_volume(path).array
+    array = stored.astype(np.float64)
     blocks = array.reshape(5, 4, 5, 4, 5, 4).mean(axis=(1, 3, 5))
-    return {"dtype": str(np.asarray(read_volume(path).array).dtype), "shape": list(array.shape),
+    return {"dtype": str(stored.dtype), "shape": list(array.shape),
             "quantiles": np.quantile(array, [0, 0.01, 0.25, 0.5, 0.75, 0.99, 1]).tolist(),
             "std": float(array.std()), "blocks": blocks.ravel().tolist()}
 

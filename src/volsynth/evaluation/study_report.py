@@ -25,6 +25,7 @@ import numpy as np
 
 from volsynth import __version__
 from volsynth.evaluation.figures import _png, _pyplot
+from volsynth.evaluation.report import _table as html_table
 from volsynth.evaluation.report import to_json_ready
 from volsynth.evaluation.study_spec import StudySpec
 from volsynth.evaluation.study_stats import bootstrap_interval, paired_comparison
@@ -119,12 +120,6 @@ def _rows(summary: dict, comparisons: dict, group: str) -> list[list[str]]:
     return rows
 
 
-def _html_table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _md_table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
     def line(cells) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
@@ -133,7 +128,7 @@ def _md_table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> st
 
 
 def _table(summary: dict, comparisons: dict, group: str) -> str:
-    return _html_table(TABLE_HEADERS, _rows(summary, comparisons, group))
+    return html_table(TABLE_HEADERS, _rows(summary, comparisons, group))
 
 
 ADHERENCE_HEADERS = ("size bin (mm)", "generated n", "median |error| mm", "real n", "real floor median |error| mm")
@@ -174,10 +169,9 @@ def study_markdown(record: dict, figure: str | None = None) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def study_html(record: dict, figure_png: str | None = None) -> str:
-    """The self-contained study page: the plot, the table per group, the large-lesion table, text adherence.
-    ``figure_png``: the plot (base64 PNG) when already drawn."""
-    figure_png = figure_png or dice_figure(record["summary"])
+def study_html(record: dict, figure_png: str) -> str:
+    """The self-contained study page: the plot (``figure_png``, base64 from ``dice_figure``), the table per group,
+    the large-lesion table, text adherence."""
     parts = [f"<h1>Augmentation study: {html.escape(str(record['name']))}</h1>",
              f"<p>{html.escape(_intro(record))}</p>",
              f"<img alt='Dice per arm' src='data:image/png;base64,{figure_png}'>"]
@@ -189,7 +183,7 @@ def study_html(record: dict, figure_png: str | None = None) -> str:
                  else f"<p>{NO_LARGE}</p>")
     adherence = record.get("adherence")
     if adherence:
-        parts += [f"<h2>{ADHERENCE_TITLE}</h2>", _html_table(ADHERENCE_HEADERS, _adherence_rows(adherence))]
+        parts += [f"<h2>{ADHERENCE_TITLE}</h2>", html_table(ADHERENCE_HEADERS, _adherence_rows(adherence))]
     style = "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
     return f"<!doctype html><html><head><meta charset='utf-8'>{style}</head><body>{''.join(parts)}</body></html>"
 
