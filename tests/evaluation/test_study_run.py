@@ -26,6 +26,7 @@ from volsynth.evaluation.study_spec import load_study_spec, parse_study
 from volsynth.evaluation.study_stats import bootstrap_interval, paired_comparison
 from volsynth.evaluation.study_units import (
     StudyFolder,
+    StudyRecord,
     edit_mask,
     generate_pair,
     largest_equivalent_diameter_mm,
@@ -392,6 +393,18 @@ def test_a_study_continues_from_its_record_in_a_new_folder(study, tmp_path, real
     with pytest.raises(ConfigError, match="not a folder"):
         run_study(spec, tmp_path / "elsewhere", progress=False, log=lambda m: None, record=not_a_study / "notes.txt")
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_record_keeps_the_spec_in_force_after_a_late_change(tmp_path, real):
+    first = parse_study(yaml.safe_load(study_file(tmp_path / "a.yaml", real).read_text()), "a.yaml")
+    later = parse_study(yaml.safe_load(study_file(tmp_path / "b.yaml", real, seeds=[3]).read_text()), "b.yaml")
+    folder = StudyFolder(tmp_path / "out", log=lambda m: None, record=StudyRecord(tmp_path / "record"))
+    folder.pin_spec(first)
+    folder.pin_spec(later)  # seeds may change: no segmentor has started
+    for root in (tmp_path / "out", tmp_path / "record"):
+        assert yaml.safe_load((root / "study.yaml").read_text())["seeds"] == [3]
+    assert [json.loads(line)["changed"] for line in (tmp_path / "record" / "log.jsonl").read_text().splitlines()] \
+        == [["seeds"]]
 
 
 def test_sizes_are_measured_before_the_segmentors_when_the_study_names_its_segmentor(study, tmp_path, real):

@@ -198,11 +198,11 @@ class StudyFolder:
         """Store the spec on the first run; on a resume, refuse one that changes anything but the summary."""
         self.check_target()
         changes = self.check_spec(spec)
-        if changes:
-            self.finished("spec", {"changed": changes})
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_output(self.path(SPEC_FILE)) as tmp:
             tmp.write_text(yaml.safe_dump({"version": SPEC_VERSION, **spec.to_dict()}, sort_keys=False))
+        if changes:  # logged after the new spec is written, so that a record keeps the spec now in force
+            self.finished("spec", {"changed": changes})
 
     def _late_change(self, change: str) -> bool:
         """Whether a changed key concerns a stage that has not started (its folder is missing or empty)."""
