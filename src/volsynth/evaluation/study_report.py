@@ -131,13 +131,21 @@ def _table(summary: dict, comparisons: dict, group: str) -> str:
     return html_table(TABLE_HEADERS, _rows(summary, comparisons, group))
 
 
-ADHERENCE_HEADERS = ("size bin (mm)", "generated n", "median |error| mm", "real n", "real floor median |error| mm")
+ADHERENCE_HEADERS = ("size (mm)", "generated n", "lesion found", "median |error| mm", "real n",
+                     "real floor median |error| mm")
+
+
+def _bin_label(edges: list[float], first: bool, last: bool) -> str:
+    """A size bin as a reader says it: "< 15", "15–30", "≥ 30"."""
+    lo, hi = edges
+    return f"< {hi:g}" if first and lo == 0 else f"≥ {lo:g}" if last else f"{lo:g}–{hi:g}"
 
 
 def _adherence_rows(adherence: dict) -> list[list[str]]:
-    pairs = zip(adherence["generated"], adherence["real_floor"], strict=True)
-    return [[f"{b['bin_mm'][0]:g}–{b['bin_mm'][1]:g}", str(b["n"]), _p(b["median_abs_error_mm"]), str(f["n"]),
-             _p(f["median_abs_error_mm"])] for b, f in pairs]
+    pairs = list(zip(adherence["generated"], adherence["real_floor"], strict=True))
+    return [[_bin_label(b["bin_mm"], i == 0, i == len(pairs) - 1), str(b["n"]),
+             "–" if b["detected"] is None else f"{b['detected']:.0%}", _p(b["median_abs_error_mm"]), str(f["n"]),
+             _p(f["median_abs_error_mm"])] for i, (b, f) in enumerate(pairs)]
 
 
 def _intro(record: dict) -> str:

@@ -11,7 +11,8 @@ seed) and the same test cases.
   over the test cases, of each case's difference of the two arms averaged over the runs. Test cases are
   independent draws; runs of one case are not, so they are averaged rather than counted as pairs.
 - ``p_bootstrap``: twice the share of paired bootstrap replicates of the difference on the far side of 0 (the
-  interval inverted), given beside it.
+  interval inverted), given beside it; counted as (k + 1) / (B + 1) of B replicates, so it is never 0: with B
+  replicates it cannot go below 2 / (B + 1).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def bootstrap_interval(values: np.ndarray, replicates: int = 2000, confidence: f
     result = {"mean": float(np.nanmean(values)), "ci": [float(lo), float(hi)],
               "n_cases": int(finite.any(axis=0).sum())}
     if baseline is not None:
-        result["p_bootstrap"] = float(min(1.0, 2.0 * min(np.mean(means <= 0), np.mean(means >= 0))))
+        beyond = min(int(np.sum(means <= 0)), int(np.sum(means >= 0)))
+        result["p_bootstrap"] = float(min(1.0, 2.0 * (beyond + 1) / (len(means) + 1)))
     return result
 
 
