@@ -40,16 +40,19 @@ def convert(
     label: bool = typer.Option(False, "--label", help="Treat it as a label map (a DICOM SEG always is one)."),
     modality: str = typer.Option(None, help="Modality to record (CT, MR) when the input does not say."),
     compression: str = typer.Option(None, help="DICOM pixel compression: jpeg2000."),
+    series: str = typer.Option(None, "--series", help="SeriesInstanceUID to read, when the DICOM folder holds "
+                               "several (the error for such a folder lists them)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
 ) -> None:
     """Convert a volume between NIfTI, NRRD, MHA and DICOM, keeping its geometry."""
     from volsynth.io import read_label, read_volume, seg_file, write_volume
 
     modality = modality.upper() if modality else None
-    obj = read_label(source) if label or seg_file(source) else read_volume(source, modality=modality)
+    obj = (read_label(source, series=series) if label or (series is None and seg_file(source))
+           else read_volume(source, modality=modality, series=series))
     write_volume(obj, target, overwrite=overwrite, compression=compression)
-    console.print(f"wrote {target}  shape {obj.shape}  spacing {[round(s, 4) for s in obj.spacing]} mm  "
-                  f"orientation {obj.orientation}")
+    console.print(f"wrote {target}  shape {obj.shape}  spacing {' x '.join(f'{s:.4g}' for s in obj.spacing)} mm  "
+                  f"orientation {obj.orientation}", markup=False)
 
 
 @app.command()
@@ -119,9 +122,9 @@ def prepare(
             partial_labels=partial_labels.split(",") if partial_labels else None)
     plan = prepare_dataset(dataset, out, options, label_spec=labels, workers=workers, progress=progress,
                            overwrite=overwrite)
-    console.print(f"wrote {out}: spacing {[round(s, 3) for s in plan.spacing]} mm, size {plan.size}, "
+    console.print(f"wrote {out}: spacing {' x '.join(f'{s:.4g}' for s in plan.spacing)} mm, size {plan.size}, "
                   f"labels {plan.labels}, normalisation "
-                  f"{[(n.scheme, [round(w, 1) for w in n.window]) for n in plan.normalization]}")
+                  f"{[(n.scheme, [round(float(w), 1) for w in n.window]) for n in plan.normalization]}", markup=False)
 
 
 @app.command()

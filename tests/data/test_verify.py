@@ -179,6 +179,15 @@ def test_each_problem_exits_2_naming_the_file(nnunet_dataset, breaker, capsys):
     assert any(expected in line for line in matching), matching
 
 
+def test_labels_stored_as_near_whole_floats_are_read_as_labels(nnunet_dataset):
+    array, affine = _load(_label(nnunet_dataset))
+    ids = sorted(int(v) for v in np.unique(array) if v)
+    scaled = array.astype(np.float32)
+    scaled[array == ids[0]] = ids[0] - 1e-6  # as an exporter's scaling arithmetic leaves them
+    _save(_label(nnunet_dataset), scaled, affine)
+    assert verify_dataset(nnunet_dataset) == []
+
+
 def test_msd_duplicate_case_id(msd_dataset):
     meta = json.loads((msd_dataset / "dataset.json").read_text())
     meta["training"].append(meta["training"][0])

@@ -1,3 +1,4 @@
+import copy
 import gzip
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import make_case, oblique_direction
+from volsynth.cli import main
 from volsynth.errors import ReadError, WriteError
 from volsynth.io import LabelMap, Volume, make_affine, read_label, read_volume, write_volume
 from volsynth.io.dicom import SYNTHETIC_MARK
@@ -153,3 +155,89 @@ def test_scaled_nifti_integers_are_read_as_float32_values(tmp_path):
     volume = read_volume(tmp_path / "ct.nii.gz")
     assert volume.array.dtype == np.float32
     np.testing.assert_array_equal(volume.array, stored.astype(np.float32) - 1024.0)
+
+
+def test_a_folder_of_several_series_names_them_and_one_is_picked(tmp_path):
+    image, _ = make_case(shape=(12, 10, 4))
+    image = image.with_array(np.rint(image.array))
+    flat = tmp_path / "export"
+    flat.mkdir()
+    uids = {}
+    for name, volume in (("arterial", image), ("venous", image.with_array(image.array + 100))):
+        write_volume(volume, tmp_path / name, description=name)
+        for path in sorted((tmp_path / name).glob("*.dcm")):
+            uids[name] = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+            path.rename(flat / f"{name}_{path.name}")  # a study exported flat: every series in one folder
+    with pytest.raises(ReadError, match="holds 2 DICOM series") as info:
+        read_volume(flat)
+    assert f"{uids['venous']} (CT, venous, 4 file(s))" in str(info.value) and "--series" in str(info.value)
+    _physically_equal(read_volume(flat, series=uids["venous"]), image.with_array(image.array + 100))
+    assert main(["convert", str(flat), str(tmp_path / "venous.nii.gz"), "--series", uids["venous"]]) == 0
+    _physically_equal(read_volume(tmp_path / "venous.nii.gz"), image.with_array(image.array + 100))
+    with pytest.raises(ReadError, match="not one"):  # a series UID for a single file is a mistake, not ignored
+        read_volume(write_volume(image, tmp_path / "a.nii.gz"), series=uids["venous"])
+
+
+def test_a_folder_above_the_series_says_where_they_are(tmp_path):
+    image, _ = make_case(shape=(12, 10, 4))
+    write_volume(image.with_array(np.rint(image.array)), tmp_path / "patient" / "study" / "series1")
+    (tmp_path / "patient" / "notes.txt").write_text("not DICOM")
+    with pytest.raises(ReadError, match=r"no DICOM series in this folder itself; 1 folder\(s\) below it hold one: "
+                                        r"study/series1"):
+        read_volume(tmp_path / "patient")
+
+
+def _enhanced_from_series(series: Path, path: Path, order: list[int]) -> Path:
+    """An Enhanced CT file (one file, one frame a slice) holding a classic series' slices in ``order``: positions
+    per frame, orientation and pixel spacing shared, each frame with a rescale of its own."""
+    slices = [pydicom.dcmread(f) for f in sorted(series.glob("*.dcm"))]
+    ds = copy.deepcopy(slices[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT
+    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope",
+                "RescaleIntercept"):
+        delattr(ds, tag)
+    shared, measures, plane = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+    measures.PixelSpacing, plane.ImageOrientationPatient = slices[0].PixelSpacing, slices[0].ImageOrientationPatient
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [plane]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames, pixels = [], []
+    for n, index in enumerate(order):
+        hu = slices[index].pixel_array * float(slices[index].RescaleSlope) + float(slices[index].RescaleIntercept)
+        slope, intercept = (1.0, -4096.0) if n % 2 else (2.0, -8192.0)
+        pixels.append(np.round((hu - intercept) / slope).astype(np.uint16))
+        frame, position, transform = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+        position.ImagePositionPatient = slices[index].ImagePositionPatient
+        transform.RescaleSlope, transform.RescaleIntercept = slope, intercept
+        frame.PlanePositionSequence, frame.PixelValueTransformationSequence = [position], [transform]
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence, ds.NumberOfFrames = frames, len(frames)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.stack(pixels).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_an_enhanced_multiframe_file_reads_like_its_classic_series(tmp_path):
+    image, _ = make_case(shape=(12, 10, 5), direction=oblique_direction(20))
+    image = image.with_array(np.rint(image.array) * 2)  # even HU: exact under a rescale slope of 2
+    series = write_volume(image, tmp_path / "series")
+    enhanced = _enhanced_from_series(series, tmp_path / "enhanced.dcm", order=[3, 0, 4, 1, 2])
+    classic = read_volume(series)
+    _physically_equal(read_volume(enhanced), classic)
+    (tmp_path / "folder").mkdir()
+    enhanced.rename(tmp_path / "folder" / "IM0001")  # as a scanner exports it: one file, no suffix, in a folder
+    from_folder = read_volume(tmp_path / "folder")
+    _physically_equal(from_folder, classic)
+    assert from_folder.modality == "CT"
+    twice = _enhanced_from_series(series, tmp_path / "twice.dcm", order=[0, 1, 1, 2, 3])  # two frames at one place
+    with pytest.raises(ReadError, match="two slices at one position"):
+        read_volume(twice)
+    for damage, message in ((lambda d: delattr(d, "Rows"), "malformed multi-frame DICOM header"),
+                            (lambda d: setattr(d, "NumberOfFrames", 9), "NumberOfFrames is 9 but 5"),
+                            (lambda d: delattr(d.PerFrameFunctionalGroupsSequence[1], "PlanePositionSequence"),
+                             "frame 2 has no ImagePositionPatient")):
+        damaged = pydicom.dcmread(twice)
+        damage(damaged)
+        damaged.save_as(tmp_path / "damaged.dcm")
+        with pytest.raises(ReadError, match=f"damaged.dcm: {message}"):
+            read_volume(tmp_path / "damaged.dcm")

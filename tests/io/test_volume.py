@@ -30,10 +30,15 @@ def test_reorientation_is_exact_and_keeps_world_positions():
 
 
 def test_label_map_rejects_fractional_values():
-    with pytest.raises(GeometryError, match="non-integer"):
+    with pytest.raises(GeometryError, match=r"1 voxel\(s\) that are not whole numbers \(e.g. 1.5\)"):
         LabelMap(np.array([[[0.0, 1.5]]]), np.eye(4))
+    with pytest.raises(GeometryError, match=r"e.g. nan"):
+        LabelMap(np.array([[[0.0, np.nan]]]), np.eye(4))
     labels = LabelMap(np.array([[[0.0, 2.0]]]), np.eye(4))
     assert labels.array.dtype == np.uint8 and labels.present() == [2]
+    # ids stored as floats through scaling arithmetic (as some exporters write them) are the whole numbers they mean
+    scaled = LabelMap(np.array([[[0.0, 0.9999999, 4.0000005, 299.99997]]], dtype=np.float32), np.eye(4))
+    assert scaled.present() == [1, 4, 300] and scaled.array.dtype == np.int32
 
 
 def test_orthogonality_error_detects_shear():

@@ -11,7 +11,7 @@ import numpy as np
 from volsynth.data.dataset import Case, load_dataset
 from volsynth.errors import VolsynthError
 from volsynth.io.formats import read_array
-from volsynth.io.volume import orthogonality_error, spacing_of
+from volsynth.io.volume import LABEL_TOLERANCE, orthogonality_error, spacing_of
 from volsynth.parallel import map_progress
 
 AFFINE_TOLERANCE_MM = 1e-3  # largest allowed |difference| between image and label affine entries
@@ -105,8 +105,11 @@ def _label_value_problems(path: Path, array: np.ndarray, label_ids: frozenset[in
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
             return [Problem(str(path), "label map has NaN/Inf values", case_id)]
-        if not np.array_equal(np.rint(array), array):
-            return [Problem(str(path), "labels are not integer (fractional values found)", case_id)]
+        off = np.abs(array - np.rint(array)) > LABEL_TOLERANCE  # as LabelMap reads it: 0.9999999 is label 1
+        if off.any():
+            return [Problem(str(path), f"labels are not integer ({int(off.sum())} voxel(s) with fractional values, "
+                            f"e.g. {array[off].flat[0]:g})", case_id)]
+        array = np.rint(array)
     values = {int(v) for v in np.unique(array)}
     unknown = sorted(values - set(label_ids))
     problems = []

@@ -4,6 +4,7 @@ syntaxes read), write one file per slice with pydicom, geometry taken from the a
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -69,23 +70,27 @@ def arrays_to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.ndarray, np.ndarray, str | None]:
     """Read one DICOM series from a folder; returns (array, RAS affine, modality)."""
     reader = sitk.ImageSeriesReader()
-    ids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    ids = series_ids(reader, folder)
     if not ids:
+        below = series_folders(folder)
+        if below:
+            shown = ", ".join(str(p.relative_to(folder)) for p in below[:5]) + (", ..." if len(below) > 5 else "")
+            raise ReadError(folder, f"no DICOM series in this folder itself; {len(below)} folder(s) below it hold "
+                            f"one: {shown}", "give the folder of one series")
         raise ReadError(folder, "no DICOM series found in folder")
     if series_uid is None:
         if len(ids) > 1:
-            raise ReadError(folder, f"folder holds {len(ids)} DICOM series: {', '.join(ids)}",
-                            "pass the SeriesInstanceUID to read")
+            described = "; ".join(describe_series(folder, uid, reader) for uid in ids)
+            raise ReadError(folder, f"folder holds {len(ids)} DICOM series: {described}",
+                            f"convert one of them: volsynth convert {folder} OUT.nii.gz --series UID")
         series_uid = ids[0]
     elif series_uid not in ids:
         raise ReadError(folder, f"series {series_uid} not found", f"series here: {', '.join(ids)}")
     files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    if len(files) == 1 and is_multiframe(Path(files[0])):
+        return read_multiframe(Path(files[0]))
     headers = [_header(Path(f)) for f in files]
-    # in order along the normal of the image plane (GDCM's own order is not that for a tilted stack)
-    orientation = _floats(headers[0], "ImageOrientationPatient", 6, files[0])
-    normal = np.cross(orientation[:3], orientation[3:])
-    order = sorted(range(len(files)), key=lambda i: float(normal @ _floats(headers[i], "ImagePositionPatient", 3,
-                                                                            files[i])))
+    order = _stack_order(files, headers)  # GDCM's own order is not that for a tilted stack
     files, headers = [files[i] for i in order], [headers[i] for i in order]
     positions = slice_positions(folder, files, headers)
     reader.SetFileNames(files)
@@ -101,6 +106,137 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.n
         affine[:3, 3] = _LPS @ positions[0]
     modality = str(headers[0].get("Modality", "")) or None
     return array, affine, modality
+
+
+def series_ids(reader: sitk.ImageSeriesReader, folder: Path) -> list[str]:
+    """The SeriesInstanceUIDs of the DICOM files directly in ``folder`` (ITK's warning for a folder without one is
+    kept off the terminal: the caller says it in its own words)."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return list(reader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def describe_series(folder: Path, series_uid: str, reader: sitk.ImageSeriesReader) -> str:
+    """One series of a folder, for a person choosing among several: UID (modality, description, slice count)."""
+    files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    try:
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        about = [str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or "")]
+    except Exception:  # an unreadable first file: the UID and count still help
+        about = []
+    return f"{series_uid} ({', '.join([*(a for a in about if a), f'{len(files)} file(s)'])})"
+
+
+def series_folders(root: Path, limit: int = 2000) -> list[Path]:
+    """Folders below ``root`` that hold a DICOM series themselves, in sorted order (at most ``limit`` folders are
+    looked at, so that a huge tree does not stall an error message)."""
+    reader, found, looked = sitk.ImageSeriesReader(), [], 0
+    for current, dirs, files in os.walk(root):
+        dirs.sort()
+        if Path(current) == root or not files:
+            continue
+        looked += 1
+        if looked > limit:
+            break
+        if series_ids(reader, Path(current)):
+            found.append(Path(current))
+    return found
+
+
+def _stack_order(names: list[str], headers: list[pydicom.Dataset]) -> list[int]:
+    """Indices of the slices in order along the normal of the (first slice's) image plane."""
+    orientation = _floats(headers[0], "ImageOrientationPatient", 6, names[0])
+    normal = np.cross(orientation[:3], orientation[3:])
+    return sorted(range(len(names)),
+                  key=lambda i: float(normal @ _floats(headers[i], "ImagePositionPatient", 3, names[i])))
+
+
+def is_multiframe(path: Path) -> bool:
+    """Whether a file is a multi-frame DICOM image (Enhanced CT/MR and the like: one file, many slices)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["NumberOfFrames",
+                                                                           "PerFrameFunctionalGroupsSequence"])
+    except Exception:  # not DICOM, or damaged: the series reader says so in its own words
+        return False
+    return int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _frame_attribute(ds: pydicom.Dataset, index: int, sequence: str, tag: str):
+    """A functional-group attribute of one frame: its per-frame group first, then the shared one (None if absent)."""
+    groups = [ds.PerFrameFunctionalGroupsSequence[index]]
+    if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
+        groups.append(ds.SharedFunctionalGroupsSequence[0])
+    for group in groups:
+        items = group.get(sequence)
+        if items and tag in items[0]:
+            return items[0].get(tag)
+    return ds.get(tag)  # some writers keep it at the top level as well
+
+
+def read_multiframe(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Read a multi-frame DICOM image (Enhanced CT/MR): each frame's position, orientation, pixel spacing and
+    rescale from its functional groups; frames stacked along the normal of the image plane and checked as a
+    series' slices are (one orientation, no two at one position, even steps)."""
+    try:
+        return _read_multiframe(path)
+    except ReadError:
+        raise
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:  # a tag missing or malformed
+        raise ReadError(path, f"malformed multi-frame DICOM header ({_first_line(exc)})",
+                        "re-export the image, or convert it to NIfTI") from exc
+
+
+def _read_multiframe(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+    try:
+        ds = pydicom.dcmread(path)
+        frames = len(ds.PerFrameFunctionalGroupsSequence)
+    except Exception as exc:  # pydicom raises many types for a damaged file
+        raise ReadError(path, f"unreadable DICOM file ({_first_line(exc)})") from exc
+    if frames != int(ds.NumberOfFrames):
+        raise ReadError(path, f"NumberOfFrames is {ds.NumberOfFrames} but {frames} per-frame groups are given")
+    names, headers, rescale = [], [], []
+    for index in range(frames):
+        header = pydicom.Dataset()
+        for sequence, tag in (("PlanePositionSequence", "ImagePositionPatient"),
+                              ("PlaneOrientationSequence", "ImageOrientationPatient"),
+                              ("PixelMeasuresSequence", "PixelSpacing")):
+            value = _frame_attribute(ds, index, sequence, tag)
+            if value in (None, "", []):
+                raise ReadError(path, f"frame {index + 1} has no {tag}: its geometry is unknown",
+                                "re-export the image with its geometry")
+            setattr(header, tag, value)
+        header.Rows, header.Columns = ds.Rows, ds.Columns
+        names.append(f"{path} (frame {index + 1})")
+        headers.append(header)
+        slope = _frame_attribute(ds, index, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _frame_attribute(ds, index, "PixelValueTransformationSequence", "RescaleIntercept")
+        rescale.append((float(1.0 if slope in (None, "") else slope),
+                        float(0.0 if intercept in (None, "") else intercept)))
+    order = _stack_order(names, headers)
+    names, headers, rescale = [names[i] for i in order], [headers[i] for i in order], [rescale[i] for i in order]
+    positions = slice_positions(path, names, headers)
+    try:
+        pixels = np.asarray(ds.pixel_array)
+    except Exception as exc:
+        raise ReadError(path, f"cannot decode the frames' pixel data ({_first_line(exc)})",
+                        "convert the file to an uncompressed transfer syntax, or to NIfTI") from exc
+    if pixels.shape != (frames, ds.Rows, ds.Columns):
+        raise ReadError(path, f"pixel data of shape {pixels.shape} for {frames} frames of {ds.Rows}x{ds.Columns}",
+                        "one grey value per pixel is read (not colour)")
+    array = np.stack([pixels[i].T.astype(np.float32) * slope + intercept
+                      for i, (slope, intercept) in zip(order, rescale, strict=True)], axis=2)
+    orientation = _floats(headers[0], "ImageOrientationPatient", 6, names[0])
+    row_spacing, column_spacing = _floats(headers[0], "PixelSpacing", 2, names[0])
+    affine = np.eye(4)
+    affine[:3, 0] = _LPS @ (orientation[:3] * column_spacing)
+    affine[:3, 1] = _LPS @ (orientation[3:] * row_spacing)
+    affine[:3, 2] = _LPS @ (((positions[-1] - positions[0]) / (frames - 1)) if frames > 1
+                            else np.cross(orientation[:3], orientation[3:]))
+    affine[:3, 3] = _LPS @ positions[0]
+    return array, affine, str(ds.get("Modality", "")) or None
 
 
 GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")

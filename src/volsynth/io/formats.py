@@ -17,7 +17,15 @@ import SimpleITK as sitk
 
 from volsynth.errors import GeometryError, ReadError, VolsynthError, WriteError
 from volsynth.io.atomic import atomic_output
-from volsynth.io.dicom import SERIES_SLICE, arrays_to_sitk, read_dicom_series, sitk_to_arrays, write_dicom_series
+from volsynth.io.dicom import (
+    SERIES_SLICE,
+    arrays_to_sitk,
+    is_multiframe,
+    read_dicom_series,
+    read_multiframe,
+    sitk_to_arrays,
+    write_dicom_series,
+)
 from volsynth.io.dicom_seg import read_dicom_seg, seg_file
 from volsynth.io.volume import LabelMap, Volume, spacing_of
 
@@ -42,24 +50,31 @@ def format_of(path: str | Path) -> str:
                     "use .nii.gz, .nii, .nrrd, .mha, .mhd, a DICOM folder or a DICOM SEG .dcm file")
 
 
-def read_array(path: str | Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+def read_array(path: str | Path, series: str | None = None) -> tuple[np.ndarray, np.ndarray, str | None]:
     """Read any supported file into (array in (i, j, k[, c]) order, RAS affine, modality or None).
 
-    The array keeps its dimensionality (2D and 4D are returned as they are, for ``verify`` to report).
+    The array keeps its dimensionality (2D and 4D are returned as they are, for ``verify`` to report). ``series``
+    picks one SeriesInstanceUID of a DICOM folder that holds several.
     """
     path = Path(path)
     if not path.exists():
         raise ReadError(path, "file not found")
     fmt = format_of(path)
+    if series is not None and (fmt != "dicom" or not path.is_dir()):
+        raise ReadError(path, "a series UID picks a series of a DICOM folder; this is not one",
+                        "leave the series out for a single file")
     if fmt == "dicom":
         if seg_file(path) is not None:
             label = read_dicom_seg(path)
             check_affine(path, label.affine)
             return label.array, label.affine, "SEG"
         if not path.is_dir():
-            raise ReadError(path, "a DICOM series must be given as a folder (a single .dcm file is read only "
-                            "when it is a DICOM SEG)")
-        array, affine, modality = read_dicom_series(path)
+            if not is_multiframe(path):
+                raise ReadError(path, "a DICOM series must be given as a folder (a single .dcm file is read only "
+                                "when it is a DICOM SEG or a multi-frame image)")
+            array, affine, modality = read_multiframe(path)
+        else:
+            array, affine, modality = read_dicom_series(path, series)
         check_affine(path, affine)
         return array, affine, modality
     if fmt == "nifti":
@@ -187,10 +202,10 @@ def _require_3d(path: Path, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def read_volume(path: str | Path, modality: str | None = None) -> Volume:
-    """Read a 3D intensity image (any supported format) as a ``Volume``."""
+def read_volume(path: str | Path, modality: str | None = None, series: str | None = None) -> Volume:
+    """Read a 3D intensity image (any supported format) as a ``Volume``; ``series`` as ``read_array``."""
     path = Path(path)
-    array, affine, found_modality = read_array(path)
+    array, affine, found_modality = read_array(path, series)
     array = _require_3d(path, array)
     try:
         return Volume(array.astype(np.float32, copy=False), affine, modality=modality or found_modality)
@@ -198,12 +213,13 @@ def read_volume(path: str | Path, modality: str | None = None) -> Volume:
         raise type(exc)(path, exc.problem, exc.hint) from exc
 
 
-def read_label(path: str | Path, labels: dict[str, int] | None = None) -> LabelMap:
-    """Read a 3D integer label map (any supported format) as a ``LabelMap``; a DICOM SEG names its own classes."""
+def read_label(path: str | Path, labels: dict[str, int] | None = None, series: str | None = None) -> LabelMap:
+    """Read a 3D integer label map (any supported format) as a ``LabelMap``; a DICOM SEG names its own classes;
+    ``series`` as ``read_array``."""
     path = Path(path)
-    if path.exists() and seg_file(path) is not None:
+    if path.exists() and seg_file(path) is not None and series is None:
         return read_dicom_seg(path)
-    array, affine, _ = read_array(path)
+    array, affine, _ = read_array(path, series)
     array = _require_3d(path, array)
     try:
         return LabelMap(array, affine, labels=labels)

@@ -116,6 +116,9 @@ class Volume(_Spatial):
         object.__setattr__(self, "array", array)
 
 
+LABEL_TOLERANCE = 1e-3  # label ids stored as floats through scaling arithmetic (0.9999999 is label 1)
+
+
 @dataclass(frozen=True, eq=False)
 class LabelMap(_Spatial):
     """An integer label map (0 = background) with its affine; never linearly interpolated."""
@@ -127,8 +130,12 @@ class LabelMap(_Spatial):
         array = np.asarray(self.array)
         if not np.issubdtype(array.dtype, np.integer):
             rounded = np.rint(array)
-            if not np.array_equal(rounded, array):
-                raise GeometryError(None, "label map has non-integer values", "labels must be whole numbers")
+            off = ~(np.abs(array - rounded) <= LABEL_TOLERANCE)  # NaN counts as off
+            if off.any():
+                example = array[off].flat[0]
+                raise GeometryError(None, f"label map has {int(off.sum())} voxel(s) that are not whole numbers (e.g. "
+                                    f"{example:g})", "labels must be whole numbers: is this an image rather than a "
+                                    "label map, or was it resampled with linear interpolation?")
             array = rounded.astype(np.int32 if rounded.min(initial=0) < 0 or rounded.max(initial=0) > 255
                                    else np.uint8)
         object.__setattr__(self, "array", array)
