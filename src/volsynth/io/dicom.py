@@ -4,7 +4,6 @@ syntaxes read), write one file per slice with pydicom, geometry taken from the a
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from pydicom.uid import (
 )
 
 from volsynth.errors import GeometryError, ReadError, WriteError
+from volsynth.io.dicom_folders import describe_series, series_folders, series_ids
 from volsynth.io.volume import LabelMap, Volume, direction_of, spacing_of
 
 _LPS = np.diag([-1.0, -1.0, 1.0])
@@ -106,44 +106,6 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.n
         affine[:3, 3] = _LPS @ positions[0]
     modality = str(headers[0].get("Modality", "")) or None
     return array, affine, modality
-
-
-def series_ids(reader: sitk.ImageSeriesReader, folder: Path) -> list[str]:
-    """The SeriesInstanceUIDs of the DICOM files directly in ``folder`` (ITK's warning for a folder without one is
-    kept off the terminal: the caller says it in its own words)."""
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        return list(reader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
-def describe_series(folder: Path, series_uid: str, reader: sitk.ImageSeriesReader) -> str:
-    """One series of a folder, for a person choosing among several: UID (modality, description, slice count)."""
-    files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
-    try:
-        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
-        about = [str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or "")]
-    except Exception:  # an unreadable first file: the UID and count still help
-        about = []
-    return f"{series_uid} ({', '.join([*(a for a in about if a), f'{len(files)} file(s)'])})"
-
-
-def series_folders(root: Path, limit: int = 2000) -> list[Path]:
-    """Folders below ``root`` that hold a DICOM series themselves, in sorted order (at most ``limit`` folders are
-    looked at, so that a huge tree does not stall an error message)."""
-    reader, found, looked = sitk.ImageSeriesReader(), [], 0
-    for current, dirs, files in os.walk(root):
-        dirs.sort()
-        if Path(current) == root or not files:
-            continue
-        looked += 1
-        if looked > limit:
-            break
-        if series_ids(reader, Path(current)):
-            found.append(Path(current))
-    return found
 
 
 def _stack_order(names: list[str], headers: list[pydicom.Dataset]) -> list[int]:
