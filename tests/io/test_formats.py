@@ -2,6 +2,7 @@ import copy
 import gzip
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -106,7 +107,6 @@ def test_truncated_gzip_is_a_clear_error(tmp_path):
 
 
 def test_not_3d_and_missing_and_unknown_suffix(tmp_path):
-    import nibabel as nib
 
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)), tmp_path / "four.nii.gz")
     with pytest.raises(ReadError, match="3D"):
@@ -146,7 +146,6 @@ def test_dicom_folder_not_overwritten_without_permission(tmp_path):
 
 
 def test_scaled_nifti_integers_are_read_as_float32_values(tmp_path):
-    import nibabel as nib
 
     stored = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6) * 100
     image = nib.Nifti1Image(stored, np.eye(4))
@@ -241,3 +240,15 @@ def test_an_enhanced_multiframe_file_reads_like_its_classic_series(tmp_path):
         damaged.save_as(tmp_path / "damaged.dcm")
         with pytest.raises(ReadError, match=f"damaged.dcm: {message}"):
             read_volume(tmp_path / "damaged.dcm")
+
+
+@pytest.mark.parametrize("unit, scale", [("micron", 1000.0), ("meter", 0.001), ("unknown", 1.0)])
+def test_nifti_spatial_units_are_read_as_millimetres(tmp_path, unit, scale):
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-100.0, 20.0, 35.0]
+    stored = affine.copy()
+    stored[:3, :] *= scale
+    image = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), stored)
+    image.header.set_xyzt_units(unit)
+    nib.save(image, tmp_path / "units.nii.gz")
+    np.testing.assert_allclose(read_volume(tmp_path / "units.nii.gz").affine, affine, atol=1e-5)

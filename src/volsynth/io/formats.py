@@ -163,7 +163,13 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ReadError(path, f"voxels of type {image.header.get_data_dtype()} (datatype "
                         f"{int(image.header['datatype'])}) are not scalar intensities or labels",
                         "convert the image to a scalar integer or float type")
-    return array, np.asarray(image.affine, dtype=np.float64)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    # world coordinates in the header's spatial unit (as ITK reads them): metres and micrometres to millimetres
+    affine[:3, :] *= UNIT_TO_MM.get(image.header.get_xyzt_units()[0], 1.0)
+    return array, affine
+
+
+UNIT_TO_MM = {"meter": 1000.0, "micron": 0.001}  # NIfTI xyz units other than mm ("unknown" is taken as mm)
 
 
 def _check_data_size(path: Path, image) -> None:
