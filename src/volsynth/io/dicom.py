@@ -121,9 +121,9 @@ def is_multiframe(path: Path) -> bool:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["NumberOfFrames",
                                                                            "PerFrameFunctionalGroupsSequence"])
-    except Exception:  # not DICOM, or damaged: the series reader says so in its own words
+        return "PerFrameFunctionalGroupsSequence" in ds and int(ds.get("NumberOfFrames", 1) or 1) > 1
+    except Exception:  # not DICOM, or damaged: the reader that follows says so in its own words
         return False
-    return int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds
 
 
 def _frame_attribute(ds: pydicom.Dataset, index: int, sequence: str, tag: str):
