@@ -85,7 +85,7 @@ def dice_figure(summary: dict, group: str = "pooled") -> str:
         high = [e["ci"][1] - m if e["mean"] is not None else 0 for m, e in zip(means, entries, strict=True)]
         ax.errorbar(range(len(arms)), means, yerr=[low, high], fmt="o", capsize=4)
         ax.set_xticks(range(len(arms)), arms, rotation=45, ha="right", fontsize=8)
-        ax.set_title(name)
+        ax.set_title(f"{name} ({'all runs' if group == 'pooled' else group})")
         ax.set_ylim(0, 1)
         ax.set_ylabel("Dice")
     fig.tight_layout()
