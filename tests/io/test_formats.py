@@ -184,6 +184,12 @@ def test_a_folder_above_the_series_says_where_they_are(tmp_path):
     with pytest.raises(ReadError, match=r"no DICOM series in this folder itself; 1 folder\(s\) below it hold one: "
                                         r"study/series1"):
         read_volume(tmp_path / "patient")
+    masks = tmp_path / "segmentations"  # one mask per class, as TotalSegmentator writes by default
+    for name in ("liver", "spleen", "kidney_left", "kidney_right"):
+        write_volume(LabelMap((image.array > 0).astype(np.uint8), image.affine), masks / f"{name}.nii.gz")
+    with pytest.raises(ReadError, match=r"a folder of 4 volume file\(s\) \(kidney_left.nii.gz, kidney_right.nii.gz, "
+                                        r"liver.nii.gz, ...\), not a DICOM series .*--ml"):
+        read_label(masks)
 
 
 def _enhanced_from_series(series: Path, path: Path, order: list[int]) -> Path:

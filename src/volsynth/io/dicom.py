@@ -77,6 +77,12 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.n
             shown = ", ".join(str(p.relative_to(folder)) for p in below[:5]) + (", ..." if len(below) > 5 else "")
             raise ReadError(folder, f"no DICOM series in this folder itself; {len(below)} folder(s) below it hold "
                             f"one: {shown}", "give the folder of one series")
+        volumes = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES))
+        if volumes:
+            raise ReadError(folder, f"a folder of {len(volumes)} volume file(s) ({', '.join(volumes[:3])}"
+                            f"{', ...' if len(volumes) > 3 else ''}), not a DICOM series",
+                            "give one file; for one mask per class (TotalSegmentator's default output), write a "
+                            "single multi-label file instead (TotalSegmentator --ml)")
         raise ReadError(folder, "no DICOM series found in folder")
     if series_uid is None:
         if len(ids) > 1:
@@ -201,6 +207,7 @@ def _read_multiframe(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     return array, affine, str(ds.get("Modality", "")) or None
 
 
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # files read one by one, not as a series
 GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 SPACING_TOLERANCE = 0.01  # relative deviation of a slice step from the mean step, and mm of position noise
 
