@@ -94,6 +94,20 @@ def test_mask_labels_mapping_and_errors(pipe, mask):
         pipe.prepare_mask(LabelMap(np.zeros((8, 8, 8), np.uint8), np.eye(4)))
 
 
+def test_a_mask_that_names_its_classes_maps_by_name(pipe, mask):
+    model = pipe.plan.labels
+    assert {"liver", "tumour"} <= set(model)  # the tiny model's classes
+    ids = np.where(mask.array == 1, 7, np.where(mask.array == 2, 3, 0))  # another tool's ids: 3 is not the model's 3
+    named = LabelMap(ids, mask.affine, labels={"background": 0, "Liver": 7, "tumour": 3, "Gallbladder": 12})
+    mapped, _, _, given, _ = pipe.prepare_mask(named)  # a named class the model lacks (and absent) is left out
+    assert given == ["liver", "tumour"]  # tumour named: known, even where absent
+    np.testing.assert_array_equal(mapped.array, np.where(ids == 7, model["liver"], np.where(ids == 3, model["tumour"],
+                                                                                             0)))
+    strangers = LabelMap(mask.array, mask.affine, labels={"spleen": 1, "stomach": 2})  # the model's ids, other names
+    with pytest.raises(VolsynthError, match=r"names its classes \(spleen=1, stomach=2\) and none is a model class"):
+        pipe.prepare_mask(strangers)
+
+
 def test_far_geometry_warns(pipe, mask):
     coarse = LabelMap(mask.array, mask.affine @ np.diag([4.0, 4.0, 4.0, 1.0]))
     with pytest.warns(MaskWarning, match="spacing"):

@@ -347,14 +347,9 @@ def generate_pair(folder: StudyFolder, pipeline: Pipeline, set_name: str, pair_i
     sidecar = out / f"{pair_id}.json"
     if sidecar.is_file():
         return sidecar
-    mask_labels = None
-    if mask is not None and mask.labels:  # by class name; classes the generator does not make are left out
-        model = pipeline.plan.labels
-        mask_labels = {name: [int(i)] for name, i in mask.labels.items() if name in model and int(i) != 0} or None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the mask maps by its class names (map_mask); the others are left out
         warnings.simplefilter("ignore", MaskWarning)  # the left-out classes, on every pair
-        result = pipeline(GenerationRequest(prompt=prompt, mask=mask, mask_labels=mask_labels, seed=seed,
-                                            **sampling))
+        result = pipeline(GenerationRequest(prompt=prompt, mask=mask, seed=seed, **sampling))
     image = write_volume(result.image, out / f"{pair_id}_image.nii.gz")
     label = write_volume(result.label, out / f"{pair_id}_label.nii.gz") if result.label is not None else None
     record = sidecar_record(result, pair_id, image, label, set=set_name, source_case=source[0],

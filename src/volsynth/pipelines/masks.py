@@ -52,11 +52,15 @@ def map_mask(mask: LabelMap, model_labels: dict[str, int],
              source: str | None = None) -> tuple[LabelMap, list[str]]:
     """The mask with the model's label ids, and the names of the classes it gives.
 
-    Without ``mask_labels`` the mask must use the model's ids (other ids are an error). With it,
-    ids not mapped are ignored with a warning that lists them. With a preset, the mask's ids must be the
-    vocabulary's, and the model classes the vocabulary cannot give are not given.
+    Without ``mask_labels``, a mask that names its classes (a DICOM SEG's segments, a LabelMap's labels) maps by
+    those names (case, spaces and hyphens aside); one that does not must use the model's ids (other ids are an
+    error). With ``mask_labels``, or when mapped by name, ids not mapped are ignored with a warning that lists
+    them. With a preset, the mask's ids must be the vocabulary's, and the model classes the vocabulary cannot
+    give are not given.
     """
     present = set(mask.present())
+    if mask_labels is None and mask.labels:
+        mask_labels = _by_name(mask.labels, model_labels, present, source)
     if isinstance(mask_labels, LabelPreset):
         preset = mask_labels
         unknown = preset.unknown_ids(present)
@@ -90,6 +94,26 @@ def map_mask(mask: LabelMap, model_labels: dict[str, int],
         raise VolsynthError(source, "mask is empty: none of the model's classes is present",
                             f"model classes: {list(model_labels)}")
     return LabelMap(out, mask.affine, labels=dict(model_labels)), list(mapping)
+
+
+def _name_key(name: str) -> str:
+    return str(name).strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _by_name(names: dict[str, int], model_labels: dict[str, int], present: set[int],
+             source: str | None) -> dict[str, list[int]]:
+    """Model class -> the mask's ids, for the mask's named classes that are model classes. A named class with no
+    voxel stays in: the mask says it is absent."""
+    model = {_name_key(n): n for n in model_labels}
+    mapping: dict[str, list[int]] = {}
+    for name, mask_id in names.items():
+        if int(mask_id) != 0 and _name_key(name) in model:
+            mapping.setdefault(model[_name_key(name)], []).append(int(mask_id))
+    if not mapping:
+        named = ", ".join(f"{n}={i}" for n, i in names.items() if int(i) in present)
+        raise VolsynthError(source, f"the mask names its classes ({named}) and none is a model class "
+                            f"({', '.join(model_labels)})", "map them with --mask-labels name=id")
+    return mapping
 
 
 def grid_centre_for(mask: LabelMap, plan: Plan) -> np.ndarray:
