@@ -221,7 +221,7 @@ def generate(
     An option the model does not take (e.g. --controlnet-scale for a model without a ControlNet) is an error."""
     from volsynth.devices import select_device
     from volsynth.pipelines import load_pipeline
-    from volsynth.pipelines.jobs import Job, jobs_from_dataset, read_jobs, run_jobs
+    from volsynth.pipelines.jobs import Job, dataset_mask_labels, jobs_from_dataset, read_jobs, run_jobs
     from volsynth.pipelines.masks import parse_mask_labels
 
     if jobs is not None and (prompt is not None or mask is not None or masks_from or prompts_from):
@@ -244,12 +244,15 @@ def generate(
                    body_ct=str(body_ct) if body_ct else None)
     if out is None and not dry_run:
         raise ConfigError(None, "--out is required", "give the folder to write into (or --dry-run)")
+    pipeline = load_pipeline(model)
+    if masks_from and options["mask_labels"] is None:  # the dataset names its ids: map them by name
+        options["mask_labels"] = dataset_mask_labels(masks_from, pipeline.plan.labels)
     if dry_run:
         from volsynth.pipeline_commands import print_estimates
 
-        print_estimates(load_pipeline(model), job_list, options)
+        print_estimates(pipeline, job_list, options)
         return
-    pipeline = load_pipeline(model).to(select_device(device))
+    pipeline = pipeline.to(select_device(device))
     written = run_jobs(pipeline, job_list, out, image_format=image_format, progress=progress, overwrite=overwrite,
                        **options)
     console.print(f"wrote {len(written)} volume(s) to {out}")

@@ -74,6 +74,31 @@ def test_masks_from_a_dataset_one_job_per_case(tiny_model, nnunet_dataset, tmp_p
     assert not (tmp_path / "none").exists()
 
 
+def test_masks_from_a_dataset_map_by_the_names_it_gives_its_ids(tiny_model, nnunet_dataset, tmp_path):
+    from volsynth.io import LabelMap, read_label, write_volume
+
+    meta = json.loads((nnunet_dataset / "dataset.json").read_text())
+    other = {name: (0 if i == 0 else 10 + i) for name, i in meta["labels"].items()}  # the same classes, other ids
+    for path in sorted((nnunet_dataset / "labelsTr").glob("*.nii.gz")):
+        label = read_label(path)
+        array = label.array.copy()
+        for name, i in meta["labels"].items():
+            array[label.array == i] = other[name]
+        write_volume(LabelMap(array, label.affine), path)
+    (nnunet_dataset / "dataset.json").write_text(json.dumps({**meta, "labels": other}))
+    assert _generate(tiny_model, tmp_path / "out", "--masks-from", str(nnunet_dataset), "--limit", "1") == 0
+    generated = next((tmp_path / "out").glob("*_label.nii.gz"))
+    original = {name: i for name, i in meta["labels"].items()}
+    source = read_label(sorted((nnunet_dataset / "labelsTr").glob("*.nii.gz"))[0]).array
+    expected = np.zeros_like(source)
+    for name, i in other.items():
+        expected[source == i] = original[name]  # the tiny model's ids are the original dataset's
+    np.testing.assert_array_equal(read_label(generated).array, expected)
+    (nnunet_dataset / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "spleen": 11}}))
+    assert _generate(tiny_model, tmp_path / "strangers", "--masks-from", str(nnunet_dataset)) == 2
+    assert not (tmp_path / "strangers").exists()
+
+
 def test_prompts_from_a_dataset_text_only_jobs(tiny_model, nnunet_dataset, tmp_path):
     from volsynth.data.dataset import load_dataset
 

@@ -20,6 +20,7 @@ from volsynth.io.formats import write_volume
 from volsynth.io.locks import folder_lock
 from volsynth.parallel import progress_bar
 from volsynth.pipelines.base import GenerationRequest, Pipeline
+from volsynth.pipelines.masks import map_by_name
 from volsynth.pipelines.sidecar import sidecar_record, write_sidecar
 
 JOB_KEYS = {"prompt", "seed", "n", "id", "mask", "modality"}
@@ -89,6 +90,13 @@ def jobs_from_dataset(root: str | Path, prompt: str | None = None, seed: int = 0
             raise ConfigError(dataset.root, "dataset has no reports to generate from", "give --prompt for all cases")
     return [Job(prompt=(case.report or "") if prompt is None else prompt, seed=seed + number * n, n=n, id=case.case_id,
                 mask=str(case.label) if masks else None, modality=modality) for number, case in enumerate(cases)]
+
+
+def dataset_mask_labels(root: str | Path, model_labels: dict[str, int]) -> dict[str, list[int]] | None:
+    """How a dataset's label maps give the model's classes: by the names its ``dataset.json`` gives its ids (its
+    ids need not be the model's); None when it names none."""
+    names = {name: int(i) for name, i in (load_dataset(root).labels or {}).items() if int(i) != 0}
+    return map_by_name(names, model_labels, Path(root) / "dataset.json") if names else None
 
 
 def expand(jobs: list[Job]) -> list[tuple[str, Job, int]]:

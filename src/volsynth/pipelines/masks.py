@@ -60,7 +60,7 @@ def map_mask(mask: LabelMap, model_labels: dict[str, int],
     """
     present = set(mask.present())
     if mask_labels is None and mask.labels:
-        mask_labels = _by_name(mask.labels, model_labels, present, source)
+        mask_labels = map_by_name(mask.labels, model_labels, source)
     if isinstance(mask_labels, LabelPreset):
         preset = mask_labels
         unknown = preset.unknown_ids(present)
@@ -100,17 +100,18 @@ def _name_key(name: str) -> str:
     return str(name).strip().lower().replace(" ", "_").replace("-", "_")
 
 
-def _by_name(names: dict[str, int], model_labels: dict[str, int], present: set[int],
-             source: str | None) -> dict[str, list[int]]:
-    """Model class -> the mask's ids, for the mask's named classes that are model classes. A named class with no
-    voxel stays in: the mask says it is absent."""
+def map_by_name(names: dict[str, int], model_labels: dict[str, int], source: str | Path | None = None
+                ) -> dict[str, list[int]]:
+    """Model class -> the mask's ids, for the mask's named classes that are model classes (a ``mask_labels`` for
+    ``map_mask``). A named class with no voxel stays in: the mask says it is absent. None of the names a model
+    class is an error naming ``source``."""
     model = {_name_key(n): n for n in model_labels}
     mapping: dict[str, list[int]] = {}
     for name, mask_id in names.items():
         if int(mask_id) != 0 and _name_key(name) in model:
             mapping.setdefault(model[_name_key(name)], []).append(int(mask_id))
     if not mapping:
-        named = ", ".join(f"{n}={i}" for n, i in names.items() if int(i) in present)
+        named = ", ".join(f"{n}={i}" for n, i in names.items() if int(i) != 0)
         raise VolsynthError(source, f"the mask names its classes ({named}) and none is a model class "
                             f"({', '.join(model_labels)})", "map them with --mask-labels name=id")
     return mapping
