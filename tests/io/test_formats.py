@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import make_case, oblique_direction
 from volsynth.cli import main
-from volsynth.errors import ReadError, WriteError
+from volsynth.errors import GeometryError, ReadError, WriteError
 from volsynth.io import LabelMap, Volume, make_affine, read_label, read_volume, write_volume
 from volsynth.io.dicom import SYNTHETIC_MARK
 
@@ -188,7 +188,25 @@ def test_a_folder_above_the_series_says_where_they_are(tmp_path):
     for name in ("liver", "spleen", "kidney_left", "kidney_right"):
         write_volume(LabelMap((image.array > 0).astype(np.uint8), image.affine), masks / f"{name}.nii.gz")
     with pytest.raises(ReadError, match=r"a folder of 4 volume file\(s\) \(kidney_left.nii.gz, kidney_right.nii.gz, "
-                                        r"liver.nii.gz, ...\), not a DICOM series .*--ml"):
+                                        r"liver.nii.gz, ...\), not a DICOM series"):
+        read_volume(masks)
+
+
+def test_a_folder_of_one_mask_per_class_reads_as_one_named_label_map(tmp_path):
+    _, label = make_case(shape=(12, 10, 6))
+    masks = tmp_path / "segmentations"
+    for name, value in (("liver", 1), ("hepatic_tumor", 2)):
+        write_volume(LabelMap((label.array == value).astype(np.uint8), label.affine), masks / f"{name}.nii.gz")
+    write_volume(LabelMap(np.zeros(label.shape, np.uint8), label.affine), masks / "spleen.nii.gz")  # empty: absent
+    read = read_label(masks)
+    assert read.labels == {"hepatic_tumor": 1, "liver": 2, "spleen": 3}
+    np.testing.assert_array_equal(read.array, np.where(label.array == 1, 2, np.where(label.array == 2, 1, 0)))
+    write_volume(LabelMap((label.array > 0).astype(np.uint8), label.affine), masks / "organs.nii.gz")
+    with pytest.raises(GeometryError, match=r"organs.nii.gz: mask overlaps liver"):
+        read_label(masks)
+    (masks / "organs.nii.gz").unlink()
+    write_volume(LabelMap(np.zeros((4, 4, 4), np.uint8), label.affine), masks / "stomach.nii.gz")
+    with pytest.raises(GeometryError, match=r"stomach.nii.gz: mask on another grid than hepatic_tumor.nii.gz"):
         read_label(masks)
 
 

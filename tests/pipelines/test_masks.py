@@ -11,6 +11,7 @@ from volsynth.cli import main
 from volsynth.errors import VolsynthError
 from volsynth.io import LabelMap, Volume, make_affine, read_label, read_volume, write_volume
 from volsynth.io.resample import resample_to
+from volsynth.models.checkpoint import optional_sha256
 from volsynth.pipelines.generate import SynthesisPipeline
 from volsynth.pipelines.masks import MaskWarning, parse_mask_labels, place_mask
 
@@ -106,6 +107,30 @@ def test_a_mask_that_names_its_classes_maps_by_name(pipe, mask):
     strangers = LabelMap(mask.array, mask.affine, labels={"spleen": 1, "stomach": 2})  # the model's ids, other names
     with pytest.raises(VolsynthError, match=r"names its classes \(spleen=1, stomach=2\) and none is a model class"):
         pipe.prepare_mask(strangers)
+
+
+def test_a_folder_of_one_mask_per_class_maps_by_name_or_through_a_preset(pipe, mask, tmp_path):
+    folder = tmp_path / "segmentations"  # TotalSegmentator's default output: one file per class, by its names
+    for name, value in (("liver", 1), ("spleen", 2)):
+        write_volume(LabelMap((mask.array == value).astype(np.uint8), mask.affine), folder / f"{name}.nii.gz")
+    liver = pipe.plan.labels["liver"]
+    with pytest.warns(MaskWarning, match="not mapped"):  # spleen: no model class
+        by_name, _, _, given, _ = pipe.prepare_mask(folder)
+    assert given == ["liver"] and set(np.unique(by_name.array)) == {0, liver}
+    np.testing.assert_array_equal(by_name.array == liver, mask.array == 1)
+    preset, _, _, given, _ = pipe.prepare_mask(folder, mask_labels=parse_mask_labels("totalsegmentator"))
+    np.testing.assert_array_equal(preset.array, by_name.array)
+    assert "liver" in given
+    digest = optional_sha256(folder)  # the sidecar's mask_sha256 of a folder: its files' names and contents
+    assert digest is not None and digest == optional_sha256(folder)
+    (folder / "spleen.nii.gz").rename(folder / "spleen_renamed.nii.gz")
+    assert optional_sha256(folder) != digest
+    (folder / "spleen_renamed.nii.gz").rename(folder / "spleen.nii.gz")
+    write_volume(LabelMap((mask.array == 2).astype(np.uint8), mask.affine), folder / "my_region.nii.gz")
+    (folder / "spleen.nii.gz").unlink()
+    with pytest.raises(VolsynthError, match=r"segmentations: mask class\(es\) \['my_region'\] are not in the "
+                                            r"totalsegmentator vocabulary"):
+        pipe.prepare_mask(folder, mask_labels=parse_mask_labels("totalsegmentator"))
 
 
 def test_far_geometry_warns(pipe, mask):

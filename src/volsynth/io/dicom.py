@@ -81,8 +81,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> tuple[np.n
         if volumes:
             raise ReadError(folder, f"a folder of {len(volumes)} volume file(s) ({', '.join(volumes[:3])}"
                             f"{', ...' if len(volumes) > 3 else ''}), not a DICOM series",
-                            "give one file; for one mask per class (TotalSegmentator's default output), write a "
-                            "single multi-label file instead (TotalSegmentator --ml)")
+                            "give one image file (a folder of one mask per class is read as a label map only)")
         raise ReadError(folder, "no DICOM series found in folder")
     if series_uid is None:
         if len(ids) > 1:

@@ -225,12 +225,50 @@ def read_label(path: str | Path, labels: dict[str, int] | None = None, series: s
     path = Path(path)
     if path.exists() and seg_file(path) is not None and series is None:
         return read_dicom_seg(path)
+    if series is None and mask_files(path):
+        return read_mask_folder(path)
     array, affine, _ = read_array(path, series)
     array = _require_3d(path, array)
     try:
         return LabelMap(array, affine, labels=labels)
     except VolsynthError as exc:
         raise type(exc)(path, exc.problem, exc.hint) from exc
+
+
+def mask_files(folder: Path) -> list[Path]:
+    """The volume files of a folder that holds only volume files and no DICOM series (one mask per class, as
+    TotalSegmentator writes by default), sorted; [] for anything else."""
+    if not folder.is_dir():
+        return []
+    children = [c for c in folder.iterdir() if not c.name.startswith(".")]
+    files = [c for c in children if c.is_file() and c.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES)]
+    headers = [c for c in files if c.name.lower().endswith(".nhdr") or c.name.lower().endswith(".mhd")]
+    data = {c.with_suffix(".raw").name for c in headers} | {c.with_suffix(".zraw").name for c in headers}
+    rest = [c for c in children if c not in files and c.name not in data]
+    return sorted(files, key=lambda c: c.name) if files and not rest else []
+
+
+def read_mask_folder(folder: Path) -> LabelMap:
+    """A folder of binary masks, one per class named by its file (``liver.nii.gz``), as one label map whose
+    classes carry those names (ids in file-name order). The masks must share one grid and not overlap."""
+    files = mask_files(folder)
+    first = read_label(files[0])
+    array = np.zeros(first.shape, dtype=np.uint8 if len(files) < 256 else np.uint16)
+    labels: dict[str, int] = {}
+    for number, path in enumerate(files, start=1):
+        mask = first if number == 1 else read_label(path)
+        if mask.shape != first.shape or not np.allclose(mask.affine, first.affine, atol=1e-3):
+            raise GeometryError(path, f"mask on another grid than {files[0].name} (shape {mask.shape} vs "
+                                f"{first.shape})", "the masks of one folder must share one grid")
+        inside = mask.array != 0
+        taken = array[inside]
+        if taken.any():
+            other = next(n for n, i in labels.items() if i == int(taken[taken != 0][0]))
+            raise GeometryError(path, f"mask overlaps {other} in {int((taken != 0).sum())} voxel(s)",
+                                "a label map has one class per voxel: fix the masks or give one multi-label file")
+        array[inside] = number
+        labels[path.name.split(".")[0]] = number
+    return LabelMap(array, first.affine, labels=labels)
 
 
 def is_volsynth_series(folder: Path) -> bool:

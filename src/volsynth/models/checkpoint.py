@@ -61,8 +61,17 @@ def sha256_file(path: Path) -> str:
 
 
 def optional_sha256(path: str | Path | None) -> str | None:
-    """Hex sha256 of ``path`` when it names a file, else None (a mask given as an array has no file)."""
-    return sha256_file(Path(path)) if path is not None and Path(path).is_file() else None
+    """Hex sha256 of ``path`` when it names a file; of a folder (a DICOM series, one mask per class), the sha256 of
+    its files' relative names and sha256s in name order; None when there is no file (a mask given as an array)."""
+    if path is None or not Path(path).exists():
+        return None
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for child in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{child.relative_to(path).as_posix()}\0{sha256_file(child)}\n".encode())
+    return digest.hexdigest()
 
 
 def _flatten(states: dict[str, dict[str, torch.Tensor]], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

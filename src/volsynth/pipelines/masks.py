@@ -63,6 +63,16 @@ def map_mask(mask: LabelMap, model_labels: dict[str, int],
         mask_labels = map_by_name(mask.labels, model_labels, source)
     if isinstance(mask_labels, LabelPreset):
         preset = mask_labels
+        if mask.labels and not set(mask.labels) <= {"background"}:  # named classes: to the vocabulary's ids
+            try:
+                table = preset.translate(mask.labels)
+            except ConfigError as exc:
+                raise VolsynthError(source, exc.problem, exc.hint) from exc
+            lookup = np.zeros(max([*table, int(mask.array.max())]) + 1, dtype=np.int32)
+            for mask_id, vocabulary_id in table.items():
+                lookup[mask_id] = vocabulary_id
+            mask = LabelMap(lookup[mask.array], mask.affine)
+            present = set(mask.present())
         unknown = preset.unknown_ids(present)
         if unknown:
             raise VolsynthError(source, f"label ids {unknown} in mask are not in the {preset.vocabulary} vocabulary",

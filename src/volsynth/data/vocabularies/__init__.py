@@ -164,6 +164,19 @@ class LabelPreset:
         """Class -> ids, as ``preset_mapping``."""
         return preset_mapping(self.vocabulary, model_labels, self.select)
 
+    def translate(self, names: dict[str, int]) -> dict[int, int]:
+        """Mask id -> the vocabulary's id, for a mask that names its classes by the vocabulary's source (or
+        canonical) names, e.g. the files of TotalSegmentator's one-mask-per-class output; a name the vocabulary
+        lacks is a ConfigError."""
+        vocabulary = load_vocabulary(self.vocabulary)
+        by_key = {_source_key(c.source): c.id for c in vocabulary.classes}
+        by_key.update({_source_key(c.canonical): c.id for c in vocabulary.classes if c.canonical})
+        unknown = sorted(n for n, i in names.items() if int(i) != 0 and _source_key(n) not in by_key)
+        if unknown:
+            raise ConfigError(None, f"mask class(es) {unknown[:8]} are not in the {self.vocabulary} vocabulary",
+                              "choose the preset the mask was made with, or write name=id")
+        return {int(i): by_key[_source_key(n)] for n, i in names.items() if int(i) != 0}
+
     def unknown_ids(self, ids) -> list[int]:
         """The ids of ``ids`` that the vocabulary does not define, sorted."""
         return sorted(set(int(i) for i in ids) - load_vocabulary(self.vocabulary).ids)
