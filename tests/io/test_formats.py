@@ -204,6 +204,9 @@ def test_a_folder_of_one_mask_per_class_reads_as_one_named_label_map(tmp_path):
     write_volume(LabelMap((label.array > 0).astype(np.uint8), label.affine), masks / "organs.nii.gz")
     with pytest.raises(GeometryError, match=r"organs.nii.gz: mask overlaps liver"):
         read_label(masks)
+    write_volume(label, masks / "organs.nii.gz")  # a multi-label file is not one class
+    with pytest.raises(GeometryError, match=r"organs.nii.gz: not a binary mask \(ids \[1, 2"):
+        read_label(masks)
     (masks / "organs.nii.gz").unlink()
     write_volume(LabelMap(np.zeros((4, 4, 4), np.uint8), label.affine), masks / "stomach.nii.gz")
     with pytest.raises(GeometryError, match=r"stomach.nii.gz: mask on another grid than hepatic_tumor.nii.gz"):

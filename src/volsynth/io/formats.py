@@ -260,6 +260,9 @@ def read_mask_folder(folder: Path) -> LabelMap:
         if mask.shape != first.shape or not np.allclose(mask.affine, first.affine, atol=1e-3):
             raise GeometryError(path, f"mask on another grid than {files[0].name} (shape {mask.shape} vs "
                                 f"{first.shape})", "the masks of one folder must share one grid")
+        if len(mask.present()) > 1:
+            raise GeometryError(path, f"not a binary mask (ids {mask.present()[:6]}): a folder is read as one mask "
+                                "per class", "give the multi-label file itself")
         inside = mask.array != 0
         taken = array[inside]
         if taken.any():
