@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import pytest
 from tests.conftest import oblique_direction, write_msd, write_nnunet
 from volsynth.cli import main
 from volsynth.data.plan import Plan
-from volsynth.data.prepare import PrepareOptions, load_manifest, parse_label_spec, prepare_dataset
+from volsynth.data.prepare import PlanWarning, PrepareOptions, load_manifest, parse_label_spec, prepare_dataset
 from volsynth.errors import ConfigError, DatasetError, PlanError
 from volsynth.io import LabelMap, Volume, make_affine, read_label, read_volume, write_volume
 from volsynth.io.resample import resample_to
@@ -80,6 +81,16 @@ def test_plan_defaults_and_contents(nnunet_dataset, tmp_path):
     from volsynth.data.verify import verify_dataset
 
     assert verify_dataset(tmp_path / "prep") == []  # the output is itself a valid dataset
+
+
+def test_a_grid_smaller_than_the_cases_warns_and_a_fitted_one_does_not(nnunet_dataset, tmp_path):
+    with pytest.warns(PlanWarning, match=r"the grid \(12 x 13 x 24 mm\) is smaller than the median field of view"):
+        prepare_dataset(nnunet_dataset, tmp_path / "cut", PrepareOptions(size=[8, 8, 8]), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PlanWarning)
+        prepare_dataset(nnunet_dataset, tmp_path / "whole", PrepareOptions(size=[8, 8, 8], spacing="fit"),
+                        progress=False)
+        prepare_dataset(nnunet_dataset, tmp_path / "default", progress=False)  # median spacing, size to fit
 
 
 def test_label_remap_and_roi(nnunet_dataset, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 import zlib
 from dataclasses import dataclass
 from functools import partial
@@ -162,6 +163,8 @@ def make_plan(dataset: Dataset, fingerprints: list[dict], options: PrepareOption
         size = [int(SIZE_MULTIPLE * np.ceil(v / SIZE_MULTIPLE)) for v in voxels]
     else:
         size = [int(s) for s in options.size]
+    _warn_if_cropped(np.asarray(spacing) * np.asarray(size), np.median(extents, axis=0), bool(options.roi and
+                                                                                              roi_extents))
     normalization = []
     for channel, name in sorted(dataset.channel_names.items(), key=lambda kv: int(kv[0])):
         pooled = np.concatenate([np.asarray(f["samples"][int(channel)]) for f in fingerprints])
@@ -190,6 +193,24 @@ def make_plan(dataset: Dataset, fingerprints: list[dict], options: PrepareOption
                                              "sha256": dataset_digest(dataset),
                                              **({"phantom_generator": dataset.phantom_generator}
                                                 if dataset.phantom_generator else {})})
+
+
+class PlanWarning(UserWarning):
+    """A plan that will not show what the user probably wants (e.g. a grid smaller than the cases)."""
+
+
+CROP_WARNING = 0.9  # a grid covering less than this share of the median extent along an axis is worth a warning
+
+
+def _warn_if_cropped(grid_mm: np.ndarray, extent_mm: np.ndarray, roi: bool) -> None:
+    """Warn when the grid is smaller than the median case (or ROI) along an axis: prepared cases are cut."""
+    short = grid_mm < CROP_WARNING * extent_mm
+    if short.any():
+        what = "ROI with its margin" if roi else "field of view"
+        warnings.warn(f"the grid ({' x '.join(f'{v:.0f}' for v in grid_mm)} mm) is smaller than the median {what} "
+                      f"({' x '.join(f'{v:.0f}' for v in extent_mm)} mm) along {int(short.sum())} axis(es): "
+                      "prepared cases are cut to the grid; --spacing fit (with --size) or a larger --size keeps them "
+                      "whole", PlanWarning, stacklevel=3)
 
 
 def _pool_label_intensities(fingerprints: list[dict]) -> dict[str, list[float]]:
