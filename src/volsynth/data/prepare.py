@@ -23,7 +23,7 @@ from volsynth.data.labelspec import parse_label_spec
 from volsynth.data.plan import CT_SCHEME, MR_SCHEME, PLAN_FILE, Normalization, Plan
 from volsynth.data.verify import verify_dataset
 from volsynth.errors import ConfigError, DatasetError
-from volsynth.io.atomic import atomic_output
+from volsynth.io.atomic import atomic_output, check_output
 from volsynth.io.formats import read_label, read_volume, write_volume
 from volsynth.io.jsonfile import read_json, write_json
 from volsynth.io.resample import grid_centre, resample_to, snap_to_lattice
@@ -277,6 +277,7 @@ def prepare_dataset(root: str | Path, out: str | Path, options: PrepareOptions |
     """Fingerprint, plan and prepare a dataset into ``out`` (written atomically as a whole)."""
     options = options or PrepareOptions()
     root, out = Path(root), Path(out)
+    check_output(out, overwrite, _is_prepared)  # before any work: a refused output wastes none, and warns of nothing
     if check:
         problems = verify_dataset(root, workers=workers, progress=progress)
         if problems:
@@ -292,8 +293,7 @@ def prepare_dataset(root: str | Path, out: str | Path, options: PrepareOptions |
     fingerprints = list(map_progress(partial(fingerprint_case, label_sources=label_sources, roi=options.roi),
                                      dataset.cases, workers, "fingerprint", progress))
     plan = make_plan(dataset, fingerprints, options, label_sources)
-    with atomic_output(out, overwrite=overwrite, replaceable=lambda folder: (folder / PLAN_FILE).is_file()
-                       and (folder / MANIFEST_FILE).is_file()) as tmp:
+    with atomic_output(out, overwrite=overwrite, replaceable=_is_prepared) as tmp:
         tmp.mkdir()
         entries = list(map_progress(partial(prepare_case, plan=plan, out=tmp), dataset.cases, workers,
                                     "prepare", progress))
@@ -307,6 +307,11 @@ def prepare_dataset(root: str | Path, out: str | Path, options: PrepareOptions |
                      if ln.strip() and json.loads(ln).get("case") in prepared]
             (tmp / REPORTS_FILE).write_text("".join(ln + "\n" for ln in lines))
     return plan
+
+
+def _is_prepared(folder: Path) -> bool:
+    """Whether a folder is one ``prepare`` wrote (it may then be replaced with --overwrite)."""
+    return (folder / PLAN_FILE).is_file() and (folder / MANIFEST_FILE).is_file()
 
 
 def load_manifest(prepared: str | Path) -> dict:

@@ -62,14 +62,7 @@ def atomic_output(path: str | Path, overwrite: bool = True,
     path = Path(path)
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise WriteError(path, "output folder exists and is not empty", "choose a new path")
-        if replaceable is None or not replaceable(path):
-            raise WriteError(path, "output folder exists, is not empty and is not one this command wrote: "
-                             "it is left as it is", "choose a new path")
-    if path.exists() and not overwrite and path.is_file():
-        raise WriteError(path, "output file exists", "choose a new path or allow overwriting")
+    check_output(path, overwrite, replaceable)
     tmp = temporary_sibling(path)
     _remove(tmp)
     remove_stale_temporaries(path)
@@ -101,6 +94,20 @@ def atomic_output(path: str | Path, overwrite: bool = True,
 
 
 LOW_SPACE = 1 << 20  # bytes: a write that fails with less than this free failed for want of space
+
+
+def check_output(path: str | Path, overwrite: bool = True, replaceable: Callable[[Path], bool] | None = None) -> None:
+    """WriteError when ``atomic_output`` would refuse ``path`` (a command checks it before its work); writes
+    nothing."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise WriteError(path, "output folder exists and is not empty", "choose a new path")
+        if replaceable is None or not replaceable(path):
+            raise WriteError(path, "output folder exists, is not empty and is not one this command wrote: "
+                             "it is left as it is", "choose a new path")
+    if path.exists() and not overwrite and path.is_file():
+        raise WriteError(path, "output file exists", "choose a new path or allow overwriting")
 
 
 def disk_full(exc: BaseException, folder: Path) -> bool:
