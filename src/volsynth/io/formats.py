@@ -225,8 +225,9 @@ def read_label(path: str | Path, labels: dict[str, int] | None = None, series: s
     path = Path(path)
     if path.exists() and seg_file(path) is not None and series is None:
         return read_dicom_seg(path)
-    if series is None and mask_files(path):
-        return read_mask_folder(path)
+    masks = mask_files(path) if series is None else []
+    if masks:
+        return read_mask_folder(masks)
     array, affine, _ = read_array(path, series)
     array = _require_3d(path, array)
     try:
@@ -242,16 +243,15 @@ def mask_files(folder: Path) -> list[Path]:
         return []
     children = [c for c in folder.iterdir() if not c.name.startswith(".")]
     files = [c for c in children if c.is_file() and c.name.lower().endswith(NIFTI_SUFFIXES + ITK_SUFFIXES)]
-    headers = [c for c in files if c.name.lower().endswith(".nhdr") or c.name.lower().endswith(".mhd")]
+    headers = [c for c in files if c.name.lower().endswith((".nhdr", ".mhd"))]
     data = {c.with_suffix(".raw").name for c in headers} | {c.with_suffix(".zraw").name for c in headers}
     rest = [c for c in children if c not in files and c.name not in data]
     return sorted(files, key=lambda c: c.name) if files and not rest else []
 
 
-def read_mask_folder(folder: Path) -> LabelMap:
-    """A folder of binary masks, one per class named by its file (``liver.nii.gz``), as one label map whose
-    classes carry those names (ids in file-name order). The masks must share one grid and not overlap."""
-    files = mask_files(folder)
+def read_mask_folder(files: list[Path]) -> LabelMap:
+    """A folder's binary masks (``mask_files``), one per class named by its file (``liver.nii.gz``), as one label
+    map whose classes carry those names (ids in file-name order). The masks must share one grid and not overlap."""
     first = read_label(files[0])
     array = np.zeros(first.shape, dtype=np.uint8 if len(files) < 256 else np.uint16)
     labels: dict[str, int] = {}
@@ -260,10 +260,11 @@ def read_mask_folder(folder: Path) -> LabelMap:
         if mask.shape != first.shape or not np.allclose(mask.affine, first.affine, atol=1e-3):
             raise GeometryError(path, f"mask on another grid than {files[0].name} (shape {mask.shape} vs "
                                 f"{first.shape})", "the masks of one folder must share one grid")
-        if len(mask.present()) > 1:
-            raise GeometryError(path, f"not a binary mask (ids {mask.present()[:6]}): a folder is read as one mask "
-                                "per class", "give the multi-label file itself")
         inside = mask.array != 0
+        values = mask.array[inside]  # one id inside a binary mask (np.unique over the whole grid is not needed)
+        if values.size and (values != values[0]).any():
+            raise GeometryError(path, f"not a binary mask (ids {np.unique(values)[:6].tolist()}): a folder is read "
+                                "as one mask per class", "give the multi-label file itself")
         taken = array[inside]
         if taken.any():
             other = next(n for n, i in labels.items() if i == int(taken[taken != 0][0]))
